@@ -1,0 +1,279 @@
+//! Client → server messages.
+
+use std::borrow::Cow;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ErrorReason;
+
+/// Longest request id a client may choose.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Every message a client may send, as documented in `docs/PROTOCOL.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Starts a streamed answer. `id` is echoed on every frame of this request; the server picks
+    /// one when it is absent.
+    Chat {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        payload: ChatPayload,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    },
+    /// Cancels the running request named by `id` (or `payload.id`).
+    Cancel {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payload: Option<CancelPayload>,
+    },
+    /// Application-level ping; answered by `pong`.
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+}
+
+/// The payload of a `chat` request. Only `content` is required (the seed's shape).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChatPayload {
+    /// The user's new message.
+    pub content: String,
+    /// Model name from `GET /v1/models`; empty or absent means `mock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// System prompt placed before the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Earlier turns of the conversation, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<ChatMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+/// One earlier turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// Optional payload of `cancel`, for clients that prefer the id inside the payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelPayload {
+    pub id: String,
+}
+
+/// A decoded client frame, ready for the session to act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    Chat {
+        id: Option<String>,
+        payload: ChatPayload,
+    },
+    Cancel {
+        id: String,
+    },
+    Ping {
+        id: Option<String>,
+    },
+}
+
+/// Why a text frame could not be decoded. Each maps to one stable error reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not JSON, or not an object with a string `type`.
+    InvalidJson,
+    /// A `type` this server does not know.
+    UnknownType(String),
+    /// The payload (or id) does not fit the type; the text says what is wrong.
+    InvalidPayload(String),
+}
+
+impl DecodeError {
+    /// The stable reason sent in the error frame.
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            DecodeError::InvalidJson => ErrorReason::InvalidJson,
+            DecodeError::UnknownType(_) => ErrorReason::UnknownType,
+            DecodeError::InvalidPayload(_) => ErrorReason::InvalidPayload,
+        }
+    }
+
+    /// The human message; the first words are the seed's, so its clients see the same text.
+    pub fn message(&self) -> String {
+        match self {
+            DecodeError::InvalidJson => "Invalid JSON format".to_owned(),
+            DecodeError::UnknownType(t) => format!("Unknown message type: {t}"),
+            DecodeError::InvalidPayload(why) => format!("Invalid chat payload: {why}"),
+        }
+    }
+
+    /// The seed's numeric code for this error.
+    pub fn status_code(&self) -> u16 {
+        self.reason().status_code()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// Decodes one client text frame. Returns the request id (when readable) with any error, so the
+/// error frame can name the request it refers to.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, (Option<String>, DecodeError)> {
+    let env: RawEnvelope<'_> =
+        serde_json::from_str(text).map_err(|_| (None, DecodeError::InvalidJson))?;
+    let id = env.id;
+    if let Some(bad) = id.as_deref().filter(|i| i.len() > MAX_REQUEST_ID_BYTES) {
+        let why = format!("id is {} bytes, at most {MAX_REQUEST_ID_BYTES}", bad.len());
+        return Err((None, DecodeError::InvalidPayload(why)));
+    }
+    let payload = env.payload.map(RawValue::get).filter(|p| *p != "null");
+    match env.kind.as_ref() {
+        "chat" => {
+            let Some(raw) = payload else {
+                return Err((id, DecodeError::InvalidPayload("payload is missing".into())));
+            };
+            match serde_json::from_str::<ChatPayload>(raw) {
+                Ok(p) if p.content.is_empty() && p.messages.is_empty() => {
+                    Err((id, DecodeError::InvalidPayload("content is empty".into())))
+                }
+                Ok(payload) => Ok(ClientFrame::Chat { id, payload }),
+                Err(e) => Err((id, DecodeError::InvalidPayload(e.to_string()))),
+            }
+        }
+        "cancel" => {
+            let from_payload = match payload {
+                Some(raw) => match serde_json::from_str::<CancelPayload>(raw) {
+                    Ok(p) => Some(p.id),
+                    Err(e) => return Err((id, DecodeError::InvalidPayload(e.to_string()))),
+                },
+                None => None,
+            };
+            match id.or(from_payload) {
+                Some(id) => Ok(ClientFrame::Cancel { id }),
+                None => Err((
+                    None,
+                    DecodeError::InvalidPayload("cancel needs the request id".into()),
+                )),
+            }
+        }
+        "ping" => Ok(ClientFrame::Ping { id }),
+        other => Err((id, DecodeError::UnknownType(other.to_owned()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_chat_decodes() {
+        let f = decode_client_frame(
+            r#"{"type":"chat","payload":{"content":"Hello AI","model":"mock"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Chat {
+                id: None,
+                payload: ChatPayload {
+                    content: "Hello AI".into(),
+                    model: Some("mock".into()),
+                    ..Default::default()
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn errors_are_told_apart() {
+        assert_eq!(
+            decode_client_frame("{nope").unwrap_err().1,
+            DecodeError::InvalidJson
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"payload":{}}"#).unwrap_err().1,
+            DecodeError::InvalidJson
+        );
+        let (id, e) = decode_client_frame(r#"{"type":"dance","id":"a"}"#).unwrap_err();
+        assert_eq!(
+            (id.as_deref(), e),
+            (Some("a"), DecodeError::UnknownType("dance".into()))
+        );
+        let (id, e) =
+            decode_client_frame(r#"{"type":"chat","id":"b","payload":{"model":"x"}}"#).unwrap_err();
+        assert_eq!(id.as_deref(), Some("b"));
+        assert!(matches!(e, DecodeError::InvalidPayload(m) if m.contains("content")));
+        assert!(matches!(
+            decode_client_frame(r#"{"type":"chat"}"#).unwrap_err().1,
+            DecodeError::InvalidPayload(_)
+        ));
+        assert!(matches!(
+            decode_client_frame(r#"{"type":"cancel"}"#).unwrap_err().1,
+            DecodeError::InvalidPayload(_)
+        ));
+    }
+
+    #[test]
+    fn cancel_takes_id_from_either_place() {
+        assert_eq!(
+            decode_client_frame(r#"{"type":"cancel","id":"r1"}"#).unwrap(),
+            ClientFrame::Cancel { id: "r1".into() }
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"cancel","payload":{"id":"r2"}}"#).unwrap(),
+            ClientFrame::Cancel { id: "r2".into() }
+        );
+    }
+
+    #[test]
+    fn long_ids_are_refused() {
+        let frame = format!(
+            r#"{{"type":"ping","id":"{}"}}"#,
+            "x".repeat(MAX_REQUEST_ID_BYTES + 1)
+        );
+        assert!(matches!(
+            decode_client_frame(&frame).unwrap_err().1,
+            DecodeError::InvalidPayload(_)
+        ));
+    }
+
+    #[test]
+    fn client_message_round_trips_through_the_decoder() {
+        let msg = ClientMessage::Chat {
+            id: Some("r9".into()),
+            payload: ChatPayload {
+                content: "hi".into(),
+                ..Default::default()
+            },
+            metadata: None,
+        };
+        let text = serde_json::to_string(&msg).unwrap();
+        assert!(
+            matches!(decode_client_frame(&text).unwrap(), ClientFrame::Chat { id: Some(i), .. } if i == "r9")
+        );
+    }
+}
