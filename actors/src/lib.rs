@@ -1,0 +1,17 @@
+//! The gateway's actors: one [`SessionActor`] per WebSocket connection, the [`SessionRegistry`]
+//! that knows every live session and forwards chat requests, and the provider streams that
+//! answer them. `docs/ARCHITECTURE.md` shows how they fit.
+
+mod flow;
+mod outbox;
+pub mod provider;
+pub mod registry;
+pub mod session;
+
+pub use flow::FlowControl;
+pub use provider::{
+    mock::{MockProvider, MockSettings},
+    ChunkSink, Provider, ProviderError, ProviderRequest, Router, StreamEvent, StreamHandle,
+};
+pub use registry::{Drain, KillSession, ListSessions, SessionCount, SessionInfo, SessionRegistry};
+pub use session::{ConnectionAbort, SessionActor, SessionConfig, CLOSE_RESTART};

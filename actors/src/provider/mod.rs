@@ -1,0 +1,211 @@
+//! Providers answer chat requests. Each running request is one [`ProviderStream`] actor, started
+//! on the requesting session's arbiter so chunks never cross threads; it runs the provider's
+//! stream future and dies with it. Stopping the actor (cancel, disconnect) drops the future at
+//! once, which aborts any upstream I/O.
+
+pub mod mock;
+mod stream;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use actix::prelude::*;
+use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Usage};
+use futures_util::future::LocalBoxFuture;
+
+use crate::flow::{FlowControl, SessionClosed};
+pub use stream::{CancelStream, ProviderStream, StreamHandle};
+
+/// What a provider is asked to answer.
+#[derive(Debug, Clone)]
+pub struct ProviderRequest {
+    /// The model name the client asked for.
+    pub model: String,
+    /// The model name the upstream knows.
+    pub upstream_model: String,
+    pub system: Option<String>,
+    /// Earlier turns, oldest first, then the new user message last.
+    pub messages: Vec<ChatMessage>,
+    pub temperature: Option<f32>,
+    pub max_tokens: Option<u32>,
+}
+
+/// How a stream ended when it ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// Why a provider could not answer. Each says whom to blame through its [`ErrorReason`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{provider} answered {status}: {message}")]
+    Upstream {
+        provider: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("{provider} timed out: {message}")]
+    Timeout {
+        provider: &'static str,
+        message: String,
+    },
+    #[error("{provider} is unavailable: {message}")]
+    Unavailable {
+        provider: &'static str,
+        message: String,
+    },
+    /// The session went away; nobody is left to tell.
+    #[error("session closed")]
+    SessionClosed,
+}
+
+impl ProviderError {
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            ProviderError::Upstream { .. } => ErrorReason::ProviderError,
+            ProviderError::Timeout { .. } => ErrorReason::ProviderTimeout,
+            ProviderError::Unavailable { .. } => ErrorReason::ProviderUnavailable,
+            ProviderError::SessionClosed => ErrorReason::Internal,
+        }
+    }
+}
+
+impl From<SessionClosed> for ProviderError {
+    fn from(_: SessionClosed) -> Self {
+        ProviderError::SessionClosed
+    }
+}
+
+/// A source of streamed answers.
+pub trait Provider: Send + Sync + 'static {
+    /// Short name used in logs, metrics and `GET /v1/models`.
+    fn name(&self) -> &'static str;
+
+    /// Produces the answer into `sink`, chunk by chunk. Runs on the session's arbiter; dropping
+    /// the future must abort the work.
+    fn stream(
+        self: Arc<Self>,
+        request: ProviderRequest,
+        sink: ChunkSink,
+    ) -> LocalBoxFuture<'static, Result<Finish, ProviderError>>;
+}
+
+/// One event of a running request, sent by its stream to the session.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StreamEvent {
+    /// The session's private key for the request (client ids may be reused).
+    pub key: u64,
+    pub kind: StreamEventKind,
+}
+
+#[derive(Debug)]
+pub enum StreamEventKind {
+    /// `charge` bytes were counted against the session's flow for this chunk.
+    Chunk {
+        kind: ChunkKind,
+        text: String,
+        charge: usize,
+    },
+    Done(Finish),
+    Failed(ProviderError),
+}
+
+/// Bytes charged for a chunk beyond its text: the frame's JSON around it.
+pub const CHUNK_FRAME_OVERHEAD_BYTES: usize = 96;
+
+/// Where a provider writes its chunks. Sending waits while the client is behind.
+#[derive(Clone)]
+pub struct ChunkSink {
+    key: u64,
+    session: Recipient<StreamEvent>,
+    flow: Arc<FlowControl>,
+}
+
+impl ChunkSink {
+    pub fn new(key: u64, session: Recipient<StreamEvent>, flow: Arc<FlowControl>) -> Self {
+        ChunkSink { key, session, flow }
+    }
+
+    /// Sends one chunk, after waiting for room in the session's queue.
+    pub async fn chunk(&self, kind: ChunkKind, text: String) -> Result<(), SessionClosed> {
+        self.flow.ready().await?;
+        if !self.session.connected() {
+            return Err(SessionClosed);
+        }
+        let charge = text.len() + CHUNK_FRAME_OVERHEAD_BYTES;
+        self.flow.charge(charge);
+        self.session.do_send(StreamEvent {
+            key: self.key,
+            kind: StreamEventKind::Chunk { kind, text, charge },
+        });
+        Ok(())
+    }
+
+    pub(crate) fn end(&self, result: Result<Finish, ProviderError>) {
+        let kind = match result {
+            Ok(finish) => StreamEventKind::Done(finish),
+            Err(ProviderError::SessionClosed) => return,
+            Err(e) => StreamEventKind::Failed(e),
+        };
+        self.session.do_send(StreamEvent {
+            key: self.key,
+            kind,
+        });
+    }
+}
+
+/// A model name clients may ask for, and who answers it.
+#[derive(Clone)]
+pub struct Route {
+    pub provider: Arc<dyn Provider>,
+    pub upstream_model: String,
+}
+
+/// Maps the model names clients use to providers.
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: BTreeMap<String, Route>,
+}
+
+/// The model named in a request is not served here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Unknown model {requested:?}; available: {}", available.join(", "))]
+pub struct UnknownModel {
+    pub requested: String,
+    pub available: Vec<String>,
+}
+
+/// The model used when a request names none (the seed's default).
+pub const DEFAULT_MODEL: &str = "mock";
+
+impl Router {
+    pub fn with_route(mut self, model: &str, provider: Arc<dyn Provider>, upstream: &str) -> Self {
+        self.routes.insert(
+            model.to_owned(),
+            Route {
+                provider,
+                upstream_model: upstream.to_owned(),
+            },
+        );
+        self
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = (&str, &Route)> {
+        self.routes.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Finds the route for `model`; empty means [`DEFAULT_MODEL`].
+    pub fn resolve(&self, model: &str) -> Result<&Route, UnknownModel> {
+        let model = if model.is_empty() {
+            DEFAULT_MODEL
+        } else {
+            model
+        };
+        self.routes.get(model).ok_or_else(|| UnknownModel {
+            requested: model.to_owned(),
+            available: self.routes.keys().cloned().collect(),
+        })
+    }
+}

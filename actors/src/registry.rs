@@ -1,0 +1,195 @@
+//! The [`SessionRegistry`]: one per node. It knows every live session, forwards chat requests to
+//! provider streams, and can close any session (kill, drain).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use actix::prelude::*;
+use actix_rt::ArbiterHandle;
+use serde::Serialize;
+
+use crate::{
+    provider::{ChunkSink, ProviderRequest, ProviderStream, Router, StreamHandle, UnknownModel},
+    session::{CloseSession, DrainSession, SessionActor},
+};
+
+/// What the registry knows of a live session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub session_id: Arc<str>,
+    pub user_id: String,
+    pub username: String,
+    pub role: String,
+    pub node_id: Arc<str>,
+    pub remote_addr: Option<String>,
+    #[serde(with = "unix_ms")]
+    pub started_at: SystemTime,
+}
+
+mod unix_ms {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        s.serialize_u64(ms)
+    }
+}
+
+pub struct SessionRegistry {
+    sessions: HashMap<Arc<str>, (Addr<SessionActor>, SessionInfo)>,
+    router: Arc<Router>,
+    drain_timeout: Option<Duration>,
+}
+
+impl SessionRegistry {
+    pub fn new(router: Arc<Router>) -> Self {
+        SessionRegistry {
+            sessions: HashMap::new(),
+            router,
+            drain_timeout: None,
+        }
+    }
+}
+
+impl Actor for SessionRegistry {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Register {
+    pub info: SessionInfo,
+    pub addr: Addr<SessionActor>,
+}
+
+impl Handler<Register> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) {
+        if let Some(timeout) = self.drain_timeout {
+            msg.addr.do_send(DrainSession { timeout });
+        }
+        self.sessions
+            .insert(msg.info.session_id.clone(), (msg.addr, msg.info));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Unregister {
+    pub session_id: Arc<str>,
+}
+
+impl Handler<Unregister> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
+        self.sessions.remove(&msg.session_id);
+    }
+}
+
+/// Starts a provider stream for a session's request, on the session's own arbiter.
+#[derive(Message)]
+#[rtype(result = "Result<StreamHandle, UnknownModel>")]
+pub(crate) struct StartChat {
+    pub request: ProviderRequest,
+    pub sink: ChunkSink,
+    pub arbiter: ArbiterHandle,
+}
+
+impl Handler<StartChat> for SessionRegistry {
+    type Result = Result<StreamHandle, UnknownModel>;
+
+    fn handle(&mut self, msg: StartChat, _: &mut Self::Context) -> Self::Result {
+        let route = self.router.resolve(&msg.request.model)?;
+        let request = ProviderRequest {
+            upstream_model: route.upstream_model.clone(),
+            ..msg.request
+        };
+        Ok(ProviderStream::start_on(
+            &msg.arbiter,
+            route.provider.clone(),
+            request,
+            msg.sink,
+        ))
+    }
+}
+
+/// Every live session on this node.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct ListSessions;
+
+impl Handler<ListSessions> for SessionRegistry {
+    type Result = Vec<SessionInfo>;
+
+    fn handle(&mut self, _: ListSessions, _: &mut Self::Context) -> Self::Result {
+        self.sessions.values().map(|(_, i)| i.clone()).collect()
+    }
+}
+
+/// How many sessions are live on this node.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct SessionCount;
+
+impl Handler<SessionCount> for SessionRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _: SessionCount, _: &mut Self::Context) -> usize {
+        self.sessions.len()
+    }
+}
+
+/// Closes one session with a close code and reason the client will see. Answers whether the
+/// session was live here.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct KillSession {
+    pub session_id: String,
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Handler<KillSession> for SessionRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: KillSession, _: &mut Self::Context) -> bool {
+        match self.sessions.get(msg.session_id.as_str()) {
+            Some((addr, _)) => {
+                addr.do_send(CloseSession {
+                    code: msg.code,
+                    reason: msg.reason,
+                });
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Starts the node's drain: every session (and any that registers later) refuses new requests,
+/// lets running ones finish for up to `timeout`, then closes with code 1012.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub timeout: Duration,
+}
+
+impl Handler<Drain> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Drain, _: &mut Self::Context) {
+        self.drain_timeout = Some(msg.timeout);
+        for (addr, _) in self.sessions.values() {
+            addr.do_send(DrainSession {
+                timeout: msg.timeout,
+            });
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! [`SessionActor`]: one per WebSocket connection.
+//!
+//! It decodes client frames, keeps the requests running on this connection, turns provider
+//! events into frames, and keeps the connection honest: heartbeat pings, an idle timeout and a
+//! byte bound on what waits to be written. It never awaits the socket itself (see `outbox`).
+
+use std::{
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
+use ai_gateway_proto::{
+    decode_client_frame, ChatMessage, ChatPayload, ChunkPayload, ClientFrame, DonePayload,
+    ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage, SessionLimits, SystemEvent,
+    SystemPayload, Usage, PROTOCOL_VERSION,
+};
+
+use crate::{
+    outbox::{Outbox, Outgoing},
+    provider::{ChunkSink, ProviderRequest, StreamEvent, StreamEventKind, StreamHandle},
+    registry::{Register, SessionInfo, SessionRegistry, StartChat, Unregister},
+    FlowControl,
+};
+
+/// Close code sent when the node shuts down: the client should reconnect (to another node).
+pub const CLOSE_RESTART: u16 = 1012;
+/// Close code for a client that stops reading, or one killed by an operator.
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code for a client that went silent past the idle timeout.
+pub const CLOSE_IDLE: u16 = 1001;
+
+/// Limits and timings of every session on a node.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub node_id: Arc<str>,
+    /// Largest client message (after joining continuation frames); larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Requests one connection may have running at once.
+    pub max_concurrent_requests: usize,
+    /// Bytes that may wait for a client; past this the client is closed as a slow consumer.
+    pub outbox_max_bytes: usize,
+    /// Provider streams pause while more than this waits for the client.
+    pub outbox_high_watermark_bytes: usize,
+    pub heartbeat_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// After a close frame is queued, how long the client has to take it before the connection
+    /// is cut.
+    pub close_grace: Duration,
+}
+
+/// Cuts the underlying connection at once, whatever is queued on it. Given by the HTTP layer,
+/// used when a client will not take its close frame.
+pub trait ConnectionAbort: 'static {
+    fn abort(&self);
+}
+
+struct RunningRequest {
+    key: u64,
+    id: String,
+    model: String,
+    seq: u64,
+    handle: Option<StreamHandle>,
+}
+
+pub struct SessionActor {
+    info: SessionInfo,
+    config: Arc<SessionConfig>,
+    registry: Addr<SessionRegistry>,
+    flow: Arc<FlowControl>,
+    ws: Option<(actix_ws::Session, actix_ws::MessageStream)>,
+    outbox: Option<Outbox>,
+    incoming: Option<SpawnHandle>,
+    requests: Vec<RunningRequest>,
+    next_key: u64,
+    last_heard: Instant,
+    draining: bool,
+    closing: bool,
+    abort: Option<Rc<dyn ConnectionAbort>>,
+}
+
+impl SessionActor {
+    pub fn new(
+        info: SessionInfo,
+        config: Arc<SessionConfig>,
+        registry: Addr<SessionRegistry>,
+        ws: (actix_ws::Session, actix_ws::MessageStream),
+        abort: Option<Rc<dyn ConnectionAbort>>,
+    ) -> Self {
+        SessionActor {
+            info,
+            flow: FlowControl::new(config.outbox_high_watermark_bytes),
+            config,
+            registry,
+            ws: Some(ws),
+            outbox: None,
+            incoming: None,
+            requests: Vec::new(),
+            next_key: 0,
+            last_heard: Instant::now(),
+            draining: false,
+            closing: false,
+            abort,
+        }
+    }
+
+    fn send(&mut self, msg: &ServerMessage<'_>, ctx: &mut Context<Self>) {
+        if let Some(outbox) = &self.outbox {
+            outbox.push_text(msg.to_json());
+        }
+        self.check_outbox(ctx);
+    }
+
+    fn send_error(
+        &mut self,
+        id: Option<&str>,
+        reason: ErrorReason,
+        message: &str,
+        ctx: &mut Context<Self>,
+    ) {
+        let msg = ServerMessage::Error {
+            id: id.map(Into::into),
+            payload: ErrorPayload {
+                code: reason.status_code(),
+                reason,
+                message: message.into(),
+            },
+        };
+        self.send(&msg, ctx);
+    }
+
+    fn send_done(
+        &mut self,
+        r: &RunningRequest,
+        finish_reason: FinishReason,
+        usage: Usage,
+        ctx: &mut Context<Self>,
+    ) {
+        let msg = ServerMessage::Done {
+            id: r.id.as_str().into(),
+            payload: DonePayload {
+                finish_reason,
+                model: r.model.as_str().into(),
+                usage,
+                chunks: r.seq,
+            },
+        };
+        self.send(&msg, ctx);
+    }
+
+    /// A client that lets too much pile up is not reading: close it before it costs more memory.
+    fn check_outbox(&mut self, ctx: &mut Context<Self>) {
+        let queued = self.flow.queued_bytes();
+        if queued > self.config.outbox_max_bytes {
+            let reason = format!(
+                "slow consumer: {queued} bytes queued, limit outbox_max_bytes={}",
+                self.config.outbox_max_bytes
+            );
+            self.close(CLOSE_POLICY, &reason, ctx);
+        }
+    }
+
+    /// Queues a close frame, stops the actor, and cuts the connection if the client has not
+    /// taken the close frame within `close_grace`.
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        tracing::debug!(session = %self.info.session_id, code, reason, "closing session");
+        if let Some(outbox) = &self.outbox {
+            outbox.push(Outgoing::Close(CloseReason {
+                code: CloseCode::from(code),
+                description: Some(reason.to_owned()),
+            }));
+            outbox.end();
+            if let Some(abort) = self.abort.take() {
+                let outbox = outbox.clone();
+                let grace = self.config.close_grace;
+                actix_rt::spawn(async move {
+                    actix_rt::time::sleep(grace).await;
+                    if !outbox.writer_finished() {
+                        abort.abort();
+                    }
+                });
+            }
+        }
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        match decode_client_frame(text) {
+            Err((id, e)) => self.send_error(id.as_deref(), e.reason(), &e.message(), ctx),
+            Ok(ClientFrame::Ping { id }) => {
+                let msg = ServerMessage::Pong {
+                    id: id.as_deref().map(Into::into),
+                    payload: (),
+                };
+                self.send(&msg, ctx);
+            }
+            Ok(ClientFrame::Cancel { id }) => self.cancel(&id, ctx),
+            Ok(ClientFrame::Chat { id, payload }) => self.start_chat(id, payload, ctx),
+        }
+    }
+
+    fn start_chat(&mut self, id: Option<String>, payload: ChatPayload, ctx: &mut Context<Self>) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let id = id.unwrap_or_else(|| format!("req-{key}"));
+        if self.draining {
+            let msg = "this node is shutting down; reconnect and retry";
+            return self.send_error(Some(&id), ErrorReason::ShuttingDown, msg, ctx);
+        }
+        if self.requests.len() >= self.config.max_concurrent_requests {
+            let msg = format!(
+                "at most {} requests may run at once on one connection",
+                self.config.max_concurrent_requests
+            );
+            return self.send_error(Some(&id), ErrorReason::TooManyRequests, &msg, ctx);
+        }
+        if self.requests.iter().any(|r| r.id == id) {
+            let msg = format!("request {id:?} is still running");
+            return self.send_error(Some(&id), ErrorReason::DuplicateRequestId, &msg, ctx);
+        }
+        let model = payload
+            .model
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| crate::provider::DEFAULT_MODEL.to_owned());
+        let mut messages = payload.messages;
+        if !payload.content.is_empty() {
+            messages.push(ChatMessage {
+                role: Role::User,
+                content: payload.content,
+            });
+        }
+        let request = ProviderRequest {
+            model: model.clone(),
+            upstream_model: String::new(),
+            system: payload.system,
+            messages,
+            temperature: payload.temperature,
+            max_tokens: payload.max_tokens,
+        };
+        self.requests.push(RunningRequest {
+            key,
+            id,
+            model,
+            seq: 0,
+            handle: None,
+        });
+        let start = StartChat {
+            request,
+            sink: ChunkSink::new(key, ctx.address().recipient(), self.flow.clone()),
+            arbiter: actix_rt::Arbiter::current(),
+        };
+        self.registry
+            .send(start)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let started: Result<(), _> = match res {
+                    Ok(Ok(handle)) => match act.requests.iter_mut().find(|r| r.key == key) {
+                        Some(r) => {
+                            r.handle = Some(handle);
+                            return;
+                        }
+                        // Cancelled or closed while the stream was starting.
+                        None => return handle.cancel(),
+                    },
+                    Ok(Err(unknown)) => Err((ErrorReason::UnknownModel, unknown.to_string())),
+                    Err(_) => Err((ErrorReason::Internal, "registry unavailable".to_owned())),
+                };
+                if let (Err((reason, message)), Some(r)) = (started, act.take_request(key)) {
+                    act.send_error(Some(&r.id), reason, &message, ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn take_request(&mut self, key: u64) -> Option<RunningRequest> {
+        let i = self.requests.iter().position(|r| r.key == key)?;
+        Some(self.requests.remove(i))
+    }
+
+    fn cancel(&mut self, id: &str, ctx: &mut Context<Self>) {
+        let Some(i) = self.requests.iter().position(|r| r.id == id) else {
+            let msg = format!("no running request with id {id:?}");
+            return self.send_error(Some(id), ErrorReason::UnknownRequest, &msg, ctx);
+        };
+        let r = self.requests.remove(i);
+        if let Some(handle) = &r.handle {
+            handle.cancel();
+        }
+        self.send_done(&r, FinishReason::Cancelled, Usage::default(), ctx);
+        self.request_ended(ctx);
+    }
+
+    fn request_ended(&mut self, ctx: &mut Context<Self>) {
+        if self.draining && self.requests.is_empty() {
+            self.close(CLOSE_RESTART, "server restarting", ctx);
+        }
+    }
+
+    fn on_protocol_error(&mut self, err: ProtocolError, ctx: &mut Context<Self>) {
+        // Stop reading: a broken frame leaves the input in an unknown state.
+        if let Some(handle) = self.incoming.take() {
+            ctx.cancel_future(handle);
+        }
+        let (code, reason) = match &err {
+            ProtocolError::Overflow => (1009, self.too_big()),
+            ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                (1007, "text frame is not valid UTF-8".to_owned())
+            }
+            ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
+                (1009, self.too_big())
+            }
+            other => (1002, format!("protocol error: {other}")),
+        };
+        self.close(code, &reason, ctx);
+    }
+
+    fn send_system(&mut self, event: SystemEvent, ctx: &mut Context<Self>) {
+        let max_concurrent_requests = if self.draining {
+            0
+        } else {
+            self.config.max_concurrent_requests as u32
+        };
+        let msg = ServerMessage::System {
+            payload: SystemPayload {
+                event,
+                session_id: self.info.session_id.as_ref().into(),
+                node_id: self.config.node_id.as_ref().into(),
+                protocol_version: PROTOCOL_VERSION,
+                limits: SessionLimits {
+                    max_frame_bytes: self.config.max_frame_bytes as u64,
+                    max_concurrent_requests,
+                    heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+                    idle_timeout_ms: self.config.idle_timeout.as_millis() as u64,
+                },
+            },
+        }
+        .to_json();
+        if let Some(outbox) = &self.outbox {
+            outbox.push_text(msg);
+        }
+        self.check_outbox(ctx);
+    }
+
+    fn too_big(&self) -> String {
+        format!(
+            "message exceeds max_frame_bytes={}",
+            self.config.max_frame_bytes
+        )
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some((ws, stream)) = self.ws.take() else {
+            return ctx.stop();
+        };
+        self.outbox = Some(Outbox::spawn(ws, self.flow.clone()));
+        let max = self.config.max_frame_bytes;
+        let incoming: AggregatedMessageStream = stream
+            .max_frame_size(max)
+            .aggregate_continuations()
+            .max_continuation_size(max);
+        self.incoming = Some(ctx.add_stream(incoming));
+
+        self.registry.do_send(Register {
+            info: self.info.clone(),
+            addr: ctx.address(),
+        });
+
+        let heartbeat = self.config.heartbeat_interval;
+        ctx.run_interval(heartbeat, |act, _| {
+            if let Some(outbox) = &act.outbox {
+                outbox.push(Outgoing::Ping);
+            }
+        });
+        let idle = self.config.idle_timeout;
+        let check_every = (idle / 4).max(Duration::from_millis(10));
+        ctx.run_interval(check_every, move |act, ctx| {
+            if act.last_heard.elapsed() >= idle {
+                let reason = format!("idle timeout: nothing received for {} ms", idle.as_millis());
+                act.close(CLOSE_IDLE, &reason, ctx);
+            }
+        });
+
+        self.send_system(SystemEvent::Welcome, ctx);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        for r in self.requests.drain(..) {
+            if let Some(handle) = r.handle {
+                handle.cancel();
+            }
+        }
+        self.flow.close();
+        if let Some(outbox) = &self.outbox {
+            outbox.end();
+        }
+        self.registry.do_send(Unregister {
+            session_id: self.info.session_id.clone(),
+        });
+        Running::Stop
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SessionActor {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.last_heard = Instant::now();
+        match item {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
+            Ok(AggregatedMessage::Binary(_)) => {
+                let msg = "binary frames are not supported; send JSON text frames";
+                self.send_error(None, ErrorReason::BinaryNotSupported, msg, ctx);
+            }
+            Ok(AggregatedMessage::Ping(data)) => {
+                if let Some(outbox) = &self.outbox {
+                    outbox.push(Outgoing::Pong(data.to_vec()));
+                }
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                let code = reason.as_ref().map_or(1000, |r| u16::from(r.code));
+                self.close(code, "bye", ctx);
+            }
+            Err(e) => self.on_protocol_error(e, ctx),
+        }
+    }
+}
+
+impl Handler<StreamEvent> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, ev: StreamEvent, ctx: &mut Context<Self>) {
+        let Some(i) = self.requests.iter().position(|r| r.key == ev.key) else {
+            // The request was cancelled; its stream is stopping.
+            if let StreamEventKind::Chunk { charge, .. } = ev.kind {
+                self.flow.release(charge);
+            }
+            return;
+        };
+        match ev.kind {
+            StreamEventKind::Chunk { kind, text, charge } => {
+                let r = &mut self.requests[i];
+                let frame = ServerMessage::Chat {
+                    id: r.id.as_str().into(),
+                    payload: ChunkPayload {
+                        content: text.into(),
+                        kind,
+                        model: r.model.as_str().into(),
+                        seq: r.seq,
+                    },
+                }
+                .to_json();
+                r.seq += 1;
+                if let Some(outbox) = &self.outbox {
+                    outbox.push_charged(frame, charge);
+                }
+                self.check_outbox(ctx);
+            }
+            StreamEventKind::Done(finish) => {
+                let r = self.requests.remove(i);
+                self.send_done(&r, finish.reason, finish.usage, ctx);
+                self.request_ended(ctx);
+            }
+            StreamEventKind::Failed(err) => {
+                let r = self.requests.remove(i);
+                tracing::info!(session = %self.info.session_id, request = %r.id, error = %err, "provider failed");
+                self.send_error(Some(&r.id), err.reason(), &err.to_string(), ctx);
+                self.send_done(&r, FinishReason::Error, Usage::default(), ctx);
+                self.request_ended(ctx);
+            }
+        }
+    }
+}
+
+/// Closes the session with this code and reason (operator kill).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Handler<CloseSession> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
+        self.close(msg.code, &msg.reason, ctx);
+    }
+}
+
+/// The node is draining: refuse new requests, finish running ones within `timeout`, then close
+/// with [`CLOSE_RESTART`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DrainSession {
+    pub timeout: Duration,
+}
+
+impl Handler<DrainSession> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DrainSession, ctx: &mut Context<Self>) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        self.send_system(SystemEvent::Draining, ctx);
+        self.request_ended(ctx);
+        ctx.run_later(msg.timeout, |act, ctx| {
+            let left: Vec<RunningRequest> = act.requests.drain(..).collect();
+            for r in left {
+                if let Some(handle) = &r.handle {
+                    handle.cancel();
+                }
+                let msg = "the node shut down before this answer finished; retry elsewhere";
+                act.send_error(Some(&r.id), ErrorReason::ShuttingDown, msg, ctx);
+                act.send_done(&r, FinishReason::Error, Usage::default(), ctx);
+            }
+            act.close(CLOSE_RESTART, "server restarting", ctx);
+        });
+    }
+}
