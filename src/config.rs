@@ -1,0 +1,276 @@
+//! Configuration: defaults, then a TOML file, then `GATEWAY_*` variables, then command-line flags.
+//! Nested fields use `__` in variable names: `GATEWAY_SESSION__MAX_FRAME_BYTES=65536`.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use ai_gateway_actors::{MockSettings, SessionConfig};
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP and WebSocket server binds.
+    pub listen: SocketAddr,
+    /// This node's name in logs, the welcome frame and (later) the session directory; a random
+    /// one when empty.
+    pub node_id: String,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// HS256 secret for session tokens. Empty: a random one per process (tokens die with it).
+    pub jwt_secret: String,
+    pub token_ttl_secs: u64,
+    /// Browser origins allowed to open `/chat`, besides the gateway's own. `["*"]` allows any.
+    pub allowed_origins: Vec<String>,
+    /// `pretty` or `json`.
+    pub log_format: LogFormat,
+    pub session: SessionSettings,
+    pub shutdown: ShutdownSettings,
+    pub mock: MockSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    pub max_frame_bytes: usize,
+    pub max_concurrent_requests: usize,
+    pub outbox_max_bytes: usize,
+    pub outbox_high_watermark_bytes: usize,
+    pub heartbeat_interval_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub close_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long running streams may finish after SIGTERM before sessions are closed.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            node_id: String::new(),
+            workers: 0,
+            jwt_secret: String::new(),
+            token_ttl_secs: 7 * 24 * 3600,
+            allowed_origins: Vec::new(),
+            log_format: LogFormat::Pretty,
+            session: SessionSettings::default(),
+            shutdown: ShutdownSettings::default(),
+            mock: MockSettings::default(),
+        }
+    }
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            max_frame_bytes: 512 * 1024,
+            max_concurrent_requests: 8,
+            outbox_max_bytes: 1024 * 1024,
+            outbox_high_watermark_bytes: 64 * 1024,
+            heartbeat_interval_ms: 54_000,
+            idle_timeout_ms: 120_000,
+            close_grace_ms: 2_000,
+        }
+    }
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings {
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// What the command line may override; `None` leaves the layers below alone.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// A configuration that cannot be used, with the field to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {}", describe(.0))]
+    Parse(Box<figment::Error>),
+    #[error("configuration: {field} {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// `field.path: problem (from source)` for each error figment found.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let field = e.path.join(".").to_lowercase();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if field.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("{field}: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Config {
+    /// Layers the file (when given), the `GATEWAY_*` environment and the flags over the defaults.
+    pub fn load(file: Option<&PathBuf>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("GATEWAY_").split("__").ignore(&["config"]))
+            .merge(Serialized::defaults(overrides));
+        let config: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.to_owned(),
+            })
+        };
+        let s = &self.session;
+        if s.max_frame_bytes < 1024 {
+            return invalid("session.max_frame_bytes", "must be at least 1024");
+        }
+        if s.max_concurrent_requests == 0 {
+            return invalid("session.max_concurrent_requests", "must be at least 1");
+        }
+        if s.outbox_high_watermark_bytes == 0 || s.outbox_high_watermark_bytes >= s.outbox_max_bytes
+        {
+            return invalid(
+                "session.outbox_high_watermark_bytes",
+                "must be above 0 and below session.outbox_max_bytes",
+            );
+        }
+        if s.heartbeat_interval_ms == 0 {
+            return invalid("session.heartbeat_interval_ms", "must be above 0");
+        }
+        if s.idle_timeout_ms <= s.heartbeat_interval_ms {
+            return invalid(
+                "session.idle_timeout_ms",
+                "must be longer than session.heartbeat_interval_ms",
+            );
+        }
+        if self.token_ttl_secs == 0 {
+            return invalid("token_ttl_secs", "must be above 0");
+        }
+        if !self.jwt_secret.is_empty() && self.jwt_secret.len() < 32 {
+            return invalid("jwt_secret", "must be at least 32 bytes");
+        }
+        if let Err(problem) = self.mock.validate() {
+            return invalid("mock", &problem);
+        }
+        Ok(())
+    }
+
+    pub fn session_config(&self, node_id: &str) -> Arc<SessionConfig> {
+        let s = &self.session;
+        Arc::new(SessionConfig {
+            node_id: node_id.into(),
+            max_frame_bytes: s.max_frame_bytes,
+            max_concurrent_requests: s.max_concurrent_requests,
+            outbox_max_bytes: s.outbox_max_bytes,
+            outbox_high_watermark_bytes: s.outbox_high_watermark_bytes,
+            heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms),
+            idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+            close_grace: Duration::from_millis(s.close_grace_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail fixes the closures' error type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gw.toml",
+                "listen = \"127.0.0.1:9000\"\nworkers = 3\n[session]\nmax_concurrent_requests = 2\n",
+            )?;
+            jail.set_env("GATEWAY_WORKERS", "5");
+            jail.set_env("GATEWAY_LISTEN", "127.0.0.1:9100");
+            jail.set_env("GATEWAY_SESSION__MAX_FRAME_BYTES", "4096");
+            let file = PathBuf::from("gw.toml");
+
+            let c = Config::load(Some(&file), &Overrides::default()).unwrap();
+            assert_eq!(c.workers, 5, "env beats file");
+            assert_eq!(c.listen.port(), 9100);
+            assert_eq!(c.session.max_concurrent_requests, 2, "file beats defaults");
+            assert_eq!(c.session.max_frame_bytes, 4096);
+            assert_eq!(c.session.idle_timeout_ms, 120_000, "defaults fill the rest");
+
+            let flags = Overrides {
+                listen: Some("127.0.0.1:9200".parse().unwrap()),
+            };
+            let c = Config::load(Some(&file), &flags).unwrap();
+            assert_eq!(c.listen.port(), 9200, "flags beat env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GATEWAY_SESSION__MAX_FRAME_BYTES", "lots");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("session.max_frame_bytes: invalid type"),
+                "{err}"
+            );
+            jail.set_env("GATEWAY_SESSION__MAX_FRAME_BYTES", "10");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("session.max_frame_bytes"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("gw.toml", "lisen = \"127.0.0.1:1\"\n")?;
+            let err = Config::load(Some(&PathBuf::from("gw.toml")), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("lisen"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,77 @@
+//! Cutting a TCP connection from outside its HTTP dispatcher.
+//!
+//! A client that stops reading leaves actix-web's dispatcher parked on a full socket, where a
+//! close frame can never get through. `shutdown(2)` on the socket makes that pending write fail
+//! at once, so the dispatcher drops the connection and frees its buffers.
+
+use std::{
+    any::Any,
+    net::SocketAddr,
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use actix_web::dev::Extensions;
+use ai_gateway_actors::ConnectionAbort;
+use socket2::SockAddr;
+
+/// The socket of one accepted connection, kept in the connection's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSocket {
+    fd: RawFd,
+    peer: Option<SocketAddr>,
+}
+
+/// Counts the node's open TCP connections: one guard lives in each connection's extensions
+/// and is dropped with the connection.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `HttpServer::on_connect` hook: records each connection's socket and counts it in `open`.
+pub fn record_socket(open: &Arc<AtomicUsize>, conn: &dyn Any, ext: &mut Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        open.fetch_add(1, Ordering::Relaxed);
+        ext.insert(OpenGuard(open.clone()));
+        ext.insert(ConnSocket {
+            fd: tcp.as_raw_fd(),
+            peer: tcp.peer_addr().ok(),
+        });
+    }
+}
+
+impl ConnSocket {
+    fn current_peer(&self) -> Option<SocketAddr> {
+        // SAFETY: getpeername only writes within the storage and length socket2 hands it.
+        let (_, addr) = unsafe {
+            SockAddr::try_init(|storage, len| {
+                if libc::getpeername(self.fd, storage.cast(), len) == -1 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        .ok()?;
+        addr.as_socket()
+    }
+}
+
+impl ConnectionAbort for ConnSocket {
+    fn abort(&self) {
+        // The session and its dispatcher share one worker thread, so the connection cannot be
+        // closed between this check and the shutdown; the peer check guards against the fd
+        // having been closed and reused for another connection earlier.
+        if self.peer.is_some() && self.current_peer() == self.peer {
+            // SAFETY: shutdown takes a plain descriptor and touches no memory of ours.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `ai-gateway`: run a gateway node.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use ai_gateway::{
+    config::{Config, Overrides},
+    telemetry, Gateway,
+};
+use clap::Parser;
+
+/// WebSocket gateway between chat clients and LLM providers.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Address to listen on (overrides GATEWAY_LISTEN and the config file).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE", env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides { listen: cli.listen };
+    let config = match Config::load(cli.config.as_ref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ai-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    actix_web::rt::System::new().block_on(async move {
+        let gateway = match Gateway::start(config).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("ai-gateway: cannot start: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("ai-gateway listening on http://{}", gateway.local_addr());
+        wait_for_signal().await;
+        gateway.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,99 @@
+//! `POST /register` and `POST /login`, with the seed's bodies and answers.
+
+use actix_web::{http::StatusCode, web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::{auth, identity::Role};
+
+pub const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=64;
+pub const PASSWORD_BYTES: std::ops::RangeInclusive<usize> = 8..=1024;
+
+#[derive(Deserialize)]
+pub struct Credentials {
+    username: String,
+    password: String,
+}
+
+fn bad_request(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message.to_owned())
+}
+
+fn validate(c: &Credentials) -> Result<(), ApiError> {
+    let name_ok = USERNAME_CHARS.contains(&c.username.chars().count())
+        && c.username
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+    if !name_ok {
+        return Err(bad_request(
+            "username must be 3 to 64 characters of letters, digits, '_', '.' or '-'",
+        ));
+    }
+    if !PASSWORD_BYTES.contains(&c.password.len()) {
+        return Err(bad_request("password must be 8 to 1024 bytes"));
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(f)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Server busy".to_owned()))
+}
+
+pub async fn register(
+    state: web::Data<AppState>,
+    body: web::Json<Credentials>,
+) -> Result<HttpResponse, ApiError> {
+    let creds = body.into_inner();
+    validate(&creds)?;
+    let password = creds.password;
+    let hash = blocking(move || auth::hash_password(&password)).await?;
+    let user = state
+        .identity
+        .create_user(&creds.username, hash, Role::User)
+        .await?;
+    tracing::info!(user_id = %user.id, username = %user.username, "user registered");
+    Ok(HttpResponse::Ok().json(json!({
+        "message": "User created successfully",
+        "user_id": user.id,
+    })))
+}
+
+pub async fn login(
+    state: web::Data<AppState>,
+    body: web::Json<Credentials>,
+) -> Result<HttpResponse, ApiError> {
+    let creds = body.into_inner();
+    let user = state.identity.user_by_name(&creds.username).await?;
+    let hash = user.as_ref().map_or_else(
+        || auth::decoy_hash().to_owned(),
+        |u| u.password_hash.clone(),
+    );
+    let password = creds.password;
+    let valid = blocking(move || auth::verify_password(&password, &hash)).await?;
+    let user = match user {
+        Some(user) if valid => user,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Invalid credentials".to_owned(),
+            ))
+        }
+    };
+    if user.disabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "User disabled".to_owned(),
+        ));
+    }
+    let token = state.tokens.issue(&user.id, &user.username, user.role);
+    Ok(HttpResponse::Ok().json(json!({
+        "token": token,
+        "username": user.username,
+        "role": user.role,
+    })))
+}

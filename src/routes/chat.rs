@@ -1,0 +1,110 @@
+//! `GET /chat`: authenticates, then upgrades to a WebSocket run by a [`SessionActor`].
+
+use std::{rc::Rc, sync::atomic::Ordering, time::SystemTime};
+
+use actix::Actor;
+use actix_web::{
+    http::{header, StatusCode},
+    web, HttpRequest, HttpResponse,
+};
+use ai_gateway_actors::{ConnectionAbort, SessionActor, SessionInfo};
+
+use super::{ApiError, AppState};
+use crate::{auth::TokenError, conn::ConnSocket};
+
+/// The token from `Authorization: Bearer ...`, or else from `?token=` (the seed's way).
+fn token_of(req: &HttpRequest) -> Option<String> {
+    if let Some(bearer) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(bearer.trim().to_owned());
+    }
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()?
+        .into_inner()
+        .remove("token")
+        .filter(|t| !t.is_empty())
+}
+
+/// Browsers send `Origin`; other clients do not. A browser page may connect only from the
+/// gateway's own origin or one listed in `allowed_origins` (`*` allows any).
+fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = req.connection_info().host().to_owned();
+    ["http://", "https://"].iter().any(|scheme| {
+        origin
+            .strip_prefix(scheme)
+            .is_some_and(|o| o.eq_ignore_ascii_case(&host))
+    })
+}
+
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if !origin_allowed(&req, &state.allowed_origins) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Origin not allowed".to_owned(),
+        ));
+    }
+    let token = token_of(&req).ok_or(TokenError::Missing)?;
+    let claims = state.tokens.verify(&token)?;
+    let user = state
+        .identity
+        .user_by_id(&claims.sub)
+        .await?
+        .ok_or(TokenError::ExpiredOrRevoked)?;
+    if user.disabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "User disabled".to_owned(),
+        ));
+    }
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is shutting down".to_owned(),
+        ));
+    }
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let abort = req
+        .conn_data::<ConnSocket>()
+        .map(|s| Rc::new(*s) as Rc<dyn ConnectionAbort>);
+    let info = SessionInfo {
+        session_id: uuid::Uuid::new_v4().to_string().into(),
+        user_id: user.id,
+        username: user.username,
+        role: user.role.as_str().to_owned(),
+        node_id: state.session_config.node_id.clone(),
+        remote_addr: req.peer_addr().map(|a| a.to_string()),
+        started_at: SystemTime::now(),
+    };
+    tracing::debug!(session = %info.session_id, user = %info.username, "session opened");
+    SessionActor::new(
+        info,
+        state.session_config.clone(),
+        state.registry.clone(),
+        (session, stream),
+        abort,
+    )
+    .start();
+    Ok(response)
+}

@@ -1,0 +1,16 @@
+//! The chat demo page and the liveness probe.
+
+use actix_web::{http::header::ContentType, HttpResponse};
+
+/// `web/index.html`, built into the binary so one file deploys.
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+
+pub async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::html())
+        .body(INDEX_HTML)
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
