@@ -7,7 +7,7 @@ use argon2::{
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Role;
+use crate::store::Role;
 
 /// Hashes a password with argon2id and a fresh salt (PHC string). CPU-heavy: call off the
 /// async workers.

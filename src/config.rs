@@ -4,6 +4,8 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use ai_gateway_actors::{MockSettings, SessionConfig};
+
+use crate::limits::RateLimitSettings;
 use figment::{
     providers::{Env, Format, Serialized, Toml},
     Figment,
@@ -27,6 +29,23 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// `pretty` or `json`.
     pub log_format: LogFormat,
+    /// PostgreSQL for users, keys, conversations and usage (also `DATABASE_URL`). Empty: in
+    /// memory, for one node.
+    pub database_url: String,
+    /// Redis for what nodes share (also `REDIS_URL`). Empty: nothing shared.
+    pub redis_url: String,
+    /// Start of every Redis key and channel this gateway uses.
+    pub redis_prefix: String,
+    /// How long a validated user or API key is trusted before it is checked again. Revocations
+    /// apply at once regardless.
+    pub auth_cache_ttl_ms: u64,
+    /// How often each node pulls revocations from the store, in case a broadcast was missed.
+    pub revocation_sync_ms: u64,
+    /// Usage records and conversation turns that may wait for the store during an outage.
+    pub write_queue_capacity: usize,
+    pub directory: DirectorySettings,
+    #[serde(deserialize_with = "crate::limits::deserialize_settings")]
+    pub rate_limits: RateLimitSettings,
     pub session: SessionSettings,
     pub shutdown: ShutdownSettings,
     pub mock: MockSettings,
@@ -51,6 +70,24 @@ pub struct SessionSettings {
     pub close_grace_ms: u64,
 }
 
+/// The session directory in Redis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectorySettings {
+    /// A node that stops refreshing (killed) vanishes from the directory after this.
+    pub session_ttl_ms: u64,
+    pub refresh_interval_ms: u64,
+}
+
+impl Default for DirectorySettings {
+    fn default() -> Self {
+        DirectorySettings {
+            session_ttl_ms: 30_000,
+            refresh_interval_ms: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
@@ -68,6 +105,14 @@ impl Default for Config {
             token_ttl_secs: 7 * 24 * 3600,
             allowed_origins: Vec::new(),
             log_format: LogFormat::Pretty,
+            database_url: String::new(),
+            redis_url: String::new(),
+            redis_prefix: "agw:".into(),
+            auth_cache_ttl_ms: 60_000,
+            revocation_sync_ms: 10_000,
+            write_queue_capacity: 100_000,
+            directory: DirectorySettings::default(),
+            rate_limits: RateLimitSettings::default(),
             session: SessionSettings::default(),
             shutdown: ShutdownSettings::default(),
             mock: MockSettings::default(),
@@ -145,6 +190,7 @@ impl Config {
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig
+            .merge(Env::raw().only(&["database_url", "redis_url"]))
             .merge(Env::prefixed("GATEWAY_").split("__").ignore(&["config"]))
             .merge(Serialized::defaults(overrides));
         let config: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
@@ -190,6 +236,19 @@ impl Config {
         }
         if let Err(problem) = self.mock.validate() {
             return invalid("mock", &problem);
+        }
+        if let Err(problem) = self.rate_limits.validate() {
+            return invalid("rate_limits", &problem);
+        }
+        let d = &self.directory;
+        if d.refresh_interval_ms == 0 || d.session_ttl_ms <= d.refresh_interval_ms {
+            return invalid(
+                "directory.session_ttl_ms",
+                "must be longer than directory.refresh_interval_ms (which must be above 0)",
+            );
+        }
+        if self.revocation_sync_ms == 0 {
+            return invalid("revocation_sync_ms", "must be above 0");
         }
         Ok(())
     }
@@ -258,6 +317,43 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("session.max_frame_bytes"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rate_limits_switch_off_with_one_variable() {
+        figment::Jail::expect_with(|jail| {
+            assert!(
+                Config::load(None, &Overrides::default())
+                    .unwrap()
+                    .rate_limits
+                    .enabled
+            );
+            jail.set_env("GATEWAY_RATE_LIMITS", "off");
+            assert!(
+                !Config::load(None, &Overrides::default())
+                    .unwrap()
+                    .rate_limits
+                    .enabled
+            );
+            jail.set_env("GATEWAY_RATE_LIMITS", "sometimes");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("rate_limits"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_and_redis_urls_come_from_the_usual_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://db/x");
+            jail.set_env("REDIS_URL", "redis://cache/");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.database_url, "postgres://db/x");
+            assert_eq!(c.redis_url, "redis://cache/");
             Ok(())
         });
     }

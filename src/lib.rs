@@ -1,12 +1,16 @@
 //! The `ai-gateway` binary's library: configuration, HTTP routes, identity, and the server that
 //! ties them to the actors in `ai-gateway-actors`.
 
+pub mod access;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod conn;
-pub mod identity;
+pub mod limits;
+pub mod request_hooks;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 
 pub use config::Config;

@@ -12,16 +12,28 @@ use std::{
 use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
-use ai_gateway_actors::{Drain, MockProvider, Router, SessionCount, SessionRegistry};
+use ai_gateway_actors::{
+    Drain, MockProvider, NoDirectory, Router, SessionCount, SessionDirectory, SessionEnv,
+    SessionRegistry,
+};
 use rand::RngCore;
 
 use crate::{
+    access::Access,
     auth::TokenIssuer,
+    cluster::{Cluster, ClusterEvent, RedisDirectory},
     config::Config,
     conn,
-    identity::{IdentityStore, MemoryIdentityStore},
+    limits::Limits,
+    request_hooks::GatewayHooks,
     routes::{self, AppState},
+    store::{memory::MemoryStore, postgres, Stores, WriteBehind},
 };
+
+/// Longest pause between two attempts to reach PostgreSQL or Redis at start-up.
+const MAX_STARTUP_RETRY_DELAY: Duration = Duration::from_secs(10);
+/// How often idle in-memory limiter state is forgotten.
+const LIMITS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running node. Dropping it leaves the server running; call [`Gateway::shutdown`].
 pub struct Gateway {
@@ -31,14 +43,36 @@ pub struct Gateway {
     server: ServerHandle,
     serving: actix_rt::task::JoinHandle<std::io::Result<()>>,
     mock: Arc<MockProvider>,
+    writes: WriteBehind,
     open_connections: Arc<AtomicUsize>,
     drain_timeout: Duration,
     close_grace: Duration,
     registry_arbiter: Arbiter,
 }
 
+/// Retries `attempt` with backoff until it succeeds, saying each time what is unreachable.
+async fn with_retry<T, E, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} unreachable; retrying");
+                actix_rt::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_STARTUP_RETRY_DELAY);
+            }
+        }
+    }
+}
+
 impl Gateway {
-    /// Binds `config.listen` and starts serving. Must run inside an actix system.
+    /// Binds `config.listen` and starts serving. Must run inside an actix system. Waits (with
+    /// backoff) for PostgreSQL and Redis when they are configured.
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         let node_id = if config.node_id.is_empty() {
             format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -56,19 +90,101 @@ impl Gateway {
             config.jwt_secret.clone().into_bytes()
         };
 
+        let stores = if config.database_url.is_empty() {
+            Stores::from_backend(Arc::new(MemoryStore::default()))
+        } else {
+            let url = config.database_url.clone();
+            let applied = with_retry("PostgreSQL", || postgres::migrate(&url)).await;
+            if !applied.is_empty() {
+                tracing::info!(migrations = ?applied, "database migrated");
+            }
+            let pg = Arc::new(postgres::PgStore::connect(&url)?);
+            with_retry("PostgreSQL", || pg.ping()).await;
+            Stores::from_backend(pg)
+        };
+        let cluster = if config.redis_url.is_empty() {
+            None
+        } else {
+            let cluster = Arc::new(Cluster::new(&config.redis_url, &config.redis_prefix)?);
+            with_retry("Redis", || cluster.ping()).await;
+            Some(cluster)
+        };
+
         let mock = MockProvider::new(config.mock.clone());
         let router = Arc::new(Router::default().with_route("mock", mock.clone(), "mock"));
+        let directory: Arc<dyn SessionDirectory> = match &cluster {
+            Some(c) => Arc::new(RedisDirectory::start(
+                c.clone(),
+                node_id.clone(),
+                Duration::from_millis(config.directory.session_ttl_ms),
+            )),
+            None => Arc::new(NoDirectory),
+        };
+        let refresh = Duration::from_millis(config.directory.refresh_interval_ms);
         let registry_arbiter = Arbiter::new();
         let registry = SessionRegistry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-            SessionRegistry::new(router)
+            SessionRegistry::new(router).with_directory(directory, refresh)
         });
-        let identity: Arc<dyn IdentityStore> = Arc::new(MemoryIdentityStore::default());
+
+        let access = Arc::new(Access::new(
+            stores.identity.clone(),
+            TokenIssuer::new(&secret, config.token_ttl_secs),
+            registry.clone(),
+            cluster.clone(),
+            Duration::from_millis(config.auth_cache_ttl_ms),
+        ));
+        if let Err(e) = access.sync().await {
+            tracing::warn!(error = %e, "could not load revocations; will retry");
+        }
+        access.spawn_sync(Duration::from_millis(config.revocation_sync_ms));
+        if let Some(c) = &cluster {
+            let on_event = access.clone();
+            let on_connected = Arc::downgrade(&access);
+            c.subscribe(
+                move |event| match event {
+                    ClusterEvent::Revoked(r) => on_event.apply(&r),
+                },
+                // Catch up on what was revoked while the subscription was down.
+                move || {
+                    if let Some(access) = on_connected.upgrade() {
+                        actix_rt::spawn(async move {
+                            let _ = access.sync().await;
+                        });
+                    }
+                },
+            );
+        }
+
+        let limits = Limits::new(config.rate_limits.clone(), cluster.clone());
+        let pruned = Arc::downgrade(&limits);
+        actix_rt::spawn(async move {
+            let mut tick = actix_rt::time::interval(LIMITS_PRUNE_INTERVAL);
+            loop {
+                tick.tick().await;
+                match pruned.upgrade() {
+                    Some(l) => l.prune(),
+                    None => return,
+                }
+            }
+        });
+        let writes = WriteBehind::start(stores.clone(), config.write_queue_capacity);
+        let hooks = Arc::new(GatewayHooks {
+            stores: stores.clone(),
+            limits: limits.clone(),
+            writes: writes.clone(),
+        });
 
         let state = web::Data::new(AppState {
-            identity,
-            tokens: TokenIssuer::new(&secret, config.token_ttl_secs),
-            registry,
-            session_config: config.session_config(&node_id),
+            access,
+            stores,
+            limits,
+            cluster,
+            registry: registry.clone(),
+            session_env: SessionEnv {
+                config: config.session_config(&node_id),
+                registry,
+                hooks,
+            },
             allowed_origins: config.allowed_origins.clone(),
             draining: false.into(),
         });
@@ -103,6 +219,7 @@ impl Gateway {
             server: handle,
             serving,
             mock,
+            writes,
             open_connections,
             drain_timeout,
             close_grace,
@@ -120,6 +237,23 @@ impl Gateway {
 
     pub fn registry(&self) -> &Addr<SessionRegistry> {
         &self.state.registry
+    }
+
+    /// Waits until every usage record and conversation turn queued so far is stored.
+    pub async fn flush_writes(&self) {
+        self.writes.flush().await;
+    }
+
+    pub fn access(&self) -> &Arc<Access> {
+        &self.state.access
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.state.cluster.as_ref()
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.state.stores
     }
 
     /// The mock provider, for tests that count what it produced.
@@ -157,6 +291,7 @@ impl Gateway {
         }
         stopped.await;
         let _ = self.serving.await;
+        self.writes.flush().await;
         self.registry_arbiter.stop();
         tracing::info!("stopped");
     }

@@ -3,15 +3,25 @@
 //! answer them. `docs/ARCHITECTURE.md` shows how they fit.
 
 mod flow;
+pub mod hooks;
 mod outbox;
 pub mod provider;
 pub mod registry;
 pub mod session;
 
 pub use flow::FlowControl;
+pub use hooks::{
+    Admission, NoDirectory, NoHooks, Refusal, RequestHooks, RequestOutcome, RequestStart,
+    SessionDirectory,
+};
 pub use provider::{
     mock::{MockProvider, MockSettings},
     ChunkSink, Provider, ProviderError, ProviderRequest, Router, StreamEvent, StreamHandle,
 };
-pub use registry::{Drain, KillSession, ListSessions, SessionCount, SessionInfo, SessionRegistry};
-pub use session::{ConnectionAbort, SessionActor, SessionConfig, CLOSE_RESTART};
+pub use registry::{
+    CloseRevoked, Drain, KillSession, ListSessions, Revoked, SessionCount, SessionInfo,
+    SessionRegistry,
+};
+pub use session::{
+    ConnectionAbort, SessionActor, SessionConfig, SessionEnv, CLOSE_POLICY, CLOSE_RESTART,
+};

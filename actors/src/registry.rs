@@ -12,6 +12,7 @@ use actix_rt::ArbiterHandle;
 use serde::Serialize;
 
 use crate::{
+    hooks::{NoDirectory, SessionDirectory},
     provider::{ChunkSink, ProviderRequest, ProviderStream, Router, StreamHandle, UnknownModel},
     session::{CloseSession, DrainSession, SessionActor},
 };
@@ -27,6 +28,13 @@ pub struct SessionInfo {
     pub remote_addr: Option<String>,
     #[serde(with = "unix_ms")]
     pub started_at: SystemTime,
+    /// The token id (`jti`) or API key id the session authenticated with.
+    #[serde(skip)]
+    pub credential_id: String,
+    /// Whether the credential is an API key (else a session token).
+    pub api_key: bool,
+    /// Requests running now (kept current by the session).
+    pub running: u32,
 }
 
 mod unix_ms {
@@ -44,6 +52,8 @@ pub struct SessionRegistry {
     sessions: HashMap<Arc<str>, (Addr<SessionActor>, SessionInfo)>,
     router: Arc<Router>,
     drain_timeout: Option<Duration>,
+    directory: Arc<dyn SessionDirectory>,
+    directory_refresh: Duration,
 }
 
 impl SessionRegistry {
@@ -52,12 +62,32 @@ impl SessionRegistry {
             sessions: HashMap::new(),
             router,
             drain_timeout: None,
+            directory: Arc::new(NoDirectory),
+            directory_refresh: Duration::from_secs(3600),
         }
+    }
+
+    /// Publishes every live session to `directory`, refreshed every `refresh`.
+    pub fn with_directory(
+        mut self,
+        directory: Arc<dyn SessionDirectory>,
+        refresh: Duration,
+    ) -> Self {
+        self.directory = directory;
+        self.directory_refresh = refresh;
+        self
     }
 }
 
 impl Actor for SessionRegistry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.directory_refresh, |act, _| {
+            let live = act.sessions.values().map(|(_, i)| i.clone()).collect();
+            act.directory.refresh(live);
+        });
+    }
 }
 
 #[derive(Message)]
@@ -74,6 +104,7 @@ impl Handler<Register> for SessionRegistry {
         if let Some(timeout) = self.drain_timeout {
             msg.addr.do_send(DrainSession { timeout });
         }
+        self.directory.joined(&msg.info);
         self.sessions
             .insert(msg.info.session_id.clone(), (msg.addr, msg.info));
     }
@@ -89,13 +120,33 @@ impl Handler<Unregister> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Self::Context) {
-        self.sessions.remove(&msg.session_id);
+        if self.sessions.remove(&msg.session_id).is_some() {
+            self.directory.left(&msg.session_id);
+        }
+    }
+}
+
+/// A session's count of running requests changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RequestsChanged {
+    pub session_id: Arc<str>,
+    pub running: u32,
+}
+
+impl Handler<RequestsChanged> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RequestsChanged, _: &mut Self::Context) {
+        if let Some((_, info)) = self.sessions.get_mut(&msg.session_id) {
+            info.running = msg.running;
+        }
     }
 }
 
 /// Starts a provider stream for a session's request, on the session's own arbiter.
 #[derive(Message)]
-#[rtype(result = "Result<StreamHandle, UnknownModel>")]
+#[rtype(result = "Result<(StreamHandle, &'static str), UnknownModel>")]
 pub(crate) struct StartChat {
     pub request: ProviderRequest,
     pub sink: ChunkSink,
@@ -103,7 +154,7 @@ pub(crate) struct StartChat {
 }
 
 impl Handler<StartChat> for SessionRegistry {
-    type Result = Result<StreamHandle, UnknownModel>;
+    type Result = Result<(StreamHandle, &'static str), UnknownModel>;
 
     fn handle(&mut self, msg: StartChat, _: &mut Self::Context) -> Self::Result {
         let route = self.router.resolve(&msg.request.model)?;
@@ -111,12 +162,9 @@ impl Handler<StartChat> for SessionRegistry {
             upstream_model: route.upstream_model.clone(),
             ..msg.request
         };
-        Ok(ProviderStream::start_on(
-            &msg.arbiter,
-            route.provider.clone(),
-            request,
-            msg.sink,
-        ))
+        let handle =
+            ProviderStream::start_on(&msg.arbiter, route.provider.clone(), request, msg.sink);
+        Ok((handle, route.provider.name()))
     }
 }
 
@@ -170,6 +218,45 @@ impl Handler<KillSession> for SessionRegistry {
             }
             None => false,
         }
+    }
+}
+
+/// Which sessions a revocation closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// Every session of this user.
+    User(String),
+    /// Every session opened with this token id or API key id.
+    Credential(String),
+}
+
+/// Closes every session that a revocation covers; answers how many.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseRevoked {
+    pub revoked: Revoked,
+    pub reason: String,
+}
+
+impl Handler<CloseRevoked> for SessionRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CloseRevoked, _: &mut Self::Context) -> usize {
+        let mut closed = 0;
+        for (addr, info) in self.sessions.values() {
+            let hit = match &msg.revoked {
+                Revoked::User(id) => info.user_id == *id,
+                Revoked::Credential(id) => info.credential_id == *id,
+            };
+            if hit {
+                addr.do_send(CloseSession {
+                    code: crate::session::CLOSE_POLICY,
+                    reason: msg.reason.clone(),
+                });
+                closed += 1;
+            }
+        }
+        closed
     }
 }
 

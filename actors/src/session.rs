@@ -5,6 +5,7 @@
 //! byte bound on what waits to be written. It never awaits the socket itself (see `outbox`).
 
 use std::{
+    any::Any,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
@@ -13,15 +14,16 @@ use std::{
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use ai_gateway_proto::{
-    decode_client_frame, ChatMessage, ChatPayload, ChunkPayload, ClientFrame, DonePayload,
-    ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage, SessionLimits, SystemEvent,
-    SystemPayload, Usage, PROTOCOL_VERSION,
+    decode_client_frame, ChatMessage, ChatPayload, ChunkKind, ChunkPayload, ClientFrame,
+    DonePayload, ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage, SessionLimits,
+    SystemEvent, SystemPayload, Usage, PROTOCOL_VERSION,
 };
 
 use crate::{
+    hooks::{Admission, RequestHooks, RequestOutcome, RequestStart},
     outbox::{Outbox, Outgoing},
     provider::{ChunkSink, ProviderRequest, StreamEvent, StreamEventKind, StreamHandle},
-    registry::{Register, SessionInfo, SessionRegistry, StartChat, Unregister},
+    registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, StartChat, Unregister},
     FlowControl,
 };
 
@@ -58,18 +60,36 @@ pub trait ConnectionAbort: 'static {
     fn abort(&self);
 }
 
+/// What every session of a node shares.
+#[derive(Clone)]
+pub struct SessionEnv {
+    pub config: Arc<SessionConfig>,
+    pub registry: Addr<SessionRegistry>,
+    pub hooks: Arc<dyn RequestHooks>,
+}
+
 struct RunningRequest {
     key: u64,
     id: String,
     model: String,
     seq: u64,
+    started: Instant,
+    first_chunk_ms: Option<u64>,
+    /// Set once the hooks admitted the request; held until it ends.
+    lease: Option<Option<Box<dyn Any + Send>>>,
     handle: Option<StreamHandle>,
+    provider: &'static str,
+    conversation_id: Option<String>,
+    question: Option<String>,
+    /// The answer's text, kept only for stored conversations.
+    answer: String,
 }
 
 pub struct SessionActor {
     info: SessionInfo,
     config: Arc<SessionConfig>,
     registry: Addr<SessionRegistry>,
+    hooks: Arc<dyn RequestHooks>,
     flow: Arc<FlowControl>,
     ws: Option<(actix_ws::Session, actix_ws::MessageStream)>,
     outbox: Option<Outbox>,
@@ -85,16 +105,16 @@ pub struct SessionActor {
 impl SessionActor {
     pub fn new(
         info: SessionInfo,
-        config: Arc<SessionConfig>,
-        registry: Addr<SessionRegistry>,
+        env: SessionEnv,
         ws: (actix_ws::Session, actix_ws::MessageStream),
         abort: Option<Rc<dyn ConnectionAbort>>,
     ) -> Self {
         SessionActor {
             info,
-            flow: FlowControl::new(config.outbox_high_watermark_bytes),
-            config,
-            registry,
+            flow: FlowControl::new(env.config.outbox_high_watermark_bytes),
+            config: env.config,
+            registry: env.registry,
+            hooks: env.hooks,
             ws: Some(ws),
             outbox: None,
             incoming: None,
@@ -146,6 +166,7 @@ impl SessionActor {
                 model: r.model.as_str().into(),
                 usage,
                 chunks: r.seq,
+                conversation_id: r.conversation_id.as_deref().map(Into::into),
             },
         };
         self.send(&msg, ctx);
@@ -229,6 +250,11 @@ impl SessionActor {
             .model
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| crate::provider::DEFAULT_MODEL.to_owned());
+        let conversation_id = payload.conversation_id;
+        let question = conversation_id
+            .as_ref()
+            .map(|_| payload.content.clone())
+            .filter(|q| !q.is_empty());
         let mut messages = payload.messages;
         if !payload.content.is_empty() {
             messages.push(ChatMessage {
@@ -236,23 +262,58 @@ impl SessionActor {
                 content: payload.content,
             });
         }
-        let request = ProviderRequest {
-            model: model.clone(),
-            upstream_model: String::new(),
-            system: payload.system,
-            messages,
-            temperature: payload.temperature,
-            max_tokens: payload.max_tokens,
+        let start = RequestStart {
+            session: self.info.clone(),
+            request_id: id.clone(),
+            request: ProviderRequest {
+                model: model.clone(),
+                upstream_model: String::new(),
+                system: payload.system,
+                messages,
+                temperature: payload.temperature,
+                max_tokens: payload.max_tokens,
+            },
+            conversation_id: conversation_id.clone(),
         };
         self.requests.push(RunningRequest {
             key,
             id,
             model,
             seq: 0,
+            started: Instant::now(),
+            first_chunk_ms: None,
+            lease: None,
             handle: None,
+            provider: "",
+            conversation_id,
+            question,
+            answer: String::new(),
         });
+        self.requests_changed();
+        self.hooks
+            .admit(start)
+            .into_actor(self)
+            .map(move |admitted, act, ctx| match admitted {
+                Ok(admission) => act.admitted(key, admission, ctx),
+                Err(refusal) => {
+                    if let Some(r) = act.take_request(key) {
+                        act.send_error(Some(&r.id), refusal.reason, &refusal.message, ctx);
+                        act.request_ended(ctx);
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// The hooks let the request through: hand it to the registry for a provider.
+    fn admitted(&mut self, key: u64, admission: Admission, ctx: &mut Context<Self>) {
+        // Cancelled while being admitted: dropping the admission releases its lease.
+        let Some(r) = self.requests.iter_mut().find(|r| r.key == key) else {
+            return;
+        };
+        r.lease = Some(admission.lease);
         let start = StartChat {
-            request,
+            request: admission.request,
             sink: ChunkSink::new(key, ctx.address().recipient(), self.flow.clone()),
             arbiter: actix_rt::Arbiter::current(),
         };
@@ -260,20 +321,26 @@ impl SessionActor {
             .send(start)
             .into_actor(self)
             .map(move |res, act, ctx| {
-                let started: Result<(), _> = match res {
-                    Ok(Ok(handle)) => match act.requests.iter_mut().find(|r| r.key == key) {
-                        Some(r) => {
-                            r.handle = Some(handle);
-                            return;
+                let refused = match res {
+                    Ok(Ok((handle, provider))) => {
+                        match act.requests.iter_mut().find(|r| r.key == key) {
+                            Some(r) => {
+                                r.handle = Some(handle);
+                                r.provider = provider;
+                            }
+                            // Cancelled or closed while the stream was starting.
+                            None => handle.cancel(),
                         }
-                        // Cancelled or closed while the stream was starting.
-                        None => return handle.cancel(),
-                    },
-                    Ok(Err(unknown)) => Err((ErrorReason::UnknownModel, unknown.to_string())),
-                    Err(_) => Err((ErrorReason::Internal, "registry unavailable".to_owned())),
+                        return;
+                    }
+                    Ok(Err(unknown)) => (ErrorReason::UnknownModel, unknown.to_string()),
+                    Err(_) => (ErrorReason::Internal, "registry unavailable".to_owned()),
                 };
-                if let (Err((reason, message)), Some(r)) = (started, act.take_request(key)) {
-                    act.send_error(Some(&r.id), reason, &message, ctx);
+                if let Some(mut r) = act.take_request(key) {
+                    // Refused before any provider ran: nothing to record.
+                    r.lease = None;
+                    act.send_error(Some(&r.id), refused.0, &refused.1, ctx);
+                    act.request_ended(ctx);
                 }
             })
             .spawn(ctx);
@@ -281,19 +348,68 @@ impl SessionActor {
 
     fn take_request(&mut self, key: u64) -> Option<RunningRequest> {
         let i = self.requests.iter().position(|r| r.key == key)?;
-        Some(self.requests.remove(i))
+        let r = self.requests.remove(i);
+        self.requests_changed();
+        Some(r)
     }
 
-    fn cancel(&mut self, id: &str, ctx: &mut Context<Self>) {
-        let Some(i) = self.requests.iter().position(|r| r.id == id) else {
-            let msg = format!("no running request with id {id:?}");
-            return self.send_error(Some(id), ErrorReason::UnknownRequest, &msg, ctx);
-        };
-        let r = self.requests.remove(i);
+    fn requests_changed(&self) {
+        self.registry.do_send(RequestsChanged {
+            session_id: self.info.session_id.clone(),
+            running: self.requests.len() as u32,
+        });
+    }
+
+    /// Ends a request that reached the hooks: its `done` frame (when `notify`), its stream, its
+    /// record.
+    fn finish(
+        &mut self,
+        r: RunningRequest,
+        reason: FinishReason,
+        usage: Usage,
+        notify: bool,
+        ctx: &mut Context<Self>,
+    ) {
         if let Some(handle) = &r.handle {
             handle.cancel();
         }
-        self.send_done(&r, FinishReason::Cancelled, Usage::default(), ctx);
+        if notify {
+            self.send_done(&r, reason, usage, ctx);
+        }
+        if r.lease.is_some() {
+            self.hooks.finished(RequestOutcome {
+                session: self.info.clone(),
+                request_id: r.id,
+                model: r.model,
+                provider: if r.provider.is_empty() {
+                    "unknown"
+                } else {
+                    r.provider
+                },
+                conversation_id: r.conversation_id,
+                question: r.question,
+                answer: r.answer,
+                usage,
+                finish_reason: reason,
+                first_chunk_ms: r.first_chunk_ms,
+                duration_ms: r.started.elapsed().as_millis() as u64,
+            });
+        }
+    }
+
+    fn cancel(&mut self, id: &str, ctx: &mut Context<Self>) {
+        let Some(key) = self.requests.iter().find(|r| r.id == id).map(|r| r.key) else {
+            let msg = format!("no running request with id {id:?}");
+            return self.send_error(Some(id), ErrorReason::UnknownRequest, &msg, ctx);
+        };
+        if let Some(r) = self.take_request(key) {
+            let usage = Usage {
+                completion_tokens: r.seq,
+                total_tokens: r.seq,
+                ..Usage::default()
+            };
+            self.finish(r, FinishReason::Cancelled, usage, true, ctx);
+        }
         self.request_ended(ctx);
     }
 
@@ -394,11 +510,15 @@ impl Actor for SessionActor {
         self.send_system(SystemEvent::Welcome, ctx);
     }
 
-    fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        for r in self.requests.drain(..) {
-            if let Some(handle) = r.handle {
-                handle.cancel();
-            }
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        let left: Vec<RunningRequest> = self.requests.drain(..).collect();
+        for r in left {
+            let usage = Usage {
+                completion_tokens: r.seq,
+                total_tokens: r.seq,
+                ..Usage::default()
+            };
+            self.finish(r, FinishReason::Cancelled, usage, false, ctx);
         }
         self.flow.close();
         if let Some(outbox) = &self.outbox {
@@ -452,6 +572,12 @@ impl Handler<StreamEvent> for SessionActor {
         match ev.kind {
             StreamEventKind::Chunk { kind, text, charge } => {
                 let r = &mut self.requests[i];
+                if r.first_chunk_ms.is_none() {
+                    r.first_chunk_ms = Some(r.started.elapsed().as_millis() as u64);
+                }
+                if r.conversation_id.is_some() && kind == ChunkKind::Text {
+                    r.answer.push_str(&text);
+                }
                 let frame = ServerMessage::Chat {
                     id: r.id.as_str().into(),
                     payload: ChunkPayload {
@@ -469,15 +595,17 @@ impl Handler<StreamEvent> for SessionActor {
                 self.check_outbox(ctx);
             }
             StreamEventKind::Done(finish) => {
-                let r = self.requests.remove(i);
-                self.send_done(&r, finish.reason, finish.usage, ctx);
+                if let Some(r) = self.take_request(ev.key) {
+                    self.finish(r, finish.reason, finish.usage, true, ctx);
+                }
                 self.request_ended(ctx);
             }
             StreamEventKind::Failed(err) => {
-                let r = self.requests.remove(i);
-                tracing::info!(session = %self.info.session_id, request = %r.id, error = %err, "provider failed");
-                self.send_error(Some(&r.id), err.reason(), &err.to_string(), ctx);
-                self.send_done(&r, FinishReason::Error, Usage::default(), ctx);
+                if let Some(r) = self.take_request(ev.key) {
+                    tracing::info!(session = %self.info.session_id, request = %r.id, error = %err, "provider failed");
+                    self.send_error(Some(&r.id), err.reason(), &err.to_string(), ctx);
+                    self.finish(r, FinishReason::Error, Usage::default(), true, ctx);
+                }
                 self.request_ended(ctx);
             }
         }
@@ -520,13 +648,11 @@ impl Handler<DrainSession> for SessionActor {
         self.request_ended(ctx);
         ctx.run_later(msg.timeout, |act, ctx| {
             let left: Vec<RunningRequest> = act.requests.drain(..).collect();
+            act.requests_changed();
             for r in left {
-                if let Some(handle) = &r.handle {
-                    handle.cancel();
-                }
                 let msg = "the node shut down before this answer finished; retry elsewhere";
                 act.send_error(Some(&r.id), ErrorReason::ShuttingDown, msg, ctx);
-                act.send_done(&r, FinishReason::Error, Usage::default(), ctx);
+                act.finish(r, FinishReason::Error, Usage::default(), true, ctx);
             }
             act.close(CLOSE_RESTART, "server restarting", ctx);
         });

@@ -56,6 +56,10 @@ pub struct ChatPayload {
     pub temperature: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// Continue (or start) this stored conversation: its history is sent to the model before
+    /// `content`, and both the question and the answer are stored in it. A UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
 }
 
 /// One earlier turn of a conversation.

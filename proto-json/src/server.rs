@@ -61,6 +61,9 @@ pub struct DonePayload<'a> {
     pub usage: Usage,
     /// How many `chat` frames this request produced.
     pub chunks: u64,
+    /// The stored conversation this exchange was added to, when the request named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -104,11 +107,13 @@ pub enum ErrorReason {
     TooManyRequests,
     DuplicateRequestId,
     UnknownRequest,
+    UnknownConversation,
     RateLimited,
     ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
     ShuttingDown,
+    StorageUnavailable,
     Internal,
 }
 
@@ -118,13 +123,13 @@ impl ErrorReason {
         use ErrorReason::*;
         match self {
             InvalidJson | InvalidPayload => 400,
-            UnknownType | UnknownModel | UnknownRequest => 404,
+            UnknownType | UnknownModel | UnknownRequest | UnknownConversation => 404,
             DuplicateRequestId => 409,
             BinaryNotSupported => 415,
             TooManyRequests | RateLimited => 429,
             Internal => 500,
             ProviderError => 502,
-            ProviderUnavailable | ShuttingDown => 503,
+            ProviderUnavailable | ShuttingDown | StorageUnavailable => 503,
             ProviderTimeout => 504,
         }
     }

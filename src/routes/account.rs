@@ -1,11 +1,18 @@
 //! `POST /register` and `POST /login`, with the seed's bodies and answers.
 
-use actix_web::{http::StatusCode, web, HttpResponse};
+use std::time::SystemTime;
+
+use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState};
-use crate::{auth, identity::Role};
+use super::{ApiError, AppState, Caller};
+use crate::{
+    access::{Credential, Revocation},
+    auth,
+    limits::Rate,
+    store::Role,
+};
 
 pub const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=64;
 pub const PASSWORD_BYTES: std::ops::RangeInclusive<usize> = 8..=1024;
@@ -53,7 +60,8 @@ pub async fn register(
     let password = creds.password;
     let hash = blocking(move || auth::hash_password(&password)).await?;
     let user = state
-        .identity
+        .access
+        .identity()
         .create_user(&creds.username, hash, Role::User)
         .await?;
     tracing::info!(user_id = %user.id, username = %user.username, "user registered");
@@ -63,12 +71,27 @@ pub async fn register(
     })))
 }
 
+/// The client's address, for per-address limits.
+pub fn client_ip(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map_or_else(String::new, |a| a.ip().to_string())
+}
+
 pub async fn login(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
+    ApiError::check(
+        state.limits.check(Rate::LoginPerIp, &client_ip(&req)).await,
+        "logins",
+    )?;
     let creds = body.into_inner();
-    let user = state.identity.user_by_name(&creds.username).await?;
+    let user = state
+        .access
+        .identity()
+        .user_by_name(&creds.username)
+        .await?;
     let hash = user.as_ref().map_or_else(
         || auth::decoy_hash().to_owned(),
         |u| u.password_hash.clone(),
@@ -90,10 +113,36 @@ pub async fn login(
             "User disabled".to_owned(),
         ));
     }
-    let token = state.tokens.issue(&user.id, &user.username, user.role);
+    let token = state
+        .access
+        .tokens()
+        .issue(&user.id, &user.username, user.role);
     Ok(HttpResponse::Ok().json(json!({
         "token": token,
         "username": user.username,
         "role": user.role,
     })))
+}
+
+/// `POST /logout`: revokes the presented token on every node and closes its sessions.
+pub async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let p = caller.0;
+    let Credential::Token { jti, expires_at } = p.credential else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "API keys are revoked with DELETE /v1/keys/{id}".to_owned(),
+        ));
+    };
+    let expires_at_unix = expires_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    state
+        .access
+        .revoke(Revocation::Token {
+            jti,
+            user_id: p.user_id,
+            expires_at_unix,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "message": "Logged out" })))
 }

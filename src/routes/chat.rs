@@ -9,18 +9,13 @@ use actix_web::{
 };
 use ai_gateway_actors::{ConnectionAbort, SessionActor, SessionInfo};
 
-use super::{ApiError, AppState};
-use crate::{auth::TokenError, conn::ConnSocket};
+use super::{account::client_ip, caller::bearer, ApiError, AppState};
+use crate::{access::Credential, auth::TokenError, conn::ConnSocket, limits::Rate};
 
 /// The token from `Authorization: Bearer ...`, or else from `?token=` (the seed's way).
 fn token_of(req: &HttpRequest) -> Option<String> {
-    if let Some(bearer) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(bearer.trim().to_owned());
+    if let Some(bearer) = bearer(req) {
+        return Some(bearer.to_owned());
     }
     web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
         .ok()?
@@ -64,19 +59,15 @@ pub async fn upgrade(
             "Origin not allowed".to_owned(),
         ));
     }
+    ApiError::check(
+        state
+            .limits
+            .check(Rate::HandshakePerIp, &client_ip(&req))
+            .await,
+        "connection attempts",
+    )?;
     let token = token_of(&req).ok_or(TokenError::Missing)?;
-    let claims = state.tokens.verify(&token)?;
-    let user = state
-        .identity
-        .user_by_id(&claims.sub)
-        .await?
-        .ok_or(TokenError::ExpiredOrRevoked)?;
-    if user.disabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "User disabled".to_owned(),
-        ));
-    }
+    let principal = state.access.authenticate(&token).await?;
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -90,21 +81,17 @@ pub async fn upgrade(
         .map(|s| Rc::new(*s) as Rc<dyn ConnectionAbort>);
     let info = SessionInfo {
         session_id: uuid::Uuid::new_v4().to_string().into(),
-        user_id: user.id,
-        username: user.username,
-        role: user.role.as_str().to_owned(),
-        node_id: state.session_config.node_id.clone(),
+        user_id: principal.user_id,
+        username: principal.username,
+        role: principal.role.as_str().to_owned(),
+        node_id: state.session_env.config.node_id.clone(),
         remote_addr: req.peer_addr().map(|a| a.to_string()),
         started_at: SystemTime::now(),
+        api_key: matches!(principal.credential, Credential::ApiKey { .. }),
+        credential_id: principal.credential.id().to_owned(),
+        running: 0,
     };
     tracing::debug!(session = %info.session_id, user = %info.username, "session opened");
-    SessionActor::new(
-        info,
-        state.session_config.clone(),
-        state.registry.clone(),
-        (session, stream),
-        abort,
-    )
-    .start();
+    SessionActor::new(info, state.session_env.clone(), (session, stream), abort).start();
     Ok(response)
 }

@@ -1,27 +1,41 @@
-//! HTTP routes: the seed's endpoints (`/register`, `/login`, `/chat`, `/`) and health.
+//! HTTP routes: the seed's endpoints (`/register`, `/login`, `/chat`, `/`), the user's own
+//! keys, conversations and usage under `/v1`, and health.
 
 mod account;
+mod caller;
 mod chat;
+mod conversations;
+mod keys;
 mod pages;
 
-use std::sync::{atomic::AtomicBool, Arc};
+use std::{
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
 
 use actix::Addr;
 use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
-use ai_gateway_actors::{SessionConfig, SessionRegistry};
+use ai_gateway_actors::{SessionEnv, SessionRegistry};
 use serde_json::json;
 
+pub use caller::Caller;
+
 use crate::{
-    auth::{TokenError, TokenIssuer},
-    identity::{IdentityError, IdentityStore},
+    access::{Access, AuthError},
+    auth::TokenError,
+    cluster::Cluster,
+    limits::{Decision, Limits},
+    store::{StoreError, Stores},
 };
 
 /// What every handler shares.
 pub struct AppState {
-    pub identity: Arc<dyn IdentityStore>,
-    pub tokens: TokenIssuer,
+    pub access: Arc<Access>,
+    pub stores: Stores,
+    pub limits: Arc<Limits>,
+    pub cluster: Option<Arc<Cluster>>,
     pub registry: Addr<SessionRegistry>,
-    pub session_config: Arc<SessionConfig>,
+    pub session_env: SessionEnv,
     pub allowed_origins: Vec<String>,
     /// Set on SIGTERM: new WebSocket sessions are refused.
     pub draining: AtomicBool,
@@ -41,7 +55,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/login", web::get().to(pages::index))
     .route("/login", web::post().to(account::login))
     .route("/register", web::post().to(account::register))
+    .route("/logout", web::post().to(account::logout))
     .route("/chat", web::get().to(chat::upgrade))
+    .route("/v1/keys", web::post().to(keys::create))
+    .route("/v1/keys", web::get().to(keys::list))
+    .route("/v1/keys/{id}", web::delete().to(keys::revoke))
+    .route("/v1/conversations", web::get().to(conversations::list))
+    .route("/v1/conversations/{id}", web::get().to(conversations::show))
+    .route(
+        "/v1/conversations/{id}",
+        web::delete().to(conversations::delete),
+    )
+    .route("/v1/usage", web::get().to(conversations::usage))
     .route("/healthz", web::get().to(pages::healthz))
     .default_service(web::to(|| async {
         ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())
@@ -54,11 +79,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Sent as `Retry-After` (seconds) with a 429.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: String) -> Self {
-        ApiError { status, message }
+        ApiError {
+            status,
+            message,
+            retry_after: None,
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+    }
+
+    /// Turns a rate limit's decision into a 429 with `Retry-After`.
+    pub fn check(decision: Decision, what: &str) -> Result<(), ApiError> {
+        match decision {
+            Decision::Allowed => Ok(()),
+            Decision::Denied { retry_after } => Err(ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!("Too many {what}; retry later"),
+                retry_after: Some(retry_after),
+            }),
+        }
     }
 }
 
@@ -68,7 +115,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({ "error": self.message }))
+        let mut res = HttpResponse::build(self.status);
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            res.insert_header(("Retry-After", secs.to_string()));
+        }
+        res.json(json!({ "error": self.message }))
     }
 }
 
@@ -86,15 +138,25 @@ impl From<TokenError> for ApiError {
     }
 }
 
-impl From<IdentityError> for ApiError {
-    fn from(e: IdentityError) -> Self {
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
         match e {
-            IdentityError::UsernameTaken => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-            IdentityError::Unavailable(_) => {
-                tracing::warn!(error = %e, "identity store failed");
+            AuthError::Token(t) => t.into(),
+            AuthError::Disabled => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            AuthError::Unavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "Identity store unavailable".to_owned(),
+                    "Store unavailable".to_owned(),
                 )
             }
         }

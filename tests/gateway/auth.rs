@@ -1,6 +1,6 @@
 //! Sign-in and the handshake's refusals.
 
-use ai_gateway::{auth::Claims, identity::Role};
+use ai_gateway::{auth::Claims, store::Role};
 use serde_json::json;
 
 use crate::support::*;

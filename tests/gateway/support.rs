@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use ai_gateway::{Config, Gateway};
+use ai_gateway::{limits::RateLimitSettings, Config, Gateway};
 use ai_gateway_actors::MockSettings;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -27,6 +27,7 @@ pub fn test_config() -> Config {
         workers: 2,
         jwt_secret: "test-secret-test-secret-test-secret".into(),
         mock: MockSettings::instant(),
+        rate_limits: RateLimitSettings::off(),
         ..Config::default()
     }
 }

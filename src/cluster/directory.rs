@@ -1,0 +1,227 @@
+//! The session directory in Redis: every node keeps its live sessions there with an expiry it
+//! refreshes, so a node that dies (even by SIGKILL) vanishes within `session_ttl`.
+//!
+//! Keys: `session:{id}` (JSON, expires), `sessions` (sorted set of ids by expiry time, for
+//! listing), `node:{id}` and `nodes` the same for nodes.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use ai_gateway_actors::{SessionDirectory, SessionInfo};
+use deadpool_redis::redis;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{Cluster, ClusterError};
+
+/// Directory updates waiting to be written; past this they are dropped (the next refresh
+/// repairs the directory).
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// A session as other nodes see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    pub session_id: String,
+    pub user_id: String,
+    pub username: String,
+    pub role: String,
+    pub node_id: String,
+    pub remote_addr: Option<String>,
+    /// Unix milliseconds.
+    pub started_at: u64,
+    pub running: u32,
+}
+
+/// A node as other nodes see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub node_id: String,
+    pub sessions: usize,
+    /// Unix milliseconds of the last refresh.
+    pub refreshed_at: u64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl From<&SessionInfo> for DirectoryEntry {
+    fn from(s: &SessionInfo) -> Self {
+        DirectoryEntry {
+            session_id: s.session_id.to_string(),
+            user_id: s.user_id.clone(),
+            username: s.username.clone(),
+            role: s.role.clone(),
+            node_id: s.node_id.to_string(),
+            remote_addr: s.remote_addr.clone(),
+            started_at: unix_ms(s.started_at),
+            running: s.running,
+        }
+    }
+}
+
+enum Update {
+    Joined(DirectoryEntry),
+    Left(String),
+    Refresh(Vec<DirectoryEntry>),
+}
+
+pub struct RedisDirectory {
+    tx: mpsc::Sender<Update>,
+}
+
+impl RedisDirectory {
+    /// Starts the writer task on the current runtime.
+    pub fn start(cluster: Arc<Cluster>, node_id: String, ttl: Duration) -> RedisDirectory {
+        let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
+        actix_rt::spawn(async move {
+            while let Some(update) = rx.recv().await {
+                if let Err(e) = write(&cluster, &node_id, ttl, update).await {
+                    tracing::warn!(error = %e, "session directory update failed");
+                }
+            }
+        });
+        RedisDirectory { tx }
+    }
+
+    fn send(&self, update: Update) {
+        if self.tx.try_send(update).is_err() {
+            tracing::warn!("session directory queue full; an update waits for the next refresh");
+        }
+    }
+}
+
+impl SessionDirectory for RedisDirectory {
+    fn joined(&self, session: &SessionInfo) {
+        self.send(Update::Joined(session.into()));
+    }
+
+    fn left(&self, session_id: &str) {
+        self.send(Update::Left(session_id.to_owned()));
+    }
+
+    fn refresh(&self, sessions: Vec<SessionInfo>) {
+        self.send(Update::Refresh(sessions.iter().map(Into::into).collect()));
+    }
+}
+
+async fn write(
+    cluster: &Cluster,
+    node_id: &str,
+    ttl: Duration,
+    update: Update,
+) -> Result<(), ClusterError> {
+    let mut conn = cluster.conn().await?;
+    let now = unix_ms(SystemTime::now());
+    let expires = now + ttl.as_millis() as u64;
+    let ttl_ms = ttl.as_millis() as u64;
+    let index = cluster.key("sessions");
+    let mut pipe = redis::pipe();
+    match update {
+        Update::Joined(entry) => {
+            add_session(&mut pipe, cluster, &entry, ttl_ms, expires);
+        }
+        Update::Left(id) => {
+            pipe.del(cluster.key(&format!("session:{id}")))
+                .ignore()
+                .zrem(&index, &id)
+                .ignore();
+        }
+        Update::Refresh(entries) => {
+            for entry in &entries {
+                add_session(&mut pipe, cluster, entry, ttl_ms, expires);
+            }
+            let node = NodeEntry {
+                node_id: node_id.to_owned(),
+                sessions: entries.len(),
+                refreshed_at: now,
+            };
+            pipe.cmd("SET")
+                .arg(cluster.key(&format!("node:{node_id}")))
+                .arg(serde_json::to_string(&node).expect("entries serialize"))
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .zadd(cluster.key("nodes"), node_id, expires)
+                .ignore()
+                .zrembyscore(&index, "-inf", now)
+                .ignore()
+                .zrembyscore(cluster.key("nodes"), "-inf", now)
+                .ignore();
+        }
+    }
+    pipe.query_async::<()>(&mut conn).await?;
+    Ok(())
+}
+
+fn add_session(
+    pipe: &mut redis::Pipeline,
+    cluster: &Cluster,
+    entry: &DirectoryEntry,
+    ttl_ms: u64,
+    expires: u64,
+) {
+    pipe.cmd("SET")
+        .arg(cluster.key(&format!("session:{}", entry.session_id)))
+        .arg(serde_json::to_string(entry).expect("entries serialize"))
+        .arg("PX")
+        .arg(ttl_ms)
+        .ignore()
+        .zadd(cluster.key("sessions"), &entry.session_id, expires)
+        .ignore();
+}
+
+/// Every live session of every node, as the directory holds them.
+pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, ClusterError> {
+    let mut conn = cluster.conn().await?;
+    let now = unix_ms(SystemTime::now());
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(cluster.key("sessions"))
+        .arg(now)
+        .arg("+inf")
+        .arg("BYSCORE")
+        .query_async(&mut conn)
+        .await?;
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| cluster.key(&format!("session:{id}")))
+        .collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+    Ok(values
+        .into_iter()
+        .flatten()
+        .filter_map(|v| serde_json::from_str(&v).ok())
+        .collect())
+}
+
+/// Every live node, as the directory holds them.
+pub async fn list_nodes(cluster: &Cluster) -> Result<Vec<NodeEntry>, ClusterError> {
+    let mut conn = cluster.conn().await?;
+    let now = unix_ms(SystemTime::now());
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(cluster.key("nodes"))
+        .arg(now)
+        .arg("+inf")
+        .arg("BYSCORE")
+        .query_async(&mut conn)
+        .await?;
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let keys: Vec<String> = ids
+        .iter()
+        .map(|id| cluster.key(&format!("node:{id}")))
+        .collect();
+    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+    Ok(values
+        .into_iter()
+        .flatten()
+        .filter_map(|v| serde_json::from_str(&v).ok())
+        .collect())
+}

@@ -1,0 +1,133 @@
+//! What nodes share through Redis: events over pub/sub, the session directory, rate limits.
+//! Every key starts with the configured prefix, so several deployments (or tests) can share one
+//! Redis.
+
+mod directory;
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_redis::{redis, Pool, Runtime};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+pub use directory::{list_nodes, list_sessions, DirectoryEntry, NodeEntry, RedisDirectory};
+
+use crate::access::Revocation;
+
+/// Longest pause between two attempts to reach Redis again.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// What one node tells the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ClusterEvent {
+    Revoked(Revocation),
+}
+
+pub struct Cluster {
+    pool: Pool,
+    client: redis::Client,
+    prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+}
+
+impl Cluster {
+    pub fn new(url: &str, prefix: &str) -> anyhow::Result<Cluster> {
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        let mut pool_cfg = deadpool_redis::PoolConfig::default();
+        pool_cfg.timeouts.wait = Some(Duration::from_secs(2));
+        pool_cfg.timeouts.create = Some(Duration::from_secs(2));
+        pool_cfg.timeouts.recycle = Some(Duration::from_secs(2));
+        cfg.pool = Some(pool_cfg);
+        Ok(Cluster {
+            pool: cfg.create_pool(Some(Runtime::Tokio1))?,
+            client: redis::Client::open(url)?,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    pub async fn conn(&self) -> Result<deadpool_redis::Connection, ClusterError> {
+        Ok(self.pool.get().await?)
+    }
+
+    pub async fn ping(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    fn events_channel(&self) -> String {
+        self.key("events")
+    }
+
+    pub async fn publish(&self, event: &ClusterEvent) -> Result<(), ClusterError> {
+        let payload = serde_json::to_string(event).expect("events serialize");
+        let mut conn = self.conn().await?;
+        redis::cmd("PUBLISH")
+            .arg(self.events_channel())
+            .arg(payload)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Delivers every event published by any node (this one included) to `on_event`, for as long
+    /// as the current runtime lives. After each (re)connection `on_connected` runs, so the caller
+    /// can catch up on what it may have missed while disconnected.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        on_event: impl Fn(ClusterEvent) + 'static,
+        on_connected: impl Fn() + 'static,
+    ) {
+        let cluster = Arc::downgrade(self);
+        actix_rt::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let Some(c) = cluster.upgrade() else { return };
+                let channel = c.events_channel();
+                let connected = async {
+                    let mut pubsub = c.client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                }
+                .await;
+                drop(c);
+                match connected {
+                    Ok(pubsub) => {
+                        delay = Duration::from_millis(100);
+                        on_connected();
+                        let mut messages = pubsub.into_on_message();
+                        while let Some(msg) = messages.next().await {
+                            let Ok(payload) = msg.get_payload::<String>() else {
+                                continue;
+                            };
+                            match serde_json::from_str(&payload) {
+                                Ok(event) => on_event(event),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "ignoring an unreadable cluster event")
+                                }
+                            }
+                        }
+                        tracing::warn!("lost the Redis subscription; reconnecting");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot subscribe to Redis");
+                        actix_rt::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,486 @@
+//! Rate limits, shared by every node through Redis when it is configured, else per node in memory.
+//!
+//! Each decision is one atomic Redis script (no read-then-write race between nodes). When Redis
+//! is configured but unreachable, decisions fall back to this node's in-memory limiter with the
+//! same settings: the limits still hold per node, neither failing open nor locking users out.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use deadpool_redis::redis;
+use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::{cluster::Cluster, store::utc_day};
+
+/// The limits, each configurable; `GATEWAY_RATE_LIMITS=off` turns them all off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    pub handshakes_per_ip_per_min: u32,
+    pub handshake_burst: u32,
+    /// The seed's login limit: 5 per minute per address.
+    pub logins_per_ip_per_min: u32,
+    pub login_burst: u32,
+    pub chat_requests_per_user_per_min: u32,
+    pub chat_request_burst: u32,
+    pub concurrent_streams_per_user: u32,
+    /// 0: no daily budget.
+    pub completion_tokens_per_user_per_day: u64,
+    /// A node that dies mid-stream leaves its streams counted until this expires.
+    pub stream_lease_ttl_ms: u64,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            enabled: true,
+            handshakes_per_ip_per_min: 120,
+            handshake_burst: 20,
+            logins_per_ip_per_min: 5,
+            login_burst: 5,
+            chat_requests_per_user_per_min: 60,
+            chat_request_burst: 20,
+            concurrent_streams_per_user: 16,
+            completion_tokens_per_user_per_day: 2_000_000,
+            stream_lease_ttl_ms: 600_000,
+        }
+    }
+}
+
+impl RateLimitSettings {
+    pub fn off() -> Self {
+        RateLimitSettings {
+            enabled: false,
+            ..Default::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let rates = [
+            ("handshakes_per_ip_per_min", self.handshakes_per_ip_per_min),
+            ("handshake_burst", self.handshake_burst),
+            ("logins_per_ip_per_min", self.logins_per_ip_per_min),
+            ("login_burst", self.login_burst),
+            (
+                "chat_requests_per_user_per_min",
+                self.chat_requests_per_user_per_min,
+            ),
+            ("chat_request_burst", self.chat_request_burst),
+            (
+                "concurrent_streams_per_user",
+                self.concurrent_streams_per_user,
+            ),
+        ];
+        match rates.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(format!("rate_limits.{name} must be at least 1")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `rate_limits = "off"` (or `GATEWAY_RATE_LIMITS=off`) or a table of limits.
+pub fn deserialize_settings<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<RateLimitSettings, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Switch(String),
+        Table(RateLimitSettings),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Table(t) => Ok(t),
+        Raw::Switch(s) if s.eq_ignore_ascii_case("off") => Ok(RateLimitSettings::off()),
+        Raw::Switch(s) if s.eq_ignore_ascii_case("on") => Ok(RateLimitSettings::default()),
+        Raw::Switch(s) => Err(serde::de::Error::custom(format!(
+            "expected \"on\", \"off\" or a table, found {s:?}"
+        ))),
+    }
+}
+
+/// What a limit decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Denied { retry_after: Duration },
+}
+
+/// The rate-based limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    HandshakePerIp,
+    LoginPerIp,
+    ChatPerUser,
+}
+
+impl Rate {
+    fn name(self) -> &'static str {
+        match self {
+            Rate::HandshakePerIp => "handshake",
+            Rate::LoginPerIp => "login",
+            Rate::ChatPerUser => "chat",
+        }
+    }
+}
+
+/// Held while a stream runs; dropping it frees the user's slot.
+pub struct StreamLease {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+/// GCRA: one script call per decision. Returns 0 when allowed, else milliseconds to wait.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then return allow_at - now end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
+return 0
+";
+
+const ACQUIRE: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+const RELEASE: &str = r"
+local n = redis.call('DECR', KEYS[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n
+";
+
+/// Seconds between two warnings that Redis is down, so an outage does not flood the log.
+const WARN_EVERY_SECS: u64 = 10;
+
+pub struct Limits {
+    settings: RateLimitSettings,
+    cluster: Option<Arc<Cluster>>,
+    local: LocalLimits,
+    last_warned: AtomicU64,
+}
+
+struct LocalLimits {
+    handshakes: DefaultKeyedRateLimiter<String>,
+    logins: DefaultKeyedRateLimiter<String>,
+    chats: DefaultKeyedRateLimiter<String>,
+    streams: Arc<Mutex<HashMap<String, u32>>>,
+    /// `(user, day)` → completion tokens.
+    tokens: Mutex<HashMap<(String, String), u64>>,
+}
+
+fn quota(per_min: u32, burst: u32) -> Quota {
+    let per_min = NonZeroU32::new(per_min.max(1)).expect("at least 1");
+    let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
+    Quota::per_minute(per_min).allow_burst(burst)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Limits {
+    pub fn new(settings: RateLimitSettings, cluster: Option<Arc<Cluster>>) -> Arc<Limits> {
+        let s = &settings;
+        let local = LocalLimits {
+            handshakes: RateLimiter::keyed(quota(s.handshakes_per_ip_per_min, s.handshake_burst)),
+            logins: RateLimiter::keyed(quota(s.logins_per_ip_per_min, s.login_burst)),
+            chats: RateLimiter::keyed(quota(
+                s.chat_requests_per_user_per_min,
+                s.chat_request_burst,
+            )),
+            streams: Arc::default(),
+            tokens: Mutex::default(),
+        };
+        Arc::new(Limits {
+            settings,
+            cluster,
+            local,
+            last_warned: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    fn redis_failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        let now = now_unix();
+        let last = self.last_warned.load(Ordering::Relaxed);
+        if now >= last + WARN_EVERY_SECS
+            && self
+                .last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(error = %e, limit = what, "Redis unreachable: rate limits hold per node until it returns");
+        }
+    }
+
+    /// One more event of `rate` for `key` (an address or a user id).
+    pub async fn check(&self, rate: Rate, key: &str) -> Decision {
+        if !self.settings.enabled {
+            return Decision::Allowed;
+        }
+        let s = &self.settings;
+        let (per_min, burst) = match rate {
+            Rate::HandshakePerIp => (s.handshakes_per_ip_per_min, s.handshake_burst),
+            Rate::LoginPerIp => (s.logins_per_ip_per_min, s.login_burst),
+            Rate::ChatPerUser => (s.chat_requests_per_user_per_min, s.chat_request_burst),
+        };
+        if let Some(cluster) = &self.cluster {
+            let interval_ms = 60_000 / u64::from(per_min.max(1));
+            let tolerance_ms = interval_ms * u64::from(burst.max(1) - 1);
+            let key = cluster.key(&format!("rl:{}:{key}", rate.name()));
+            let result: Result<u64, _> = async {
+                let mut conn = cluster.conn().await?;
+                let wait: u64 = redis::Script::new(GCRA)
+                    .key(key)
+                    .arg(interval_ms)
+                    .arg(tolerance_ms)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok::<_, crate::cluster::ClusterError>(wait)
+            }
+            .await;
+            match result {
+                Ok(0) => return Decision::Allowed,
+                Ok(wait_ms) => {
+                    return Decision::Denied {
+                        retry_after: Duration::from_millis(wait_ms),
+                    }
+                }
+                Err(e) => self.redis_failed(rate.name(), &e),
+            }
+        }
+        let limiter = match rate {
+            Rate::HandshakePerIp => &self.local.handshakes,
+            Rate::LoginPerIp => &self.local.logins,
+            Rate::ChatPerUser => &self.local.chats,
+        };
+        match limiter.check_key(&key.to_owned()) {
+            Ok(()) => Decision::Allowed,
+            Err(not_until) => Decision::Denied {
+                retry_after: not_until
+                    .wait_time_from(governor::clock::DefaultClock::default().now()),
+            },
+        }
+    }
+
+    /// Takes one of the user's concurrent stream slots, or says none is free.
+    pub async fn acquire_stream(&self, user_id: &str) -> Option<StreamLease> {
+        if !self.settings.enabled {
+            return Some(StreamLease { release: None });
+        }
+        let limit = self.settings.concurrent_streams_per_user;
+        if let Some(cluster) = &self.cluster {
+            let key = cluster.key(&format!("streams:{user_id}"));
+            let result: Result<u8, _> = async {
+                let mut conn = cluster.conn().await?;
+                let got: u8 = redis::Script::new(ACQUIRE)
+                    .key(&key)
+                    .arg(limit)
+                    .arg(self.settings.stream_lease_ttl_ms)
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok::<_, crate::cluster::ClusterError>(got)
+            }
+            .await;
+            match result {
+                Ok(0) => return None,
+                Ok(_) => {
+                    let cluster = cluster.clone();
+                    let release = move || {
+                        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                            return;
+                        };
+                        rt.spawn(async move {
+                            if let Ok(mut conn) = cluster.conn().await {
+                                let _: Result<i64, _> = redis::Script::new(RELEASE)
+                                    .key(key)
+                                    .invoke_async(&mut conn)
+                                    .await;
+                            }
+                        });
+                    };
+                    return Some(StreamLease {
+                        release: Some(Box::new(release)),
+                    });
+                }
+                Err(e) => self.redis_failed("streams", &e),
+            }
+        }
+        let streams = self.local.streams.clone();
+        {
+            let mut map = streams.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(user_id.to_owned()).or_default();
+            if *n >= limit {
+                return None;
+            }
+            *n += 1;
+        }
+        let user = user_id.to_owned();
+        Some(StreamLease {
+            release: Some(Box::new(move || {
+                let mut map = streams.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(n) = map.get_mut(&user) {
+                    *n -= 1;
+                    if *n == 0 {
+                        map.remove(&user);
+                    }
+                }
+            })),
+        })
+    }
+
+    /// Whether the user has spent today's completion-token budget.
+    pub async fn token_budget_spent(&self, user_id: &str) -> bool {
+        let budget = self.settings.completion_tokens_per_user_per_day;
+        if !self.settings.enabled || budget == 0 {
+            return false;
+        }
+        let day = utc_day(SystemTime::now());
+        if let Some(cluster) = &self.cluster {
+            let key = cluster.key(&format!("tokens:{user_id}:{day}"));
+            let result: Result<Option<u64>, _> = async {
+                let mut conn = cluster.conn().await?;
+                let used: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+                Ok::<_, crate::cluster::ClusterError>(used)
+            }
+            .await;
+            match result {
+                Ok(used) => return used.unwrap_or(0) >= budget,
+                Err(e) => self.redis_failed("tokens", &e),
+            }
+        }
+        let tokens = self.local.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.get(&(user_id.to_owned(), day)).copied().unwrap_or(0) >= budget
+    }
+
+    /// Counts completion tokens a finished request spent.
+    pub async fn spend_tokens(&self, user_id: &str, tokens: u64) {
+        if !self.settings.enabled || tokens == 0 {
+            return;
+        }
+        let day = utc_day(SystemTime::now());
+        if let Some(cluster) = &self.cluster {
+            let key = cluster.key(&format!("tokens:{user_id}:{day}"));
+            let result: Result<(), _> = async {
+                let mut conn = cluster.conn().await?;
+                redis::pipe()
+                    .atomic()
+                    .cmd("INCRBY")
+                    .arg(&key)
+                    .arg(tokens)
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(2 * 24 * 3600)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await?;
+                Ok::<_, crate::cluster::ClusterError>(())
+            }
+            .await;
+            match result {
+                Ok(()) => return,
+                Err(e) => self.redis_failed("tokens", &e),
+            }
+        }
+        let mut map = self.local.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|(_, d), _| *d == day);
+        *map.entry((user_id.to_owned(), day)).or_default() += tokens;
+    }
+
+    /// Forgets idle in-memory limiter state; call now and then so memory stays bounded.
+    pub fn prune(&self) {
+        self.local.handshakes.retain_recent();
+        self.local.logins.retain_recent();
+        self.local.chats.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn local_rates_refuse_past_the_burst() {
+        let limits = Limits::new(
+            RateLimitSettings {
+                logins_per_ip_per_min: 1,
+                login_burst: 2,
+                ..Default::default()
+            },
+            None,
+        );
+        assert_eq!(
+            limits.check(Rate::LoginPerIp, "1.2.3.4").await,
+            Decision::Allowed
+        );
+        assert_eq!(
+            limits.check(Rate::LoginPerIp, "1.2.3.4").await,
+            Decision::Allowed
+        );
+        let Decision::Denied { retry_after } = limits.check(Rate::LoginPerIp, "1.2.3.4").await
+        else {
+            panic!("third login allowed");
+        };
+        assert!(retry_after > Duration::from_secs(20), "{retry_after:?}");
+        assert_eq!(
+            limits.check(Rate::LoginPerIp, "5.6.7.8").await,
+            Decision::Allowed
+        );
+    }
+
+    #[actix_rt::test]
+    async fn local_stream_slots_free_on_drop() {
+        let limits = Limits::new(
+            RateLimitSettings {
+                concurrent_streams_per_user: 1,
+                ..Default::default()
+            },
+            None,
+        );
+        let lease = limits.acquire_stream("u").await.expect("first slot");
+        assert!(limits.acquire_stream("u").await.is_none());
+        drop(lease);
+        assert!(limits.acquire_stream("u").await.is_some());
+    }
+
+    #[actix_rt::test]
+    async fn off_allows_everything() {
+        let limits = Limits::new(RateLimitSettings::off(), None);
+        for _ in 0..100 {
+            assert_eq!(limits.check(Rate::LoginPerIp, "a").await, Decision::Allowed);
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The gateway's answers to the session's request hooks: limits and stored history before a
+//! request, usage records and stored turns after it.
+
+use std::{sync::Arc, time::SystemTime};
+
+use ai_gateway_actors::{Admission, Refusal, RequestHooks, RequestOutcome, RequestStart};
+use ai_gateway_proto::{ChatMessage, ErrorReason, FinishReason};
+use futures_util::future::LocalBoxFuture;
+
+use crate::{
+    limits::{Decision, Limits, Rate},
+    store::{ConversationAccess, Exchange, PendingWrite, Stores, UsageRecord, WriteBehind},
+};
+
+/// Longest title taken from a conversation's first question.
+const TITLE_CHARS: usize = 80;
+
+pub struct GatewayHooks {
+    pub stores: Stores,
+    pub limits: Arc<Limits>,
+    pub writes: WriteBehind,
+}
+
+fn rate_limited(what: &str, retry_after: std::time::Duration) -> Refusal {
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    Refusal::new(
+        ErrorReason::RateLimited,
+        format!("{what}; retry in {secs} s"),
+    )
+}
+
+impl GatewayHooks {
+    async fn admit(
+        stores: Stores,
+        limits: Arc<Limits>,
+        start: RequestStart,
+    ) -> Result<Admission, Refusal> {
+        let user = &start.session.user_id;
+        if let Decision::Denied { retry_after } = limits.check(Rate::ChatPerUser, user).await {
+            return Err(rate_limited(
+                "too many chat requests per minute",
+                retry_after,
+            ));
+        }
+        if limits.token_budget_spent(user).await {
+            return Err(Refusal::new(
+                ErrorReason::RateLimited,
+                "today's completion-token budget is spent; it renews at 00:00 UTC",
+            ));
+        }
+        let lease = limits.acquire_stream(user).await.ok_or_else(|| {
+            Refusal::new(
+                ErrorReason::RateLimited,
+                "too many answers streaming at once for this user",
+            )
+        })?;
+        let mut request = start.request;
+        if let Some(id) = &start.conversation_id {
+            if !crate::store::is_uuid(id) {
+                return Err(Refusal::new(
+                    ErrorReason::InvalidPayload,
+                    "Invalid chat payload: conversation_id must be a UUID",
+                ));
+            }
+            let title: String = request
+                .messages
+                .last()
+                .map(|m| m.content.chars().take(TITLE_CHARS).collect())
+                .unwrap_or_default();
+            let history = match stores
+                .conversations
+                .open_conversation(user, id, &title)
+                .await
+            {
+                Ok(ConversationAccess::Owned(history)) => history,
+                Ok(ConversationAccess::Foreign) => {
+                    return Err(Refusal::new(
+                        ErrorReason::UnknownConversation,
+                        format!("no conversation {id} of yours"),
+                    ))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a conversation");
+                    return Err(Refusal::new(
+                        ErrorReason::StorageUnavailable,
+                        "conversation storage is unavailable; retry later or send without conversation_id",
+                    ));
+                }
+            };
+            let mut messages: Vec<ChatMessage> = history
+                .into_iter()
+                .map(|m| ChatMessage {
+                    role: m.role,
+                    content: m.content,
+                })
+                .collect();
+            messages.append(&mut request.messages);
+            request.messages = messages;
+        }
+        Ok(Admission {
+            request,
+            lease: Some(Box::new(lease)),
+        })
+    }
+}
+
+impl RequestHooks for GatewayHooks {
+    fn admit(&self, start: RequestStart) -> LocalBoxFuture<'static, Result<Admission, Refusal>> {
+        Box::pin(Self::admit(self.stores.clone(), self.limits.clone(), start))
+    }
+
+    fn finished(&self, o: RequestOutcome) {
+        let usage_id = uuid::Uuid::new_v4().to_string();
+        let api_key_id = o.session.api_key.then(|| o.session.credential_id.clone());
+        if let Some(conversation_id) = &o.conversation_id {
+            let worth_keeping =
+                matches!(o.finish_reason, FinishReason::Stop | FinishReason::Length)
+                    || !o.answer.is_empty();
+            if worth_keeping {
+                self.writes.submit(PendingWrite::Exchange(Exchange {
+                    conversation_id: conversation_id.clone(),
+                    request_uuid: usage_id.clone(),
+                    question: o.question.clone(),
+                    answer: o.answer.clone(),
+                    model: o.model.clone(),
+                    prompt_tokens: o.usage.prompt_tokens,
+                    completion_tokens: o.usage.completion_tokens,
+                    first_chunk_ms: o.first_chunk_ms,
+                    duration_ms: o.duration_ms,
+                }));
+            }
+        }
+        self.writes.submit(PendingWrite::Usage(UsageRecord {
+            id: usage_id,
+            user_id: o.session.user_id.clone(),
+            api_key_id,
+            session_id: o.session.session_id.to_string(),
+            request_id: o.request_id,
+            model: o.model,
+            provider: o.provider.to_owned(),
+            prompt_tokens: o.usage.prompt_tokens,
+            completion_tokens: o.usage.completion_tokens,
+            first_chunk_ms: o.first_chunk_ms,
+            duration_ms: o.duration_ms,
+            finish_reason: serde_json::to_value(o.finish_reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            created_at: SystemTime::now(),
+        }));
+        let limits = self.limits.clone();
+        let user = o.session.user_id;
+        let spent = o.usage.completion_tokens;
+        actix_rt::spawn(async move { limits.spend_tokens(&user, spent).await });
+    }
+}

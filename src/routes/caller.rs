@@ -1,0 +1,36 @@
+//! The authenticated caller of a REST endpoint: `Authorization: Bearer <token or API key>`.
+
+use std::{future::Future, pin::Pin};
+
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+
+use super::{ApiError, AppState};
+use crate::{access::Principal, auth::TokenError};
+
+/// Extracts and checks the bearer credential; a handler that takes a `Caller` needs one.
+pub struct Caller(pub Principal);
+
+/// The bearer credential of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Caller, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let presented = bearer(req).map(str::to_owned);
+        Box::pin(async move {
+            let state = state.expect("AppState is configured");
+            let presented = presented.ok_or(TokenError::Missing)?;
+            Ok(Caller(state.access.authenticate(&presented).await?))
+        })
+    }
+}

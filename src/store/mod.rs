@@ -1,0 +1,291 @@
+//! What the gateway stores: users and their credentials, conversations, usage. Each concern is a
+//! trait; [`memory`] implements them in process memory (the embedded default) and [`postgres`]
+//! in PostgreSQL.
+
+pub mod memory;
+pub mod postgres;
+mod writer;
+
+use std::{sync::Arc, time::SystemTime};
+
+use ai_gateway_proto::Role as MessageRole;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use writer::{PendingWrite, WriteBehind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    /// argon2id PHC string; never logged, never sent.
+    pub password_hash: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: SystemTime,
+}
+
+/// An API key as stored: never the key itself, only its hash and visible prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub prefix: String,
+    #[serde(skip)]
+    pub key_hash: Vec<u8>,
+    #[serde(with = "unix_secs")]
+    pub created_at: SystemTime,
+    #[serde(with = "unix_secs::option")]
+    pub expires_at: Option<SystemTime>,
+    #[serde(with = "unix_secs::option")]
+    pub revoked_at: Option<SystemTime>,
+}
+
+impl ApiKey {
+    pub fn usable_at(&self, now: SystemTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// Credentials revoked, and users disabled, since some moment: what a node catches up on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocations {
+    /// `(jti, expires_at)`
+    pub tokens: Vec<(String, SystemTime)>,
+    pub keys: Vec<String>,
+    pub disabled_users: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conversation {
+    pub id: String,
+    pub title: String,
+    #[serde(with = "unix_secs")]
+    pub created_at: SystemTime,
+    #[serde(with = "unix_secs")]
+    pub updated_at: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredMessage {
+    pub role: MessageRole,
+    pub content: String,
+    pub model: Option<String>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub first_chunk_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+    #[serde(with = "unix_secs")]
+    pub created_at: SystemTime,
+}
+
+/// One question and its answer, added to a conversation when the request ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub conversation_id: String,
+    /// Makes a retried write harmless.
+    pub request_uuid: String,
+    pub question: Option<String>,
+    pub answer: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub first_chunk_ms: Option<u64>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// Chosen by the gateway, so a retried write is harmless.
+    pub id: String,
+    pub user_id: String,
+    pub api_key_id: Option<String>,
+    pub session_id: String,
+    pub request_id: String,
+    pub model: String,
+    pub provider: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub first_chunk_ms: Option<u64>,
+    pub duration_ms: u64,
+    pub finish_reason: String,
+    pub created_at: SystemTime,
+}
+
+/// A user's usage of one model on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageTotal {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
+    /// Creates a user; a taken name is a [`StoreError::Conflict`].
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: String,
+        role: Role,
+    ) -> StoreResult<User>;
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>>;
+    async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
+    /// Answers whether the user exists.
+    async fn set_disabled(&self, user_id: &str, disabled: bool) -> StoreResult<bool>;
+
+    async fn revoke_token(
+        &self,
+        jti: &str,
+        user_id: &str,
+        expires_at: SystemTime,
+    ) -> StoreResult<()>;
+
+    async fn create_api_key(&self, key: ApiKey) -> StoreResult<ApiKey>;
+    async fn api_key_by_hash(&self, key_hash: &[u8]) -> StoreResult<Option<ApiKey>>;
+    async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
+    async fn api_keys_of(&self, user_id: &str) -> StoreResult<Vec<ApiKey>>;
+    /// Answers whether a live key was revoked.
+    async fn revoke_api_key(&self, id: &str) -> StoreResult<bool>;
+
+    /// Everything revoked or disabled at or after `since`.
+    async fn revocations_since(&self, since: SystemTime) -> StoreResult<Revocations>;
+}
+
+/// How a named conversation stands for a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConversationAccess {
+    /// Theirs (perhaps just created), with its messages, oldest first.
+    Owned(Vec<StoredMessage>),
+    /// Another user's: treated as not found.
+    Foreign,
+}
+
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
+    /// Opens the user's conversation `id`, creating it (titled `title`) if no one has it.
+    async fn open_conversation(
+        &self,
+        user_id: &str,
+        id: &str,
+        title: &str,
+    ) -> StoreResult<ConversationAccess>;
+    async fn append_exchange(&self, exchange: &Exchange) -> StoreResult<()>;
+    async fn conversations_of(&self, user_id: &str) -> StoreResult<Vec<Conversation>>;
+    async fn conversation(
+        &self,
+        user_id: &str,
+        id: &str,
+    ) -> StoreResult<Option<(Conversation, Vec<StoredMessage>)>>;
+    /// Answers whether the user's conversation existed.
+    async fn delete_conversation(&self, user_id: &str, id: &str) -> StoreResult<bool>;
+}
+
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    async fn record_usage(&self, record: &UsageRecord) -> StoreResult<()>;
+    /// The user's totals by UTC day and model, from `since` on, oldest first.
+    async fn usage_totals(&self, user_id: &str, since: SystemTime) -> StoreResult<Vec<UsageTotal>>;
+}
+
+/// Every store the gateway needs, from one backend.
+#[derive(Clone)]
+pub struct Stores {
+    pub identity: Arc<dyn IdentityStore>,
+    pub conversations: Arc<dyn ConversationStore>,
+    pub usage: Arc<dyn UsageStore>,
+}
+
+impl Stores {
+    pub fn from_backend<B>(backend: Arc<B>) -> Stores
+    where
+        B: IdentityStore + ConversationStore + UsageStore,
+    {
+        Stores {
+            identity: backend.clone(),
+            conversations: backend.clone(),
+            usage: backend,
+        }
+    }
+}
+
+/// Conversation and message ids are UUIDs; anything else names nothing.
+pub fn is_uuid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// `YYYY-MM-DD` (UTC) of a moment.
+pub fn utc_day(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let date = time::OffsetDateTime::from_unix_timestamp(secs)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .date();
+    format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+mod unix_secs {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    }
+
+    pub mod option {
+        use std::time::SystemTime;
+
+        pub fn serialize<S: serde::Serializer>(
+            t: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
