@@ -6,18 +6,28 @@ use ai_gateway::{
     config::{Config, Overrides},
     telemetry, Gateway,
 };
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// WebSocket gateway between chat clients and LLM providers.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on (overrides GATEWAY_LISTEN and the config file).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE", env = "GATEWAY_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Apply the database migrations in sql/ to DATABASE_URL, then exit.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -31,6 +41,9 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    if let Some(Command::Migrate) = cli.command {
+        return migrate(&config.database_url);
+    }
     actix_web::rt::System::new().block_on(async move {
         let gateway = match Gateway::start(config).await {
             Ok(g) => g,
@@ -42,6 +55,24 @@ fn main() -> ExitCode {
         println!("ai-gateway listening on http://{}", gateway.local_addr());
         wait_for_signal().await;
         gateway.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn migrate(database_url: &str) -> ExitCode {
+    if database_url.is_empty() {
+        eprintln!("ai-gateway: migrate needs DATABASE_URL (or database_url in the config)");
+        return ExitCode::from(2);
+    }
+    actix_web::rt::System::new().block_on(async {
+        match ai_gateway::store::postgres::migrate(database_url).await {
+            Ok(applied) if applied.is_empty() => println!("database is up to date"),
+            Ok(applied) => applied.iter().for_each(|m| println!("applied {m}")),
+            Err(e) => {
+                eprintln!("ai-gateway: migration failed: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
         ExitCode::SUCCESS
     })
 }

@@ -4,6 +4,8 @@ mod auth;
 mod backpressure;
 mod lifecycle;
 mod protocol;
+mod proxy;
+mod shared_state;
 mod seed_flow;
 mod streaming;
 mod support;

@@ -20,6 +20,91 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const PASSWORD: &str = "correct horse battery";
 
+/// The machine's PostgreSQL (trust auth) and Redis, shared by every test; each test gets its
+/// own database and key prefix.
+pub const PG_HOST: &str = "127.0.0.1:5432";
+pub const REDIS_HOST: &str = "127.0.0.1:6379";
+
+/// A database of its own for one test, dropped when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+}
+
+async fn pg_admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("postgres://postgres@{PG_HOST}/postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("the local PostgreSQL is up (127.0.0.1:5432, trust auth)");
+    tokio::spawn(conn);
+    client
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let name = format!("agw_test_{}", uuid::Uuid::new_v4().simple());
+        pg_admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        TestDatabase { name }
+    }
+
+    /// The URL of this database through `host` (the server itself, or a test proxy).
+    pub fn url_via(&self, host: &str) -> String {
+        format!("postgres://postgres@{host}/{}", self.name)
+    }
+
+    pub fn url(&self) -> String {
+        self.url_via(PG_HOST)
+    }
+
+    /// A direct connection, for checking what was stored.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropped inside the test's runtime, so drop the database from a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _ = pg_admin()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A Redis key prefix of its own for one test.
+pub fn redis_prefix() -> String {
+    format!("agw_test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// Points a config at a test's database and Redis prefix, with a quick directory.
+pub fn shared(c: &mut Config, db: &TestDatabase, prefix: &str) {
+    c.database_url = db.url();
+    c.redis_url = format!("redis://{REDIS_HOST}/");
+    c.redis_prefix = prefix.to_owned();
+    c.directory.session_ttl_ms = 2_000;
+    c.directory.refresh_interval_ms = 300;
+}
+
 /// A config for tests: loopback port 0, two workers, the instant mock.
 pub fn test_config() -> Config {
     Config {
