@@ -10,8 +10,12 @@ pub mod session;
 
 pub use flow::FlowControl;
 pub use provider::{
+    anthropic::{AnthropicProvider, AnthropicSettings},
+    gemini::{GeminiProvider, GeminiSettings},
     mock::{MockProvider, MockSettings},
-    ChunkSink, Provider, ProviderError, ProviderRequest, Router, StreamEvent, StreamHandle,
+    openai::{OpenAiProvider, OpenAiSettings},
+    ApiKey, ChunkSink, InvalidSettings, Provider, ProviderError, ProviderRequest, Router,
+    StreamEvent, StreamHandle, Timeouts,
 };
 pub use registry::{Drain, KillSession, ListSessions, SessionCount, SessionInfo, SessionRegistry};
 pub use session::{ConnectionAbort, SessionActor, SessionConfig, CLOSE_RESTART};
