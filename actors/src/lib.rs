@@ -15,8 +15,12 @@ pub use hooks::{
     SessionDirectory,
 };
 pub use provider::{
+    anthropic::{AnthropicProvider, AnthropicSettings},
+    gemini::{GeminiProvider, GeminiSettings},
     mock::{MockProvider, MockSettings},
-    ChunkSink, Provider, ProviderError, ProviderRequest, Router, StreamEvent, StreamHandle,
+    openai::{OpenAiProvider, OpenAiSettings},
+    ApiKey, ChunkSink, InvalidSettings, Provider, ProviderError, ProviderRequest, Router,
+    StreamEvent, StreamHandle, Timeouts,
 };
 pub use registry::{
     CloseRevoked, Drain, KillSession, ListSessions, Revoked, SessionCount, SessionInfo,

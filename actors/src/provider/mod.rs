@@ -3,7 +3,12 @@
 //! stream future and dies with it. Stopping the actor (cancel, disconnect) drops the future at
 //! once, which aborts any upstream I/O.
 
+pub mod anthropic;
+mod api_key;
+pub mod gemini;
+mod http;
 pub mod mock;
+pub mod openai;
 mod stream;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -13,6 +18,8 @@ use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Usage}
 use futures_util::future::LocalBoxFuture;
 
 use crate::flow::{FlowControl, SessionClosed};
+pub use api_key::ApiKey;
+pub use http::{InvalidSettings, Timeouts};
 pub use stream::{CancelStream, ProviderStream, StreamHandle};
 
 /// What a provider is asked to answer.
@@ -39,10 +46,20 @@ pub struct Finish {
 /// Why a provider could not answer. Each says whom to blame through its [`ErrorReason`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
+    /// The upstream refused or failed the request: an HTTP error status, or an error event in
+    /// its stream (then `status` is the one its documentation gives that error).
     #[error("{provider} answered {status}: {message}")]
     Upstream {
         provider: &'static str,
         status: u16,
+        message: String,
+    },
+    /// The upstream said 429 (or an in-stream rate-limit error); retry no sooner than
+    /// `retry_after_ms` when it said.
+    #[error("{provider} is rate limiting: {message}")]
+    RateLimited {
+        provider: &'static str,
+        retry_after_ms: Option<u64>,
         message: String,
     },
     #[error("{provider} timed out: {message}")]
@@ -50,10 +67,24 @@ pub enum ProviderError {
         provider: &'static str,
         message: String,
     },
+    /// No answer could be had: connection refused or reset, or cut mid-stream.
     #[error("{provider} is unavailable: {message}")]
     Unavailable {
         provider: &'static str,
         message: String,
+    },
+    /// The upstream broke its own wire format: invalid JSON, or a stream that ended without its
+    /// terminator.
+    #[error("{provider} sent a broken stream: {message}")]
+    Protocol {
+        provider: &'static str,
+        message: String,
+    },
+    /// The upstream stopped the answer for its content (safety filter, refusal).
+    #[error("{provider} withheld the answer: {reason}")]
+    Filtered {
+        provider: &'static str,
+        reason: String,
     },
     /// The session went away; nobody is left to tell.
     #[error("session closed")]
@@ -63,10 +94,30 @@ pub enum ProviderError {
 impl ProviderError {
     pub fn reason(&self) -> ErrorReason {
         match self {
-            ProviderError::Upstream { .. } => ErrorReason::ProviderError,
+            ProviderError::Upstream { .. }
+            | ProviderError::Protocol { .. }
+            | ProviderError::Filtered { .. } => ErrorReason::ProviderError,
+            ProviderError::RateLimited { .. } => ErrorReason::RateLimited,
             ProviderError::Timeout { .. } => ErrorReason::ProviderTimeout,
             ProviderError::Unavailable { .. } => ErrorReason::ProviderUnavailable,
             ProviderError::SessionClosed => ErrorReason::Internal,
+        }
+    }
+
+    /// Whether the same request may succeed if tried again (here or on another provider):
+    /// overload, rate limits, timeouts and lost connections, but not a bad request, a bad key,
+    /// a broken stream or a filtered answer.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Upstream { status, .. } => {
+                matches!(status, 408 | 409 | 429 | 500..=599)
+            }
+            ProviderError::RateLimited { .. }
+            | ProviderError::Timeout { .. }
+            | ProviderError::Unavailable { .. } => true,
+            ProviderError::Protocol { .. }
+            | ProviderError::Filtered { .. }
+            | ProviderError::SessionClosed => false,
         }
     }
 }

@@ -1,0 +1,497 @@
+//! The HTTP providers against `fake-upstream` over loopback, each driven through a real
+//! `ProviderStream` and `ChunkSink` inside an actix system, as the gateway runs them.
+
+use std::{sync::Arc, time::Duration};
+
+use actix::prelude::*;
+use ai_gateway_actors::{
+    provider::{Finish, ProviderStream, StreamEventKind},
+    AnthropicProvider, AnthropicSettings, ApiKey, ChunkSink, FlowControl, GeminiProvider,
+    GeminiSettings, OpenAiProvider, OpenAiSettings, Provider, ProviderError, ProviderRequest,
+    StreamEvent, StreamHandle, Timeouts,
+};
+use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Role, Usage};
+use fake_upstream::{text_piece, FakeUpstream, REASONING_PIECES};
+use tokio::sync::mpsc;
+
+/// Long enough for any test answer; a test that waits this long has failed.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+/// Short timeouts so the timeout tests are quick.
+const SHORT_TIMEOUT_MS: u64 = 300;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+#[derive(Clone, Copy)]
+struct Setup {
+    timeouts: Timeouts,
+    reasoning: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            timeouts: Timeouts {
+                connect_timeout_ms: 2_000,
+                first_chunk_timeout_ms: 5_000,
+                idle_chunk_timeout_ms: 5_000,
+                total_timeout_ms: 0,
+            },
+            reasoning: true,
+        }
+    }
+}
+
+fn provider(api: Api, fake: &FakeUpstream, setup: Setup) -> Arc<dyn Provider> {
+    provider_at(api, &fake.base_url(), setup)
+}
+
+fn provider_at(api: Api, base_url: &str, setup: Setup) -> Arc<dyn Provider> {
+    let t = setup.timeouts;
+    match api {
+        Api::OpenAi => {
+            let mut s = OpenAiSettings::new(format!("{base_url}/v1"), Some(ApiKey::new("sk-test")));
+            (s.connect_timeout_ms, s.first_chunk_timeout_ms) =
+                (t.connect_timeout_ms, t.first_chunk_timeout_ms);
+            (s.idle_chunk_timeout_ms, s.total_timeout_ms) =
+                (t.idle_chunk_timeout_ms, t.total_timeout_ms);
+            OpenAiProvider::new(s).unwrap()
+        }
+        Api::Anthropic => {
+            let mut s = AnthropicSettings::new(base_url, ApiKey::new("sk-ant-test"));
+            s.thinking_budget_tokens = setup.reasoning.then_some(1024);
+            (s.connect_timeout_ms, s.first_chunk_timeout_ms) =
+                (t.connect_timeout_ms, t.first_chunk_timeout_ms);
+            (s.idle_chunk_timeout_ms, s.total_timeout_ms) =
+                (t.idle_chunk_timeout_ms, t.total_timeout_ms);
+            AnthropicProvider::new(s).unwrap()
+        }
+        Api::Gemini => {
+            let mut s = GeminiSettings::new(base_url, ApiKey::new("AIza-test"));
+            s.include_thoughts = setup.reasoning;
+            (s.connect_timeout_ms, s.first_chunk_timeout_ms) =
+                (t.connect_timeout_ms, t.first_chunk_timeout_ms);
+            (s.idle_chunk_timeout_ms, s.total_timeout_ms) =
+                (t.idle_chunk_timeout_ms, t.total_timeout_ms);
+            GeminiProvider::new(s).unwrap()
+        }
+    }
+}
+
+fn request(model: &str) -> ProviderRequest {
+    ProviderRequest {
+        model: "client-name".into(),
+        upstream_model: model.into(),
+        system: Some("be brief".into()),
+        messages: vec![
+            ChatMessage {
+                role: Role::User,
+                content: "hello there".into(),
+            },
+            ChatMessage {
+                role: Role::Assistant,
+                content: "hi".into(),
+            },
+            ChatMessage {
+                role: Role::User,
+                content: "words please".into(),
+            },
+        ],
+        temperature: None,
+        max_tokens: None,
+    }
+}
+
+/// Stands in for the session: records what the stream sends it.
+struct Recorder {
+    events: mpsc::UnboundedSender<StreamEventKind>,
+}
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<StreamEvent> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, event: StreamEvent, _: &mut Context<Self>) {
+        let _ = self.events.send(event.kind);
+    }
+}
+
+/// A running request and what it has sent so far.
+struct Running {
+    handle: StreamHandle,
+    events: mpsc::UnboundedReceiver<StreamEventKind>,
+    reasoning: String,
+    text: String,
+    chunks: usize,
+}
+
+impl Running {
+    fn start(provider: Arc<dyn Provider>, request: ProviderRequest) -> Running {
+        let (tx, events) = mpsc::unbounded_channel();
+        let recorder = Recorder { events: tx }.start();
+        let sink = ChunkSink::new(1, recorder.recipient(), FlowControl::new(usize::MAX));
+        let handle = ProviderStream::start_on(&Arbiter::current(), provider, request, sink);
+        Running {
+            handle,
+            events,
+            reasoning: String::new(),
+            text: String::new(),
+            chunks: 0,
+        }
+    }
+
+    /// Takes events until the stream ends (`Some`) or `chunks` chunks have come (`None`).
+    async fn until(&mut self, chunks: Option<usize>) -> Option<Result<Finish, ProviderError>> {
+        loop {
+            if chunks.is_some_and(|n| self.chunks >= n) {
+                return None;
+            }
+            let event = tokio::time::timeout(EVENT_WAIT, self.events.recv())
+                .await
+                .expect("the stream went quiet")
+                .expect("the stream ended without Done or Failed");
+            match event {
+                StreamEventKind::Chunk { kind, text, .. } => {
+                    self.chunks += 1;
+                    match kind {
+                        ChunkKind::Reasoning => self.reasoning.push_str(&text),
+                        ChunkKind::Text => self.text.push_str(&text),
+                    }
+                }
+                StreamEventKind::Done(finish) => return Some(Ok(finish)),
+                StreamEventKind::Failed(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    async fn end(&mut self) -> Result<Finish, ProviderError> {
+        self.until(None).await.unwrap()
+    }
+}
+
+async fn run(
+    api: Api,
+    fake: &FakeUpstream,
+    setup: Setup,
+    request: ProviderRequest,
+) -> (Running, Result<Finish, ProviderError>) {
+    let mut running = Running::start(provider(api, fake, setup), request);
+    let result = running.end().await;
+    (running, result)
+}
+
+async fn fails(api: Api, model: &str, setup: Setup) -> (usize, ProviderError) {
+    let fake = FakeUpstream::start().await.unwrap();
+    let (running, result) = run(api, &fake, setup, request(model)).await;
+    (running.chunks, result.expect_err("must fail"))
+}
+
+fn text(pieces: usize) -> String {
+    (0..pieces).map(text_piece).collect()
+}
+
+async fn answers_with_reasoning_text_and_usage(api: Api) {
+    let fake = FakeUpstream::start().await.unwrap();
+    let (running, result) = run(api, &fake, Setup::default(), request("ok-5")).await;
+    let finish = result.unwrap();
+    assert_eq!(running.reasoning, REASONING_PIECES.concat());
+    assert_eq!(running.text, text(5));
+    assert_eq!(finish.reason, FinishReason::Stop);
+    // Prompt words: "be brief", "hello there", "hi", "words please".
+    assert_eq!(
+        finish.usage,
+        Usage {
+            prompt_tokens: 7,
+            completion_tokens: 8,
+            total_tokens: 15
+        }
+    );
+    let sent = &fake.requests()[0];
+    let body = &sent.body;
+    match api {
+        Api::OpenAi => {
+            assert_eq!(sent.path, "/v1/chat/completions");
+            assert_eq!(sent.header("authorization"), Some("Bearer sk-test"));
+            assert_eq!(body["model"], "ok-5");
+            assert_eq!(body["stream_options"]["include_usage"], true);
+            assert_eq!(
+                body["messages"][0],
+                serde_json::json!({"role": "system", "content": "be brief"})
+            );
+            assert_eq!(body["messages"][2]["role"], "assistant");
+        }
+        Api::Anthropic => {
+            assert_eq!(sent.header("x-api-key"), Some("sk-ant-test"));
+            assert_eq!(sent.header("anthropic-version"), Some("2023-06-01"));
+            assert_eq!(body["system"], "be brief");
+            assert_eq!(body["messages"].as_array().unwrap().len(), 3);
+            assert_eq!(body["thinking"]["budget_tokens"], 1024);
+        }
+        Api::Gemini => {
+            assert_eq!(sent.path, "/v1beta/models/ok-5:streamGenerateContent");
+            assert_eq!(sent.query, "alt=sse");
+            assert_eq!(sent.header("x-goog-api-key"), Some("AIza-test"));
+            assert_eq!(body["systemInstruction"]["parts"][0]["text"], "be brief");
+            assert_eq!(body["contents"][1]["role"], "model");
+        }
+    }
+}
+
+async fn max_tokens_ends_with_length(api: Api) {
+    let fake = FakeUpstream::start().await.unwrap();
+    let setup = Setup {
+        reasoning: false,
+        ..Setup::default()
+    };
+    let mut req = request("ok-10");
+    req.max_tokens = Some(4);
+    req.temperature = Some(0.2);
+    let (running, result) = run(api, &fake, setup, req).await;
+    let finish = result.unwrap();
+    assert_eq!(finish.reason, FinishReason::Length);
+    assert_eq!(running.chunks, 4);
+    // The fake's OpenAI always reasons; the others only when asked.
+    let (reasoning, pieces) = match api {
+        Api::OpenAi => (REASONING_PIECES.concat(), 1),
+        _ => (String::new(), 4),
+    };
+    assert_eq!(running.reasoning, reasoning);
+    assert_eq!(running.text, text(pieces));
+}
+
+async fn rate_limit_keeps_retry_after(api: Api) {
+    let (_, e) = fails(api, "fail-429", Setup::default()).await;
+    assert!(
+        matches!(
+            e,
+            ProviderError::RateLimited {
+                retry_after_ms: Some(1000),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.reason(), ErrorReason::RateLimited);
+    assert!(e.is_retryable());
+}
+
+async fn server_errors_carry_the_providers_message(api: Api) {
+    for status in [500u16, 503] {
+        let (_, e) = fails(api, &format!("fail-{status}"), Setup::default()).await;
+        let ProviderError::Upstream {
+            status: got,
+            message,
+            ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*got, status);
+        let expected = match (api, status) {
+            (Api::OpenAi, 500) => "server_error: The server had an error",
+            (Api::OpenAi, _) => "server_error: The engine is currently overloaded",
+            (Api::Anthropic, _) => "api_error: Internal server error",
+            (Api::Gemini, 500) => "INTERNAL: An internal error has occurred",
+            (Api::Gemini, _) => "UNAVAILABLE: The model is overloaded",
+        };
+        assert!(message.starts_with(expected), "{message}");
+        assert_eq!(e.reason(), ErrorReason::ProviderError);
+        assert!(e.is_retryable());
+    }
+}
+
+async fn bad_key_is_not_retryable(api: Api) {
+    let (_, e) = fails(api, "fail-401", Setup::default()).await;
+    assert!(
+        matches!(e, ProviderError::Upstream { status: 401, .. }),
+        "{e:?}"
+    );
+    assert!(!e.is_retryable());
+}
+
+async fn midstream_error_event_fails_the_answer(api: Api) {
+    let (chunks, e) = fails(api, "midstream-error", Setup::default()).await;
+    assert_eq!(chunks, 3);
+    let expected = match api {
+        Api::OpenAi => 500,
+        Api::Anthropic => 529,
+        Api::Gemini => 503,
+    };
+    assert!(
+        matches!(e, ProviderError::Upstream { status, .. } if status == expected),
+        "{e:?}"
+    );
+}
+
+async fn malformed_line_is_a_protocol_error(api: Api) {
+    let (chunks, e) = fails(api, "malformed", Setup::default()).await;
+    assert_eq!(chunks, 3);
+    assert!(
+        matches!(&e, ProviderError::Protocol { message, .. } if message.contains("invalid JSON")),
+        "{e:?}"
+    );
+}
+
+async fn cut_connection_is_never_a_success(api: Api) {
+    let (chunks, e) = fails(api, "cut", Setup::default()).await;
+    assert_eq!(chunks, 3);
+    assert!(
+        matches!(
+            e,
+            ProviderError::Unavailable { .. } | ProviderError::Protocol { .. }
+        ),
+        "{e:?}"
+    );
+}
+
+async fn filtered_answer_is_an_error(api: Api) {
+    let (_, e) = fails(api, "filtered", Setup::default()).await;
+    assert!(matches!(e, ProviderError::Filtered { .. }), "{e:?}");
+}
+
+async fn stall_fires_the_first_chunk_timeout(api: Api) {
+    let mut setup = Setup::default();
+    setup.timeouts.first_chunk_timeout_ms = SHORT_TIMEOUT_MS;
+    let (chunks, e) = fails(api, "stall", setup).await;
+    assert_eq!(chunks, 0);
+    assert!(
+        matches!(&e, ProviderError::Timeout { message, .. } if message.contains("first_chunk_timeout_ms")),
+        "{e:?}"
+    );
+    assert_eq!(e.reason(), ErrorReason::ProviderTimeout);
+}
+
+async fn stall_after_n_fires_the_idle_timeout(api: Api) {
+    let mut setup = Setup::default();
+    setup.timeouts.idle_chunk_timeout_ms = SHORT_TIMEOUT_MS;
+    let (chunks, e) = fails(api, "stall-after-2", setup).await;
+    assert_eq!(chunks, 2);
+    assert!(
+        matches!(&e, ProviderError::Timeout { message, .. } if message.contains("idle_chunk_timeout_ms")),
+        "{e:?}"
+    );
+}
+
+async fn slow_drip_fires_the_total_timeout(api: Api) {
+    let mut setup = Setup::default();
+    setup.timeouts.total_timeout_ms = SHORT_TIMEOUT_MS;
+    let (chunks, e) = fails(api, "slow-drip", setup).await;
+    assert!(chunks < 4, "{chunks}");
+    assert!(
+        matches!(&e, ProviderError::Timeout { message, .. } if message.contains("total_timeout_ms")),
+        "{e:?}"
+    );
+}
+
+async fn refused_connection_is_unavailable(api: Api) {
+    // A port that was just free: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let provider = provider_at(api, &format!("http://127.0.0.1:{port}"), Setup::default());
+    let mut running = Running::start(provider, request("ok"));
+    let e = running.end().await.unwrap_err();
+    assert!(
+        matches!(&e, ProviderError::Unavailable { message, .. } if message.contains("connect")),
+        "{e:?}"
+    );
+}
+
+async fn cancel_aborts_the_upstream_request(api: Api) {
+    let fake = FakeUpstream::start().await.unwrap();
+    let mut running = Running::start(
+        provider(api, &fake, Setup::default()),
+        request("stall-after-2"),
+    );
+    assert!(running.until(Some(2)).await.is_none());
+    assert_eq!(fake.open_streams(), 1);
+    running.handle.cancel();
+    for _ in 0..100 {
+        if fake.open_streams() == 0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.open_streams(), 0, "the upstream stream is still open");
+    assert_eq!(fake.abandoned_streams(), 1);
+    // A cancelled stream sends nothing more, not even Done.
+    assert!(running.events.try_recv().is_err());
+}
+
+macro_rules! provider_tests {
+    ($module:ident, $api:expr) => {
+        mod $module {
+            use super::*;
+
+            #[actix_rt::test]
+            async fn answers_with_reasoning_text_and_usage() {
+                super::answers_with_reasoning_text_and_usage($api).await
+            }
+            #[actix_rt::test]
+            async fn max_tokens_ends_with_length() {
+                super::max_tokens_ends_with_length($api).await
+            }
+            #[actix_rt::test]
+            async fn rate_limit_keeps_retry_after() {
+                super::rate_limit_keeps_retry_after($api).await
+            }
+            #[actix_rt::test]
+            async fn server_errors_carry_the_providers_message() {
+                super::server_errors_carry_the_providers_message($api).await
+            }
+            #[actix_rt::test]
+            async fn bad_key_is_not_retryable() {
+                super::bad_key_is_not_retryable($api).await
+            }
+            #[actix_rt::test]
+            async fn midstream_error_event_fails_the_answer() {
+                super::midstream_error_event_fails_the_answer($api).await
+            }
+            #[actix_rt::test]
+            async fn malformed_line_is_a_protocol_error() {
+                super::malformed_line_is_a_protocol_error($api).await
+            }
+            #[actix_rt::test]
+            async fn cut_connection_is_never_a_success() {
+                super::cut_connection_is_never_a_success($api).await
+            }
+            #[actix_rt::test]
+            async fn filtered_answer_is_an_error() {
+                super::filtered_answer_is_an_error($api).await
+            }
+            #[actix_rt::test]
+            async fn stall_fires_the_first_chunk_timeout() {
+                super::stall_fires_the_first_chunk_timeout($api).await
+            }
+            #[actix_rt::test]
+            async fn stall_after_n_fires_the_idle_timeout() {
+                super::stall_after_n_fires_the_idle_timeout($api).await
+            }
+            #[actix_rt::test]
+            async fn slow_drip_fires_the_total_timeout() {
+                super::slow_drip_fires_the_total_timeout($api).await
+            }
+            #[actix_rt::test]
+            async fn refused_connection_is_unavailable() {
+                super::refused_connection_is_unavailable($api).await
+            }
+            #[actix_rt::test]
+            async fn cancel_aborts_the_upstream_request() {
+                super::cancel_aborts_the_upstream_request($api).await
+            }
+        }
+    };
+}
+
+provider_tests!(openai, Api::OpenAi);
+provider_tests!(anthropic, Api::Anthropic);
+provider_tests!(gemini, Api::Gemini);
