@@ -36,6 +36,13 @@ impl GatewayHooks {
         start: RequestStart,
     ) -> Result<Admission, Refusal> {
         let user = &start.session.user_id;
+        // The slot first: a request refused for want of one does not spend the per-minute rate.
+        let lease = limits.acquire_stream(user).await.ok_or_else(|| {
+            Refusal::new(
+                ErrorReason::RateLimited,
+                "too many answers streaming at once for this user",
+            )
+        })?;
         if let Decision::Denied { retry_after } = limits.check(Rate::ChatPerUser, user).await {
             return Err(rate_limited(
                 "too many chat requests per minute",
@@ -48,12 +55,6 @@ impl GatewayHooks {
                 "today's completion-token budget is spent; it renews at 00:00 UTC",
             ));
         }
-        let lease = limits.acquire_stream(user).await.ok_or_else(|| {
-            Refusal::new(
-                ErrorReason::RateLimited,
-                "too many answers streaming at once for this user",
-            )
-        })?;
         let mut request = start.request;
         if let Some(id) = &start.conversation_id {
             if !crate::store::is_uuid(id) {

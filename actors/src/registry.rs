@@ -146,7 +146,7 @@ impl Handler<RequestsChanged> for SessionRegistry {
 
 /// Starts a provider stream for a session's request, on the session's own arbiter.
 #[derive(Message)]
-#[rtype(result = "Result<(StreamHandle, &'static str), UnknownModel>")]
+#[rtype(result = "Result<StreamHandle, UnknownModel>")]
 pub(crate) struct StartChat {
     pub request: ProviderRequest,
     pub sink: ChunkSink,
@@ -154,7 +154,7 @@ pub(crate) struct StartChat {
 }
 
 impl Handler<StartChat> for SessionRegistry {
-    type Result = Result<(StreamHandle, &'static str), UnknownModel>;
+    type Result = Result<StreamHandle, UnknownModel>;
 
     fn handle(&mut self, msg: StartChat, _: &mut Self::Context) -> Self::Result {
         let route = self.router.resolve(&msg.request.model)?;
@@ -162,9 +162,12 @@ impl Handler<StartChat> for SessionRegistry {
             upstream_model: route.upstream_model.clone(),
             ..msg.request
         };
-        let handle =
-            ProviderStream::start_on(&msg.arbiter, route.provider.clone(), request, msg.sink);
-        Ok((handle, route.provider.name()))
+        Ok(ProviderStream::start_on(
+            &msg.arbiter,
+            route.provider.clone(),
+            request,
+            msg.sink,
+        ))
     }
 }
 

@@ -322,12 +322,9 @@ impl SessionActor {
             .into_actor(self)
             .map(move |res, act, ctx| {
                 let refused = match res {
-                    Ok(Ok((handle, provider))) => {
+                    Ok(Ok(handle)) => {
                         match act.requests.iter_mut().find(|r| r.key == key) {
-                            Some(r) => {
-                                r.handle = Some(handle);
-                                r.provider = provider;
-                            }
+                            Some(r) => r.handle = Some(handle),
                             // Cancelled or closed while the stream was starting.
                             None => handle.cancel(),
                         }
@@ -570,6 +567,7 @@ impl Handler<StreamEvent> for SessionActor {
             return;
         };
         match ev.kind {
+            StreamEventKind::Started { provider } => self.requests[i].provider = provider,
             StreamEventKind::Chunk { kind, text, charge } => {
                 let r = &mut self.requests[i];
                 if r.first_chunk_ms.is_none() {

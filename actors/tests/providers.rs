@@ -165,6 +165,7 @@ impl Running {
                         ChunkKind::Text => self.text.push_str(&text),
                     }
                 }
+                StreamEventKind::Started { .. } => {}
                 StreamEventKind::Done(finish) => return Some(Ok(finish)),
                 StreamEventKind::Failed(e) => return Some(Err(e)),
             }

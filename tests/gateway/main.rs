@@ -3,9 +3,10 @@
 mod auth;
 mod backpressure;
 mod lifecycle;
+mod limits_and_outages;
 mod protocol;
 mod proxy;
-mod shared_state;
 mod seed_flow;
+mod shared_state;
 mod streaming;
 mod support;

@@ -59,7 +59,10 @@ async fn migrations_run_once_when_nodes_start_together() {
         postgres::migrate(&url),
         postgres::migrate(&url)
     );
-    let applied: usize = [a.unwrap(), b.unwrap(), c.unwrap()].iter().map(Vec::len).sum();
+    let applied: usize = [a.unwrap(), b.unwrap(), c.unwrap()]
+        .iter()
+        .map(Vec::len)
+        .sum();
     assert_eq!(applied, 1, "exactly one node applies V1");
     let client = db.client().await;
     let tables: Vec<String> = client
@@ -72,7 +75,14 @@ async fn migrations_run_once_when_nodes_start_together() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for t in ["api_keys", "conversations", "messages", "revoked_tokens", "usage_records", "users"] {
+    for t in [
+        "api_keys",
+        "conversations",
+        "messages",
+        "revoked_tokens",
+        "usage_records",
+        "users",
+    ] {
         assert!(tables.iter().any(|x| x == t), "{t} missing from {tables:?}");
     }
 
@@ -83,7 +93,10 @@ async fn migrations_run_once_when_nodes_start_together() {
         .await
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "database is up to date");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "database is up to date"
+    );
 }
 
 #[actix_rt::test]
@@ -101,7 +114,10 @@ async fn users_live_in_postgres_with_argon2id_hashes() {
     let row = db
         .client()
         .await
-        .query_one("SELECT password_hash, role, disabled FROM users WHERE username = $1", &[&name])
+        .query_one(
+            "SELECT password_hash, role, disabled FROM users WHERE username = $1",
+            &[&name],
+        )
         .await
         .unwrap();
     let hash: String = row.get(0);
@@ -109,7 +125,8 @@ async fn users_live_in_postgres_with_argon2id_hashes() {
     assert_eq!(row.get::<_, String>(1), "user");
     assert!(!row.get::<_, bool>(2));
     assert_eq!(
-        b.post("/register", json!({"username": name, "password": PASSWORD})).await,
+        b.post("/register", json!({"username": name, "password": PASSWORD}))
+            .await,
         (409, json!({"error": "Username already exists"}))
     );
 }
@@ -157,13 +174,19 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable_everywhere() {
 
     let (_, listed) = get(&b, "/v1/keys", &token).await;
     assert_eq!(listed["keys"][0]["id"], id.as_str());
-    assert!(listed["keys"][0].get("key").is_none(), "the key is shown only once");
+    assert!(
+        listed["keys"][0].get("key").is_none(),
+        "the key is shown only once"
+    );
     assert!(!listed.to_string().contains(&key));
 
     let stored: Vec<u8> = db
         .client()
         .await
-        .query_one("SELECT key_hash FROM api_keys WHERE id = $1::text::uuid", &[&id])
+        .query_one(
+            "SELECT key_hash FROM api_keys WHERE id = $1::text::uuid",
+            &[&id],
+        )
         .await
         .unwrap()
         .get(0);
@@ -171,22 +194,39 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable_everywhere() {
     assert!(!String::from_utf8_lossy(&stored).contains(&key));
 
     // The key opens sessions on any node, by header.
-    let ws = try_connect(&b.ws_url(""), &[("Authorization", &format!("Bearer {key}"))])
-        .await
-        .expect("key accepted");
+    let ws = try_connect(
+        &b.ws_url(""),
+        &[("Authorization", &format!("Bearer {key}"))],
+    )
+    .await
+    .expect("key accepted");
     let mut on_b = Ws::after_welcome(ws).await;
 
     // Someone else cannot revoke it.
     let (_, stranger) = a.new_user().await;
     let path = format!("/v1/keys/{id}");
-    assert_eq!(send(&a, reqwest::Method::DELETE, &path, &stranger, None).await.0, 404);
+    assert_eq!(
+        send(&a, reqwest::Method::DELETE, &path, &stranger, None)
+            .await
+            .0,
+        404
+    );
 
-    assert_eq!(send(&a, reqwest::Method::DELETE, &path, &token, None).await.0, 200);
+    assert_eq!(
+        send(&a, reqwest::Method::DELETE, &path, &token, None)
+            .await
+            .0,
+        200
+    );
     let closed = tokio::time::timeout(Duration::from_secs(1), on_b.close_code())
         .await
         .expect("closed within one second");
     assert_eq!(closed, (1008, "API key revoked".to_owned()));
-    let refused = try_connect(&a.ws_url(""), &[("Authorization", &format!("Bearer {key}"))]).await;
+    let refused = try_connect(
+        &a.ws_url(""),
+        &[("Authorization", &format!("Bearer {key}"))],
+    )
+    .await;
     assert_eq!(refused.expect_err("revoked").0, 401);
 }
 
@@ -196,15 +236,14 @@ async fn a_disabled_user_is_closed_everywhere_and_refused() {
     let (name, token) = a.new_user().await;
     let mut on_a = a.connect(&token).await;
     let mut on_b = b.connect(&token).await;
-    let user_id = a
-        .gw
-        .stores()
-        .identity
-        .user_by_name(&name)
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let user_id =
+        a.gw.stores()
+            .identity
+            .user_by_name(&name)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
     a.gw.access()
         .revoke(Revocation::User { id: user_id })
         .await
@@ -216,11 +255,14 @@ async fn a_disabled_user_is_closed_everywhere_and_refused() {
         assert_eq!(closed, (1008, "user disabled".to_owned()));
     }
     assert_eq!(
-        try_connect(&b.ws_url(&format!("?token={token}")), &[]).await.expect_err("disabled"),
+        try_connect(&b.ws_url(&format!("?token={token}")), &[])
+            .await
+            .expect_err("disabled"),
         (403, json!({"error": "User disabled"}))
     );
     assert_eq!(
-        b.post("/login", json!({"username": name, "password": PASSWORD})).await,
+        b.post("/login", json!({"username": name, "password": PASSWORD}))
+            .await,
         (403, json!({"error": "User disabled"}))
     );
 }
@@ -272,7 +314,10 @@ async fn the_directory_lists_every_nodes_sessions_and_forgets_dead_ones() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().unwrap();
-    let base = line.strip_prefix("ai-gateway listening on http://").unwrap().to_owned();
+    let base = line
+        .strip_prefix("ai-gateway listening on http://")
+        .unwrap()
+        .to_owned();
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{base}/chat?token={token}"))
         .await
         .unwrap();
@@ -314,15 +359,18 @@ async fn conversations_continue_across_nodes_and_stay_private() {
     let (db, a, b) = two_nodes().await;
     let (_, token) = a.new_user().await;
     let conversation = uuid::Uuid::new_v4().to_string();
-    let ask = |id: &str, content: &str| {
-        json!({"type": "chat", "id": id, "payload": {"content": content, "conversation_id": conversation}})
-    };
+    let ask = |id: &str, content: &str| json!({"type": "chat", "id": id, "payload": {"content": content, "conversation_id": conversation}});
 
     let mut ws = a.connect(&token).await;
     ws.send_json(ask("q1", "first question")).await;
     let first = ws.answer("q1").await;
-    assert_eq!(first.done["payload"]["conversation_id"], conversation.as_str());
-    let first_prompt = first.done["payload"]["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        first.done["payload"]["conversation_id"],
+        conversation.as_str()
+    );
+    let first_prompt = first.done["payload"]["usage"]["prompt_tokens"]
+        .as_u64()
+        .unwrap();
     drop(ws);
     a.gw.flush_writes().await;
 
@@ -330,7 +378,9 @@ async fn conversations_continue_across_nodes_and_stay_private() {
     let mut ws = b.connect(&token).await;
     ws.send_json(ask("q2", "second question")).await;
     let second = ws.answer("q2").await;
-    let second_prompt = second.done["payload"]["usage"]["prompt_tokens"].as_u64().unwrap();
+    let second_prompt = second.done["payload"]["usage"]["prompt_tokens"]
+        .as_u64()
+        .unwrap();
     assert!(
         second_prompt > first_prompt + 2,
         "history was not sent: {first_prompt} then {second_prompt}"
@@ -347,7 +397,10 @@ async fn conversations_continue_across_nodes_and_stay_private() {
         .collect();
     assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
     assert_eq!(shown["messages"][0]["content"], "first question");
-    assert_eq!(shown["messages"][1]["content"], second.text_of("text").as_str());
+    assert_eq!(
+        shown["messages"][1]["content"],
+        second.text_of("text").as_str()
+    );
     assert_eq!(shown["title"], "first question");
     let (_, list) = get(&b, "/v1/conversations", &token).await;
     assert_eq!(list["conversations"][0]["id"], conversation.as_str());
@@ -356,14 +409,27 @@ async fn conversations_continue_across_nodes_and_stay_private() {
     let (_, stranger) = b.new_user().await;
     let path = format!("/v1/conversations/{conversation}");
     assert_eq!(get(&b, &path, &stranger).await.0, 404);
-    assert_eq!(get(&b, "/v1/conversations", &stranger).await.1["conversations"], json!([]));
+    assert_eq!(
+        get(&b, "/v1/conversations", &stranger).await.1["conversations"],
+        json!([])
+    );
     let mut intruder = b.connect(&stranger).await;
     intruder.send_json(ask("x", "let me in")).await;
     let f = intruder.next_json().await;
     assert_eq!(f["payload"]["reason"], "unknown_conversation", "{f}");
-    assert_eq!(send(&b, reqwest::Method::DELETE, &path, &stranger, None).await.0, 404);
+    assert_eq!(
+        send(&b, reqwest::Method::DELETE, &path, &stranger, None)
+            .await
+            .0,
+        404
+    );
 
-    assert_eq!(send(&a, reqwest::Method::DELETE, &path, &token, None).await.0, 204);
+    assert_eq!(
+        send(&a, reqwest::Method::DELETE, &path, &token, None)
+            .await
+            .0,
+        204
+    );
     assert_eq!(get(&a, &path, &token).await.0, 404);
     let left: i64 = db
         .client()
@@ -382,8 +448,10 @@ async fn every_request_leaves_a_usage_record() {
     let mut ws = a.connect(&token).await;
     let one = ws.chat("u1", "count me").await;
     let two = ws.chat("u2", "and me").await;
-    ws.send_json(json!({"type": "chat", "id": "u3", "payload": {"content": "short", "max_tokens": 3}}))
-        .await;
+    ws.send_json(
+        json!({"type": "chat", "id": "u3", "payload": {"content": "short", "max_tokens": 3}}),
+    )
+    .await;
     assert_eq!(ws.answer("u3").await.finish_reason(), "length");
     a.gw.flush_writes().await;
 
@@ -403,7 +471,10 @@ async fn every_request_leaves_a_usage_record() {
     assert_eq!(rows[0].get::<_, String>(2), "mock");
     assert_eq!(rows[0].get::<_, i64>(3) as usize, one.chunks.len());
     assert_eq!(rows[0].get::<_, String>(4), "stop");
-    assert!(rows[0].get::<_, Option<i64>>(6).is_some(), "time to first chunk");
+    assert!(
+        rows[0].get::<_, Option<i64>>(6).is_some(),
+        "time to first chunk"
+    );
     assert_eq!(rows[2].get::<_, String>(4), "length");
 
     let (status, usage) = get(&a, "/v1/usage", &token).await;

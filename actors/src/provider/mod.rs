@@ -153,6 +153,10 @@ pub struct StreamEvent {
 
 #[derive(Debug)]
 pub enum StreamEventKind {
+    /// The stream began; comes before any chunk.
+    Started {
+        provider: &'static str,
+    },
     /// `charge` bytes were counted against the session's flow for this chunk.
     Chunk {
         kind: ChunkKind,
@@ -192,6 +196,13 @@ impl ChunkSink {
             kind: StreamEventKind::Chunk { kind, text, charge },
         });
         Ok(())
+    }
+
+    pub(crate) fn started(&self, provider: &'static str) {
+        self.session.do_send(StreamEvent {
+            key: self.key,
+            kind: StreamEventKind::Started { provider },
+        });
     }
 
     pub(crate) fn end(&self, result: Result<Finish, ProviderError>) {
