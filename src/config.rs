@@ -1,9 +1,11 @@
 //! Configuration: defaults, then a TOML file, then `GATEWAY_*` variables, then command-line flags.
 //! Nested fields use `__` in variable names: `GATEWAY_SESSION__MAX_FRAME_BYTES=65536`.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use ai_gateway_actors::{MockSettings, SessionConfig};
+use ai_gateway_actors::{
+    AnthropicSettings, GeminiSettings, MockSettings, OpenAiSettings, SessionConfig,
+};
 
 use crate::limits::RateLimitSettings;
 use figment::{
@@ -48,7 +50,71 @@ pub struct Config {
     pub rate_limits: RateLimitSettings,
     pub session: SessionSettings,
     pub shutdown: ShutdownSettings,
+    /// The built-in `mock` provider (model `mock`).
     pub mock: MockSettings,
+    /// Upstream endpoints by name: `[providers.NAME]` with `kind = "openai" | "anthropic" |
+    /// "gemini" | "mock"` and that kind's settings (docs/PROVIDERS.md).
+    #[serde(skip_serializing)]
+    pub providers: BTreeMap<String, ProviderSettings>,
+    /// Model names clients may use: `[models.NAME]`.
+    pub models: BTreeMap<String, ModelSettings>,
+    pub resilience: ResilienceSettings,
+}
+
+/// One upstream endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProviderSettings {
+    Openai(OpenAiSettings),
+    Anthropic(AnthropicSettings),
+    Gemini(GeminiSettings),
+    Mock(MockSettings),
+}
+
+/// A model name clients may ask for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// A `[providers.NAME]`, or `mock`.
+    pub provider: String,
+    /// The name the upstream knows; the model's own name when empty.
+    #[serde(default)]
+    pub upstream_model: String,
+    /// Models to try, in order, when this one fails before anything reached the client.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+    /// Overrides `resilience.max_retries` for this model.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+}
+
+/// Retries and circuit breakers for every upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResilienceSettings {
+    /// Further attempts on the same upstream after a retryable failure, while nothing has been
+    /// sent to the client.
+    pub max_retries: u32,
+    /// First pause between attempts; doubles each time. An upstream's `Retry-After` replaces it.
+    pub retry_backoff_ms: u64,
+    /// A pause longer than this moves on to the fallback instead of waiting.
+    pub max_retry_delay_ms: u64,
+    /// Failures in a row that open an upstream's circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long an open breaker refuses calls before letting one probe through.
+    pub breaker_open_ms: u64,
+}
+
+impl Default for ResilienceSettings {
+    fn default() -> Self {
+        ResilienceSettings {
+            max_retries: 2,
+            retry_backoff_ms: 250,
+            max_retry_delay_ms: 10_000,
+            breaker_failure_threshold: 5,
+            breaker_open_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +182,9 @@ impl Default for Config {
             session: SessionSettings::default(),
             shutdown: ShutdownSettings::default(),
             mock: MockSettings::default(),
+            providers: BTreeMap::new(),
+            models: BTreeMap::new(),
+            resilience: ResilienceSettings::default(),
         }
     }
 }
@@ -250,7 +319,33 @@ impl Config {
         if self.revocation_sync_ms == 0 {
             return invalid("revocation_sync_ms", "must be above 0");
         }
+        for (name, model) in &self.models {
+            if model.provider != "mock" && !self.providers.contains_key(&model.provider) {
+                return invalid(
+                    "models",
+                    &format!(
+                        "{name}: provider {:?} is not in [providers]",
+                        model.provider
+                    ),
+                );
+            }
+            if let Some(f) = model
+                .fallback
+                .iter()
+                .find(|f| *f == name || !self.has_model(f))
+            {
+                return invalid(
+                    "models",
+                    &format!("{name}: fallback {f:?} is not another model"),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Whether clients may ask for `model` (the built-in `mock` is always there).
+    pub fn has_model(&self, model: &str) -> bool {
+        model == "mock" || self.models.contains_key(model)
     }
 
     pub fn session_config(&self, node_id: &str) -> Arc<SessionConfig> {
@@ -354,6 +449,36 @@ mod tests {
             let c = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(c.database_url, "postgres://db/x");
             assert_eq!(c.redis_url, "redis://cache/");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn providers_and_models_come_from_file_and_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "gw.toml",
+                "[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+                 [models.small]\nprovider = \"local\"\nupstream_model = \"llama\"\n",
+            )?;
+            jail.set_env("GATEWAY_PROVIDERS__CLAUDE__KIND", "anthropic");
+            jail.set_env("GATEWAY_PROVIDERS__CLAUDE__API_KEY", "sk-ant-test");
+            jail.set_env("GATEWAY_MODELS__SONNET__PROVIDER", "claude");
+            jail.set_env("GATEWAY_MODELS__SONNET__FALLBACK", "[small]");
+            let c = Config::load(Some(&PathBuf::from("gw.toml")), &Overrides::default()).unwrap();
+            assert!(matches!(c.providers["local"], ProviderSettings::Openai(_)));
+            assert!(matches!(
+                c.providers["claude"],
+                ProviderSettings::Anthropic(_)
+            ));
+            assert_eq!(c.models["small"].upstream_model, "llama");
+            assert_eq!(c.models["sonnet"].fallback, ["small"]);
+
+            jail.set_env("GATEWAY_MODELS__BROKEN__PROVIDER", "nowhere");
+            let err = Config::load(Some(&PathBuf::from("gw.toml")), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("nowhere"), "{err}");
             Ok(())
         });
     }

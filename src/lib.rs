@@ -9,6 +9,7 @@ mod conn;
 pub mod limits;
 pub mod request_hooks;
 pub mod routes;
+pub mod routing;
 pub mod server;
 pub mod store;
 pub mod telemetry;

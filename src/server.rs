@@ -13,8 +13,7 @@ use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    Drain, MockProvider, NoDirectory, Router, SessionCount, SessionDirectory, SessionEnv,
-    SessionRegistry,
+    Drain, MockProvider, NoDirectory, SessionCount, SessionDirectory, SessionEnv, SessionRegistry,
 };
 use rand::RngCore;
 
@@ -111,7 +110,7 @@ impl Gateway {
         };
 
         let mock = MockProvider::new(config.mock.clone());
-        let router = Arc::new(Router::default().with_route("mock", mock.clone(), "mock"));
+        let router = Arc::new(crate::routing::build_router(&config, mock.clone())?);
         let directory: Arc<dyn SessionDirectory> = match &cluster {
             Some(c) => Arc::new(RedisDirectory::start(
                 c.clone(),
@@ -122,8 +121,9 @@ impl Gateway {
         };
         let refresh = Duration::from_millis(config.directory.refresh_interval_ms);
         let registry_arbiter = Arbiter::new();
+        let registry_router = router.clone();
         let registry = SessionRegistry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-            SessionRegistry::new(router).with_directory(directory, refresh)
+            SessionRegistry::new(registry_router).with_directory(directory, refresh)
         });
 
         let access = Arc::new(Access::new(
@@ -175,6 +175,7 @@ impl Gateway {
         });
 
         let state = web::Data::new(AppState {
+            router,
             access,
             stores,
             limits,

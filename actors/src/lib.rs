@@ -24,7 +24,7 @@ pub use provider::{
 };
 pub use registry::{
     CloseRevoked, Drain, KillSession, ListSessions, Revoked, SessionCount, SessionInfo,
-    SessionRegistry,
+    SessionRegistry, StartChat,
 };
 pub use session::{
     ConnectionAbort, SessionActor, SessionConfig, SessionEnv, CLOSE_POLICY, CLOSE_RESTART,

@@ -147,7 +147,7 @@ impl Handler<RequestsChanged> for SessionRegistry {
 /// Starts a provider stream for a session's request, on the session's own arbiter.
 #[derive(Message)]
 #[rtype(result = "Result<StreamHandle, UnknownModel>")]
-pub(crate) struct StartChat {
+pub struct StartChat {
     pub request: ProviderRequest,
     pub sink: ChunkSink,
     pub arbiter: ArbiterHandle,
@@ -157,15 +157,11 @@ impl Handler<StartChat> for SessionRegistry {
     type Result = Result<StreamHandle, UnknownModel>;
 
     fn handle(&mut self, msg: StartChat, _: &mut Self::Context) -> Self::Result {
-        let route = self.router.resolve(&msg.request.model)?;
-        let request = ProviderRequest {
-            upstream_model: route.upstream_model.clone(),
-            ..msg.request
-        };
+        let route = self.router.resolve(&msg.request.model)?.clone();
         Ok(ProviderStream::start_on(
             &msg.arbiter,
-            route.provider.clone(),
-            request,
+            route,
+            msg.request,
             msg.sink,
         ))
     }

@@ -6,6 +6,7 @@ mod caller;
 mod chat;
 mod conversations;
 mod keys;
+mod openai;
 mod pages;
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 
 use actix::Addr;
 use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
-use ai_gateway_actors::{SessionEnv, SessionRegistry};
+use ai_gateway_actors::{Router, SessionEnv, SessionRegistry};
 use serde_json::json;
 
 pub use caller::Caller;
@@ -30,6 +31,7 @@ use crate::{
 
 /// What every handler shares.
 pub struct AppState {
+    pub router: Arc<Router>,
     pub access: Arc<Access>,
     pub stores: Stores,
     pub limits: Arc<Limits>,
@@ -67,6 +69,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::delete().to(conversations::delete),
     )
     .route("/v1/usage", web::get().to(conversations::usage))
+    .route("/v1/models", web::get().to(openai::models))
+    .route("/v1/chat/completions", web::post().to(openai::completions))
     .route("/healthz", web::get().to(pages::healthz))
     .default_service(web::to(|| async {
         ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())

@@ -5,13 +5,23 @@
 
 pub mod anthropic;
 mod api_key;
+pub mod breaker;
+mod forward;
 pub mod gemini;
 mod http;
 pub mod mock;
 pub mod openai;
+mod route;
 mod stream;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use actix::prelude::*;
 use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Usage};
@@ -19,7 +29,10 @@ use futures_util::future::LocalBoxFuture;
 
 use crate::flow::{FlowControl, SessionClosed};
 pub use api_key::ApiKey;
+pub use breaker::{Breaker, BreakerState};
+pub use forward::forward_events;
 pub use http::{InvalidSettings, Timeouts};
+pub use route::{RetryPolicy, Route, Target, Upstream};
 pub use stream::{CancelStream, ProviderStream, StreamHandle};
 
 /// What a provider is asked to answer.
@@ -176,11 +189,22 @@ pub struct ChunkSink {
     key: u64,
     session: Recipient<StreamEvent>,
     flow: Arc<FlowControl>,
+    sent: Arc<AtomicU64>,
 }
 
 impl ChunkSink {
     pub fn new(key: u64, session: Recipient<StreamEvent>, flow: Arc<FlowControl>) -> Self {
-        ChunkSink { key, session, flow }
+        ChunkSink {
+            key,
+            session,
+            flow,
+            sent: Arc::default(),
+        }
+    }
+
+    /// Chunks sent so far through this sink (and its clones).
+    pub fn chunks_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Sends one chunk, after waiting for room in the session's queue.
@@ -191,6 +215,7 @@ impl ChunkSink {
         }
         let charge = text.len() + CHUNK_FRAME_OVERHEAD_BYTES;
         self.flow.charge(charge);
+        self.sent.fetch_add(1, Ordering::Relaxed);
         self.session.do_send(StreamEvent {
             key: self.key,
             kind: StreamEventKind::Chunk { kind, text, charge },
@@ -218,19 +243,6 @@ impl ChunkSink {
     }
 }
 
-/// A model name clients may ask for, and who answers it.
-#[derive(Clone)]
-pub struct Route {
-    pub provider: Arc<dyn Provider>,
-    pub upstream_model: String,
-}
-
-/// Maps the model names clients use to providers.
-#[derive(Clone, Default)]
-pub struct Router {
-    routes: BTreeMap<String, Route>,
-}
-
 /// The model named in a request is not served here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("Unknown model {requested:?}; available: {}", available.join(", "))]
@@ -242,24 +254,41 @@ pub struct UnknownModel {
 /// The model used when a request names none (the seed's default).
 pub const DEFAULT_MODEL: &str = "mock";
 
+/// Maps the model names clients use to their routes.
+#[derive(Clone, Default)]
+pub struct Router {
+    routes: BTreeMap<String, Arc<Route>>,
+}
+
 impl Router {
-    pub fn with_route(mut self, model: &str, provider: Arc<dyn Provider>, upstream: &str) -> Self {
-        self.routes.insert(
-            model.to_owned(),
-            Route {
-                provider,
-                upstream_model: upstream.to_owned(),
-            },
-        );
+    pub fn with(mut self, model: &str, route: Route) -> Self {
+        self.routes.insert(model.to_owned(), Arc::new(route));
         self
     }
 
-    pub fn models(&self) -> impl Iterator<Item = (&str, &Route)> {
+    /// A route straight to one provider, without retries, fallback or breaker.
+    pub fn with_route(
+        self,
+        model: &str,
+        provider: Arc<dyn Provider>,
+        upstream_model: &str,
+    ) -> Self {
+        let upstream = Upstream::new(provider, Breaker::new(u32::MAX, Duration::ZERO));
+        self.with(
+            model,
+            Route::new(
+                vec![Target::new(upstream, upstream_model)],
+                RetryPolicy::none(),
+            ),
+        )
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = (&str, &Arc<Route>)> {
         self.routes.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// Finds the route for `model`; empty means [`DEFAULT_MODEL`].
-    pub fn resolve(&self, model: &str) -> Result<&Route, UnknownModel> {
+    pub fn resolve(&self, model: &str) -> Result<&Arc<Route>, UnknownModel> {
         let model = if model.is_empty() {
             DEFAULT_MODEL
         } else {

@@ -1,0 +1,316 @@
+//! Real providers behind the gateway, against the in-process fake upstream: routing, retries,
+//! fallback, the circuit breaker, timeouts, errors that are never quiet, and cancellation.
+
+use std::time::{Duration, Instant};
+
+use ai_gateway::config::{ModelSettings, ProviderSettings, ResilienceSettings};
+use ai_gateway_actors::{provider::ApiKey, AnthropicSettings, GeminiSettings, OpenAiSettings};
+use fake_upstream::FakeUpstream;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn model(provider: &str, upstream: &str) -> ModelSettings {
+    ModelSettings {
+        provider: provider.into(),
+        upstream_model: upstream.into(),
+        fallback: vec![],
+        max_retries: None,
+    }
+}
+
+/// A gateway with providers `fake` (OpenAI-compatible), `claude` and `gem` on the fake upstream,
+/// and `models` on top; quick retries and timeouts.
+async fn gateway_on(fake: &FakeUpstream, models: &[(&str, ModelSettings)]) -> TestGateway {
+    gateway_with(fake, models, |_| {}).await
+}
+
+async fn gateway_with(
+    fake: &FakeUpstream,
+    models: &[(&str, ModelSettings)],
+    tweak: impl FnOnce(&mut ai_gateway::Config),
+) -> TestGateway {
+    let mut openai = OpenAiSettings::new(fake.openai_base_url(), Some(ApiKey::new("sk-test")));
+    openai.first_chunk_timeout_ms = 500;
+    openai.idle_chunk_timeout_ms = 500;
+    let mut anthropic = AnthropicSettings::new(fake.base_url(), ApiKey::new("sk-ant-test"));
+    anthropic.thinking_budget_tokens = Some(1024);
+    let gemini = GeminiSettings::new(fake.base_url(), ApiKey::new("gem-test"));
+    let models: Vec<(String, ModelSettings)> = models
+        .iter()
+        .map(|(n, m)| (n.to_string(), m.clone()))
+        .collect();
+    start_with(move |c| {
+        c.providers
+            .insert("fake".into(), ProviderSettings::Openai(openai));
+        c.providers
+            .insert("claude".into(), ProviderSettings::Anthropic(anthropic));
+        c.providers
+            .insert("gem".into(), ProviderSettings::Gemini(gemini));
+        c.models.extend(models);
+        c.resilience = ResilienceSettings {
+            max_retries: 2,
+            retry_backoff_ms: 10,
+            max_retry_delay_ms: 5_000,
+            breaker_failure_threshold: 100,
+            breaker_open_ms: 60_000,
+        };
+        tweak(c);
+    })
+    .await
+}
+
+fn ask(id: &str, model: &str) -> Value {
+    json!({"type": "chat", "id": id, "payload": {"content": "hello", "model": model}})
+}
+
+#[actix_rt::test]
+async fn each_provider_streams_through_the_gateway() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(
+        &fake,
+        &[
+            ("gpt", model("fake", "ok-5")),
+            ("sonnet", model("claude", "ok-5")),
+            ("flash", model("gem", "ok-5")),
+        ],
+    )
+    .await;
+    let mut ws = t.client().await;
+    for name in ["gpt", "sonnet", "flash"] {
+        ws.send_json(ask(name, name)).await;
+        let a = ws.answer(name).await;
+        a.assert_in_order();
+        assert!(a.errors.is_empty(), "{name}: {:?}", a.errors);
+        assert!(!a.text_of("reasoning").is_empty(), "{name}: no reasoning");
+        assert!(!a.text_of("text").is_empty(), "{name}: no text");
+        assert_eq!(a.finish_reason(), "stop");
+        assert!(
+            a.done["payload"]["usage"]["completion_tokens"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{name}"
+        );
+        assert_eq!(a.chunks[0]["payload"]["model"], name);
+    }
+    let paths: Vec<String> = fake.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.len(), 3, "{paths:?}");
+    assert!(paths[0].ends_with("/chat/completions"));
+    assert!(paths[1].ends_with("/v1/messages"));
+    assert!(paths[2].contains(":streamGenerateContent"));
+}
+
+#[actix_rt::test]
+async fn retries_until_the_upstream_recovers() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(&fake, &[("flaky", model("fake", "flaky-2"))]).await;
+    let mut ws = t.client().await;
+    ws.send_json(ask("f", "flaky")).await;
+    let a = ws.answer("f").await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    assert_eq!(a.finish_reason(), "stop");
+    assert_eq!(fake.requests().len(), 3, "two 503s, then the answer");
+}
+
+#[actix_rt::test]
+async fn a_fallback_answers_when_the_primary_fails() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let primary = ModelSettings {
+        fallback: vec!["backup".into()],
+        max_retries: Some(0),
+        ..model("fake", "fail-500")
+    };
+    let t = gateway_on(
+        &fake,
+        &[("primary", primary), ("backup", model("claude", "ok-3"))],
+    )
+    .await;
+    let mut ws = t.client().await;
+    ws.send_json(ask("p", "primary")).await;
+    let a = ws.answer("p").await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    assert_eq!(a.finish_reason(), "stop");
+    let paths: Vec<String> = fake.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.len(), 2);
+    assert!(
+        paths[1].ends_with("/v1/messages"),
+        "the fallback is the Anthropic one: {paths:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn retry_after_is_honoured_then_the_error_is_told() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let limited = ModelSettings {
+        max_retries: Some(1),
+        ..model("fake", "fail-429")
+    };
+    let t = gateway_on(&fake, &[("limited", limited)]).await;
+    let mut ws = t.client().await;
+    let sent = Instant::now();
+    ws.send_json(ask("l", "limited")).await;
+    let a = ws.answer("l").await;
+    assert!(
+        sent.elapsed() >= Duration::from_millis(950),
+        "retried before Retry-After"
+    );
+    assert_eq!(a.errors.len(), 1);
+    assert_eq!(a.errors[0]["payload"]["reason"], "rate_limited");
+    assert_eq!(a.finish_reason(), "error");
+    assert_eq!(fake.requests().len(), 2);
+}
+
+#[actix_rt::test]
+async fn broken_streams_are_errors_never_quiet_ends() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(
+        &fake,
+        &[
+            ("mid", model("fake", "midstream-error")),
+            ("bad", model("fake", "malformed")),
+            ("cut", model("claude", "cut")),
+            ("stall", model("fake", "stall")),
+            ("stall-later", model("fake", "stall-after-2")),
+        ],
+    )
+    .await;
+    let mut ws = t.client().await;
+    for (name, reason) in [
+        ("mid", "provider_error"),
+        ("bad", "provider_error"),
+        ("cut", "provider_unavailable"),
+        ("stall", "provider_timeout"),
+        ("stall-later", "provider_timeout"),
+    ] {
+        ws.send_json(ask(name, name)).await;
+        let a = ws.answer(name).await;
+        assert_eq!(a.errors.len(), 1, "{name}: {:?}", a.errors);
+        assert_eq!(
+            a.errors[0]["payload"]["reason"], reason,
+            "{name}: {:?}",
+            a.errors[0]
+        );
+        assert!(!a.errors[0]["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .is_empty());
+        assert_eq!(a.finish_reason(), "error", "{name}");
+    }
+    // Chunks had reached the client before each mid-stream failure: none was retried.
+    let mid_calls = fake
+        .requests()
+        .iter()
+        .filter(|r| r.body["model"] == "midstream-error")
+        .count();
+    assert_eq!(mid_calls, 1);
+}
+
+#[actix_rt::test]
+async fn the_breaker_opens_and_fails_fast() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let down = ModelSettings {
+        max_retries: Some(0),
+        ..model("fake", "fail-500")
+    };
+    let t = gateway_with(&fake, &[("down", down)], |c| {
+        c.resilience.breaker_failure_threshold = 2;
+    })
+    .await;
+    let mut ws = t.client().await;
+    for i in 0..2 {
+        let id = format!("d{i}");
+        ws.send_json(ask(&id, "down")).await;
+        let a = ws.answer(&id).await;
+        assert_eq!(a.errors[0]["payload"]["reason"], "provider_error");
+    }
+    assert_eq!(fake.requests().len(), 2);
+    ws.send_json(ask("fast", "down")).await;
+    let a = ws.answer("fast").await;
+    assert_eq!(a.errors[0]["payload"]["reason"], "provider_unavailable");
+    assert!(
+        a.errors[0]["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit open"),
+        "{:?}",
+        a.errors[0]
+    );
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "the open breaker kept the call home"
+    );
+}
+
+#[actix_rt::test]
+async fn cancel_aborts_the_upstream_request() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(&fake, &[("drip", model("fake", "slow-drip"))]).await;
+    let mut ws = t.client().await;
+    ws.send_json(ask("d", "drip")).await;
+    assert_eq!(ws.next_json().await["type"], "chat");
+    assert_eq!(fake.open_streams(), 1);
+    ws.send_json(json!({"type": "cancel", "id": "d"})).await;
+    loop {
+        let f = ws.next_json().await;
+        if f["type"] == "done" {
+            assert_eq!(f["payload"]["finish_reason"], "cancelled");
+            break;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while fake.open_streams() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream stream is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.abandoned_streams(), 1);
+}
+
+#[actix_rt::test]
+async fn models_are_listed_and_unknown_ones_named() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(&fake, &[("gpt", model("fake", "ok"))]).await;
+    let (_, token) = t.new_user().await;
+    let res = t
+        .http
+        .get(t.url("/v1/models"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["gpt", "mock"]);
+    assert_eq!(body["data"][0]["owned_by"], "openai");
+    assert_eq!(
+        t.http
+            .get(t.url("/v1/models"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let mut ws = t.connect(&token).await;
+    ws.send_json(ask("x", "nope")).await;
+    let f = ws.next_json().await;
+    assert_eq!(f["payload"]["reason"], "unknown_model");
+    assert!(
+        f["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gpt, mock"),
+        "{f}"
+    );
+}
