@@ -49,6 +49,9 @@ pub struct Config {
     pub session: SessionSettings,
     pub shutdown: ShutdownSettings,
     pub mock: MockSettings,
+    /// Static bearer token for the admin API, for bootstrapping (`GATEWAY_ADMIN_TOKEN`). Empty:
+    /// none; only users with the `admin` role may use it. Never logged.
+    pub admin_token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +119,7 @@ impl Default for Config {
             session: SessionSettings::default(),
             shutdown: ShutdownSettings::default(),
             mock: MockSettings::default(),
+            admin_token: String::new(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! keys, conversations and usage under `/v1`, and health.
 
 mod account;
+mod admin;
 mod caller;
 mod chat;
 mod conversations;
@@ -18,6 +19,7 @@ use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
 use ai_gateway_actors::{SessionEnv, SessionRegistry};
 use serde_json::json;
 
+pub use admin::AdminContext;
 pub use caller::Caller;
 
 use crate::{
@@ -39,6 +41,7 @@ pub struct AppState {
     pub allowed_origins: Vec<String>,
     /// Set on SIGTERM: new WebSocket sessions are refused.
     pub draining: AtomicBool,
+    pub admin: AdminContext,
 }
 
 /// Largest JSON body the REST endpoints accept.
@@ -68,6 +71,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/v1/usage", web::get().to(conversations::usage))
     .route("/healthz", web::get().to(pages::healthz))
+    .configure(admin::configure)
     .default_service(web::to(|| async {
         ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())
     }));
