@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod backpressure;
+mod browser;
 mod lifecycle;
 mod limits_and_outages;
 mod protocol;
