@@ -261,6 +261,26 @@ impl Access {
         Ok(())
     }
 
+    /// A user's role changed or they were enabled again: forget what this node and every other
+    /// node cached about them.
+    pub async fn user_changed(&self, user_id: &str) {
+        self.forget_user(user_id);
+        if let Some(cluster) = &self.cluster {
+            let event = ClusterEvent::UserChanged {
+                user_id: user_id.to_owned(),
+            };
+            if let Err(e) = cluster.publish(&event).await {
+                // Other nodes see the change when their cache entry expires.
+                tracing::warn!(error = %e, "could not broadcast a user change");
+            }
+        }
+    }
+
+    /// Drops this node's cached status of a user, so the next request reads the store.
+    pub fn forget_user(&self, user_id: &str) {
+        self.users.invalidate(user_id);
+    }
+
     /// Applies a revocation on this node: refuse the credential from now on and close the
     /// sessions it opened.
     pub fn apply(&self, revocation: &Revocation) {

@@ -59,6 +59,9 @@ pub struct Config {
     /// Model names clients may use: `[models.NAME]`.
     pub models: BTreeMap<String, ModelSettings>,
     pub resilience: ResilienceSettings,
+    /// Static bearer token for the admin API, for bootstrapping (`GATEWAY_ADMIN_TOKEN`). Empty:
+    /// none; only users with the `admin` role may use it. Never logged.
+    pub admin_token: String,
 }
 
 /// One upstream endpoint.
@@ -185,6 +188,7 @@ impl Default for Config {
             providers: BTreeMap::new(),
             models: BTreeMap::new(),
             resilience: ResilienceSettings::default(),
+            admin_token: String::new(),
         }
     }
 }

@@ -13,7 +13,8 @@ use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    Drain, MockProvider, NoDirectory, SessionCount, SessionDirectory, SessionEnv, SessionRegistry,
+    Drain, KillSession, MockProvider, NoDirectory, SessionCount, SessionDirectory, SessionEnv,
+    SessionRegistry, CLOSE_POLICY,
 };
 use rand::RngCore;
 
@@ -25,7 +26,7 @@ use crate::{
     conn,
     limits::Limits,
     request_hooks::GatewayHooks,
-    routes::{self, AppState},
+    routes::{self, AdminContext, AppState},
     store::{memory::MemoryStore, postgres, Stores, WriteBehind},
 };
 
@@ -140,9 +141,18 @@ impl Gateway {
         if let Some(c) = &cluster {
             let on_event = access.clone();
             let on_connected = Arc::downgrade(&access);
+            let local = registry.clone();
             c.subscribe(
                 move |event| match event {
                     ClusterEvent::Revoked(r) => on_event.apply(&r),
+                    ClusterEvent::KillSession { session_id, reason } => {
+                        local.do_send(KillSession {
+                            session_id,
+                            code: CLOSE_POLICY,
+                            reason,
+                        })
+                    }
+                    ClusterEvent::UserChanged { user_id } => on_event.forget_user(&user_id),
                 },
                 // Catch up on what was revoked while the subscription was down.
                 move || {
@@ -188,6 +198,10 @@ impl Gateway {
             },
             allowed_origins: config.allowed_origins.clone(),
             draining: false.into(),
+            admin: AdminContext {
+                token: config.admin_token.clone(),
+                node_id: node_id.clone(),
+            },
         });
 
         let drain_timeout = Duration::from_millis(config.shutdown.drain_timeout_ms);

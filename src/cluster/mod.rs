@@ -22,6 +22,15 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ClusterEvent {
     Revoked(Revocation),
+    /// An admin killed a session; the node that holds it closes it (code 1008, this reason).
+    KillSession {
+        session_id: String,
+        reason: String,
+    },
+    /// A user's role changed or they were enabled: drop cached copies.
+    UserChanged {
+        user_id: String,
+    },
 }
 
 pub struct Cluster {

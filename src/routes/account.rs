@@ -19,15 +19,15 @@ pub const PASSWORD_BYTES: std::ops::RangeInclusive<usize> = 8..=1024;
 
 #[derive(Deserialize)]
 pub struct Credentials {
-    username: String,
-    password: String,
+    pub(super) username: String,
+    pub(super) password: String,
 }
 
 fn bad_request(message: &str) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message.to_owned())
 }
 
-fn validate(c: &Credentials) -> Result<(), ApiError> {
+pub(super) fn validate(c: &Credentials) -> Result<(), ApiError> {
     let name_ok = USERNAME_CHARS.contains(&c.username.chars().count())
         && c.username
             .chars()
@@ -43,7 +43,7 @@ fn validate(c: &Credentials) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     web::block(f)

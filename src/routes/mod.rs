@@ -2,6 +2,7 @@
 //! keys, conversations and usage under `/v1`, and health.
 
 mod account;
+mod admin;
 mod caller;
 mod chat;
 mod conversations;
@@ -19,6 +20,7 @@ use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
 use ai_gateway_actors::{Router, SessionEnv, SessionRegistry};
 use serde_json::json;
 
+pub use admin::AdminContext;
 pub use caller::Caller;
 
 use crate::{
@@ -41,6 +43,7 @@ pub struct AppState {
     pub allowed_origins: Vec<String>,
     /// Set on SIGTERM: new WebSocket sessions are refused.
     pub draining: AtomicBool,
+    pub admin: AdminContext,
 }
 
 /// Largest JSON body the REST endpoints accept.
@@ -72,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/v1/models", web::get().to(openai::models))
     .route("/v1/chat/completions", web::post().to(openai::completions))
     .route("/healthz", web::get().to(pages::healthz))
+    .configure(admin::configure)
     .default_service(web::to(|| async {
         ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())
     }));

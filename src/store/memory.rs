@@ -22,6 +22,7 @@ struct State {
     conversations: HashMap<String, (String, Conversation, Vec<StoredMessage>)>,
     /// `(user, day, model)` → totals: usage is kept aggregated, so it stays small.
     usage: HashMap<(String, String, String), UsageTotal>,
+    audit: Vec<AuditEntry>,
 }
 
 #[derive(Default)]
@@ -84,6 +85,27 @@ impl IdentityStore for MemoryStore {
         } else {
             s.disabled_at.remove(user_id);
         }
+        Ok(true)
+    }
+
+    async fn list_users(&self, offset: usize, limit: usize) -> StoreResult<Vec<User>> {
+        let s = self.state();
+        let mut users: Vec<&User> = s.users.values().collect();
+        users.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(users
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn set_role(&self, user_id: &str, role: Role) -> StoreResult<bool> {
+        let mut s = self.state();
+        let Some(user) = s.users.get_mut(user_id) else {
+            return Ok(false);
+        };
+        user.role = role;
         Ok(true)
     }
 
@@ -292,5 +314,39 @@ impl UsageStore for MemoryStore {
             .collect();
         totals.sort_by(|a, b| (&a.day, &a.model).cmp(&(&b.day, &b.model)));
         Ok(totals)
+    }
+}
+
+#[async_trait]
+impl AuditStore for MemoryStore {
+    async fn record_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &serde_json::Value,
+    ) -> StoreResult<()> {
+        let mut s = self.state();
+        let id = s.audit.len() as i64 + 1;
+        s.audit.push(AuditEntry {
+            id,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail: detail.clone(),
+            at: SystemTime::now(),
+        });
+        Ok(())
+    }
+
+    async fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        Ok(self
+            .state()
+            .audit
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }

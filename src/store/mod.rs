@@ -171,6 +171,10 @@ pub trait IdentityStore: Send + Sync + 'static {
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>>;
     /// Answers whether the user exists.
     async fn set_disabled(&self, user_id: &str, disabled: bool) -> StoreResult<bool>;
+    /// Users by creation time (oldest first), for the admin API.
+    async fn list_users(&self, offset: usize, limit: usize) -> StoreResult<Vec<User>>;
+    /// Answers whether the user exists.
+    async fn set_role(&self, user_id: &str, role: Role) -> StoreResult<bool>;
 
     async fn revoke_token(
         &self,
@@ -188,6 +192,32 @@ pub trait IdentityStore: Send + Sync + 'static {
 
     /// Everything revoked or disabled at or after `since`.
     async fn revocations_since(&self, since: SystemTime) -> StoreResult<Revocations>;
+}
+
+/// One admin action, as the audit table keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// The admin's username, or `static-token`.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: serde_json::Value,
+    #[serde(with = "unix_secs")]
+    pub at: SystemTime,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    async fn record_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &serde_json::Value,
+    ) -> StoreResult<()>;
+    /// The most recent entries, newest first.
+    async fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEntry>>;
 }
 
 /// How a named conversation stands for a user.
@@ -232,17 +262,19 @@ pub struct Stores {
     pub identity: Arc<dyn IdentityStore>,
     pub conversations: Arc<dyn ConversationStore>,
     pub usage: Arc<dyn UsageStore>,
+    pub audit: Arc<dyn AuditStore>,
 }
 
 impl Stores {
     pub fn from_backend<B>(backend: Arc<B>) -> Stores
     where
-        B: IdentityStore + ConversationStore + UsageStore,
+        B: IdentityStore + ConversationStore + UsageStore + AuditStore,
     {
         Stores {
             identity: backend.clone(),
             conversations: backend.clone(),
-            usage: backend,
+            usage: backend.clone(),
+            audit: backend,
         }
     }
 }

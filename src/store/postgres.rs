@@ -213,6 +213,34 @@ impl IdentityStore for PgStore {
         Ok(n == 1)
     }
 
+    async fn list_users(&self, offset: usize, limit: usize) -> StoreResult<Vec<User>> {
+        let sql =
+            format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id OFFSET $1 LIMIT $2");
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&(offset as i64), &(limit as i64)])
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(user_of).collect())
+    }
+
+    async fn set_role(&self, user_id: &str, role: Role) -> StoreResult<bool> {
+        let Some(id) = uuid(user_id) else {
+            return Ok(false);
+        };
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE users SET role = $2, updated_at = now() WHERE id = $1",
+                &[&id, &role.as_str()],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
     async fn revoke_token(
         &self,
         jti: &str,
@@ -552,6 +580,52 @@ impl UsageStore for PgStore {
                 requests: r.get::<_, i64>(2) as u64,
                 prompt_tokens: r.get::<_, i64>(3) as u64,
                 completion_tokens: r.get::<_, i64>(4) as u64,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn record_audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &serde_json::Value,
+    ) -> StoreResult<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO admin_audit (actor, action, target, detail) VALUES ($1, $2, $3, $4::text::jsonb)",
+                &[&actor, &action, &target, &detail.to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEntry>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, actor, action, target, detail::text AS detail, at FROM admin_audit \
+                 ORDER BY id DESC LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditEntry {
+                id: r.get("id"),
+                actor: r.get("actor"),
+                action: r.get("action"),
+                target: r.get("target"),
+                detail: serde_json::from_str(r.get::<_, &str>("detail"))
+                    .unwrap_or(serde_json::Value::Null),
+                at: r.get("at"),
             })
             .collect())
     }

@@ -1,7 +1,9 @@
 //! Integration tests: a real gateway on a loopback port, real WebSocket and HTTP clients.
 
+mod admin;
 mod auth;
 mod backpressure;
+mod browser;
 mod lifecycle;
 mod limits_and_outages;
 mod openai_front;

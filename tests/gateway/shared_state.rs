@@ -63,7 +63,7 @@ async fn migrations_run_once_when_nodes_start_together() {
         .iter()
         .map(Vec::len)
         .sum();
-    assert_eq!(applied, 1, "exactly one node applies V1");
+    assert_eq!(applied, 2, "exactly one node applies each migration");
     let client = db.client().await;
     let tables: Vec<String> = client
         .query(
@@ -76,6 +76,7 @@ async fn migrations_run_once_when_nodes_start_together() {
         .map(|r| r.get(0))
         .collect();
     for t in [
+        "admin_audit",
         "api_keys",
         "conversations",
         "messages",

@@ -1,0 +1,264 @@
+//! Live sessions and nodes: from the Redis directory when nodes share one (every node's
+//! sessions), else from this node's registry.
+
+use std::{
+    collections::BTreeMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use actix_web::{http::StatusCode, web, HttpResponse};
+use ai_gateway_actors::{CloseRevoked, KillSession, ListSessions, Revoked, CLOSE_POLICY};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Admin, KillReason, Paging};
+use crate::{
+    cluster::{list_nodes, list_sessions, ClusterError, ClusterEvent, DirectoryEntry},
+    routes::{ApiError, AppState},
+};
+
+/// `GET /admin/sessions` filters; each is an exact match.
+#[derive(Debug, Deserialize)]
+pub struct SessionFilter {
+    /// A user id or username.
+    pub user: Option<String>,
+    pub node: Option<String>,
+    /// Not supported: sessions do not record a model (requests choose one each).
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeLoad {
+    node_id: String,
+    sessions: usize,
+    /// Requests streaming now, over all the node's sessions.
+    running: u64,
+    /// Unix milliseconds of the node's last directory refresh.
+    refreshed_at: u64,
+}
+
+fn directory_down(e: ClusterError) -> ApiError {
+    tracing::warn!(error = %e, "session directory unreachable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Session directory unavailable".to_owned(),
+    )
+}
+
+/// Every live session this node can see: the whole cluster's with Redis, else its own.
+async fn all_sessions(state: &AppState) -> Result<Vec<DirectoryEntry>, ApiError> {
+    let mut sessions = match &state.cluster {
+        Some(cluster) => list_sessions(cluster).await.map_err(directory_down)?,
+        None => state
+            .registry
+            .send(ListSessions)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Registry stopped".to_owned(),
+                )
+            })?
+            .iter()
+            .map(DirectoryEntry::from)
+            .collect(),
+    };
+    sessions.sort_by(|a, b| (a.started_at, &a.session_id).cmp(&(b.started_at, &b.session_id)));
+    Ok(sessions)
+}
+
+async fn find_session(state: &AppState, id: &str) -> Result<DirectoryEntry, ApiError> {
+    all_sessions(state)
+        .await?
+        .into_iter()
+        .find(|s| s.session_id == id)
+        .ok_or_else(|| ApiError::not_found("Session"))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    _: Admin,
+    filter: web::Query<SessionFilter>,
+    paging: web::Query<Paging>,
+) -> Result<HttpResponse, ApiError> {
+    if filter.model.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Filtering by model is not supported: a session has no model, each request names one"
+                .to_owned(),
+        ));
+    }
+    let matching: Vec<DirectoryEntry> = all_sessions(&state)
+        .await?
+        .into_iter()
+        .filter(|s| {
+            filter
+                .user
+                .as_ref()
+                .is_none_or(|u| s.user_id == *u || s.username == *u)
+        })
+        .filter(|s| filter.node.as_ref().is_none_or(|n| s.node_id == *n))
+        .collect();
+    let total = matching.len();
+    let limit = paging.limit();
+    let page: Vec<_> = matching
+        .into_iter()
+        .skip(paging.offset)
+        .take(limit)
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "sessions": page,
+        "total": total,
+        "offset": paging.offset,
+        "limit": limit,
+    })))
+}
+
+pub async fn show(
+    state: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(find_session(&state, &id).await?))
+}
+
+/// Closes a session wherever it lives: through this node's registry, or by telling the node
+/// that holds it over pub/sub.
+async fn close(state: &AppState, session: &DirectoryEntry, reason: &str) -> Result<(), ApiError> {
+    let here = state
+        .registry
+        .send(KillSession {
+            session_id: session.session_id.clone(),
+            code: CLOSE_POLICY,
+            reason: reason.to_owned(),
+        })
+        .await
+        .unwrap_or(false);
+    if here {
+        return Ok(());
+    }
+    let Some(cluster) = &state.cluster else {
+        return Err(ApiError::not_found("Session"));
+    };
+    cluster
+        .publish(&ClusterEvent::KillSession {
+            session_id: session.session_id.clone(),
+            reason: reason.to_owned(),
+        })
+        .await
+        .map_err(directory_down)
+}
+
+pub async fn kill(
+    state: web::Data<AppState>,
+    admin: Admin,
+    id: web::Path<String>,
+    reason: web::Query<KillReason>,
+) -> Result<HttpResponse, ApiError> {
+    let session = find_session(&state, &id).await?;
+    let reason = reason.close_reason();
+    admin
+        .audit(
+            &state,
+            "kill_session",
+            &session.session_id,
+            json!({"reason": reason, "user_id": session.user_id, "node_id": session.node_id}),
+        )
+        .await?;
+    close(&state, &session, &reason).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "session_id": session.session_id,
+        "node_id": session.node_id,
+        "reason": reason,
+    })))
+}
+
+pub async fn kill_user(
+    state: web::Data<AppState>,
+    admin: Admin,
+    user_id: web::Path<String>,
+    reason: web::Query<KillReason>,
+) -> Result<HttpResponse, ApiError> {
+    let user_id = user_id.into_inner();
+    if state.stores.identity.user_by_id(&user_id).await?.is_none() {
+        return Err(ApiError::not_found("User"));
+    }
+    let reason = reason.close_reason();
+    let sessions: Vec<DirectoryEntry> = all_sessions(&state)
+        .await?
+        .into_iter()
+        .filter(|s| s.user_id == user_id)
+        .collect();
+    admin
+        .audit(
+            &state,
+            "kill_user_sessions",
+            &user_id,
+            json!({"reason": reason, "sessions": sessions.len()}),
+        )
+        .await?;
+    // This node's own, including any that joined since the list was read.
+    let _ = state
+        .registry
+        .send(CloseRevoked {
+            revoked: Revoked::User(user_id.clone()),
+            reason: reason.clone(),
+        })
+        .await;
+    for session in sessions.iter().filter(|s| s.node_id != state.admin.node_id) {
+        close(&state, session, &reason).await?;
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "user_id": user_id,
+        "sessions": sessions.len(),
+        "reason": reason,
+    })))
+}
+
+pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
+    let sessions = all_sessions(&state).await?;
+    let mut load: BTreeMap<String, NodeLoad> = BTreeMap::new();
+    match &state.cluster {
+        Some(cluster) => {
+            for n in list_nodes(cluster).await.map_err(directory_down)? {
+                load.insert(
+                    n.node_id.clone(),
+                    NodeLoad {
+                        node_id: n.node_id,
+                        sessions: 0,
+                        running: 0,
+                        refreshed_at: n.refreshed_at,
+                    },
+                );
+            }
+        }
+        None => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let id = state.admin.node_id.clone();
+            load.insert(
+                id.clone(),
+                NodeLoad {
+                    node_id: id,
+                    sessions: 0,
+                    running: 0,
+                    refreshed_at: now,
+                },
+            );
+        }
+    }
+    for s in &sessions {
+        // A node seen only through its sessions (joined before its first refresh) still counts.
+        let node = load.entry(s.node_id.clone()).or_insert_with(|| NodeLoad {
+            node_id: s.node_id.clone(),
+            sessions: 0,
+            running: 0,
+            refreshed_at: 0,
+        });
+        node.sessions += 1;
+        node.running += u64::from(s.running);
+    }
+    let nodes: Vec<NodeLoad> = load.into_values().collect();
+    Ok(HttpResponse::Ok().json(json!({ "nodes": nodes })))
+}

@@ -1,0 +1,297 @@
+//! Users, their credentials, the providers and the audit trail.
+
+use std::time::UNIX_EPOCH;
+
+use actix_web::{http::StatusCode, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Admin, Paging};
+use crate::{
+    access::Revocation,
+    auth,
+    routes::{
+        account::{self, Credentials},
+        ApiError, AppState,
+    },
+    store::{Role, User},
+};
+
+/// A user as the admin API shows them: never the password hash.
+#[derive(Debug, Serialize)]
+struct UserView {
+    id: String,
+    username: String,
+    role: Role,
+    disabled: bool,
+    /// Unix seconds.
+    created_at: u64,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            id: u.id,
+            username: u.username,
+            role: u.role,
+            disabled: u.disabled,
+            created_at: u
+                .created_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+fn bad_request(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message.to_owned())
+}
+
+fn parse_role(role: &str) -> Result<Role, ApiError> {
+    Role::parse(role).ok_or_else(|| bad_request("role must be \"user\" or \"admin\""))
+}
+
+async fn user(state: &AppState, id: &str) -> Result<User, ApiError> {
+    state
+        .stores
+        .identity
+        .user_by_id(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("User"))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    _: Admin,
+    paging: web::Query<Paging>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = paging.limit();
+    let users: Vec<UserView> = state
+        .stores
+        .identity
+        .list_users(paging.offset, limit)
+        .await?
+        .into_iter()
+        .map(UserView::from)
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "users": users,
+        "offset": paging.offset,
+        "limit": limit,
+    })))
+}
+
+pub async fn show(
+    state: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(UserView::from(user(&state, &id).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewUser {
+    username: String,
+    password: String,
+    #[serde(default = "default_role")]
+    role: String,
+}
+
+fn default_role() -> String {
+    Role::User.as_str().to_owned()
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    admin: Admin,
+    body: web::Json<NewUser>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let role = parse_role(&body.role)?;
+    let creds = Credentials {
+        username: body.username,
+        password: body.password,
+    };
+    account::validate(&creds)?;
+    admin
+        .audit(
+            &state,
+            "create_user",
+            &creds.username,
+            json!({"role": role.as_str()}),
+        )
+        .await?;
+    let password = creds.password;
+    let hash = account::blocking(move || auth::hash_password(&password)).await?;
+    let user = state
+        .stores
+        .identity
+        .create_user(&creds.username, hash, role)
+        .await?;
+    Ok(HttpResponse::Created().json(UserView::from(user)))
+}
+
+/// `PATCH /admin/users/{id}`: any of the fields.
+#[derive(Debug, Deserialize)]
+pub struct UserChange {
+    role: Option<String>,
+    disabled: Option<bool>,
+}
+
+pub async fn update(
+    state: web::Data<AppState>,
+    admin: Admin,
+    id: web::Path<String>,
+    body: web::Json<UserChange>,
+) -> Result<HttpResponse, ApiError> {
+    let target = user(&state, &id).await?;
+    let role = body.role.as_deref().map(parse_role).transpose()?;
+    if role.is_none() && body.disabled.is_none() {
+        return Err(bad_request(
+            "nothing to change: give \"role\" or \"disabled\"",
+        ));
+    }
+    let detail = json!({"username": target.username, "role": role, "disabled": body.disabled});
+    admin
+        .audit(&state, "update_user", &target.id, detail)
+        .await?;
+    if let Some(role) = role {
+        state.stores.identity.set_role(&target.id, role).await?;
+        state.access.user_changed(&target.id).await;
+    }
+    match body.disabled {
+        // Closes the user's sessions on every node.
+        Some(true) => {
+            state
+                .access
+                .revoke(Revocation::User {
+                    id: target.id.clone(),
+                })
+                .await?
+        }
+        Some(false) => {
+            state
+                .stores
+                .identity
+                .set_disabled(&target.id, false)
+                .await?;
+            state.access.user_changed(&target.id).await;
+        }
+        None => {}
+    }
+    Ok(HttpResponse::Ok().json(UserView::from(user(&state, &target.id).await?)))
+}
+
+pub async fn keys(
+    state: web::Data<AppState>,
+    _: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let target = user(&state, &id).await?;
+    let keys = state.stores.identity.api_keys_of(&target.id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "keys": keys })))
+}
+
+pub async fn revoke_key(
+    state: web::Data<AppState>,
+    admin: Admin,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let key = state
+        .stores
+        .identity
+        .api_key(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("API key"))?;
+    admin
+        .audit(
+            &state,
+            "revoke_api_key",
+            &key.id,
+            json!({"user_id": key.user_id, "prefix": key.prefix}),
+        )
+        .await?;
+    state
+        .access
+        .revoke(Revocation::ApiKey { id: key.id.clone() })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "revoked": key.id })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TokenToRevoke {
+    token: String,
+}
+
+/// `POST /admin/tokens/revoke {"token"}`: the token itself names its user and expiry.
+pub async fn revoke_token(
+    state: web::Data<AppState>,
+    admin: Admin,
+    body: web::Json<TokenToRevoke>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = state
+        .access
+        .tokens()
+        .verify(body.token.trim())
+        .map_err(|e| bad_request(&e.to_string()))?;
+    admin
+        .audit(
+            &state,
+            "revoke_token",
+            &claims.jti,
+            json!({"user_id": claims.sub, "username": claims.username}),
+        )
+        .await?;
+    state
+        .access
+        .revoke(Revocation::Token {
+            jti: claims.jti.clone(),
+            user_id: claims.sub,
+            expires_at_unix: claims.exp,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "revoked": claims.jti })))
+}
+
+/// Each model's route, with the circuit-breaker state of every upstream on it.
+pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
+    let models: Vec<_> = state
+        .router
+        .models()
+        .map(|(model, route)| {
+            let targets: Vec<_> = route
+                .targets
+                .iter()
+                .map(|t| {
+                    json!({
+                        "provider": t.upstream.provider.name(),
+                        "upstream_model": t.upstream_model,
+                        "breaker": t.upstream.breaker.state(),
+                    })
+                })
+                .collect();
+            json!({
+                "model": model,
+                "provider": route.primary().name(),
+                "upstream_model": route.targets[0].upstream_model,
+                "targets": targets,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "models": models }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    limit: Option<usize>,
+}
+
+pub async fn audit(
+    state: web::Data<AppState>,
+    _: Admin,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = state.stores.audit.recent_audit(limit).await?;
+    Ok(HttpResponse::Ok().json(json!({ "entries": entries })))
+}

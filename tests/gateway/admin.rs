@@ -1,0 +1,550 @@
+//! The admin API: three nodes sharing PostgreSQL and Redis list and kill each other's sessions;
+//! only admins (or the static token) get in; every change is audited.
+
+use std::{process::Stdio, time::Duration};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::*;
+
+const ADMIN_TOKEN: &str = "static-admin-token-for-tests";
+
+async fn call(
+    t: &TestGateway,
+    method: Method,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = t.http.request(method, t.url(path));
+    if !bearer.is_empty() {
+        req = req.bearer_auth(bearer);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(t: &TestGateway, path: &str, bearer: &str) -> (u16, Value) {
+    call(t, Method::GET, path, bearer, None).await
+}
+
+/// Creates an admin through the static token and logs them in; returns (user id, token).
+async fn new_admin(t: &TestGateway) -> (String, String) {
+    let name = format!("admin_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (status, user) = call(
+        t,
+        Method::POST,
+        "/admin/users",
+        ADMIN_TOKEN,
+        Some(json!({"username": name, "password": PASSWORD, "role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{user}");
+    assert_eq!(user["role"], "admin");
+    assert!(user.get("password_hash").is_none());
+    let (status, body) = t
+        .post("/login", json!({"username": name, "password": PASSWORD}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    (
+        user["id"].as_str().unwrap().to_owned(),
+        body["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn user_id(t: &TestGateway, name: &str) -> String {
+    t.gw.stores()
+        .identity
+        .user_by_name(name)
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+}
+
+fn session_ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Polls `GET path` on `t` until `ok` holds, failing after `within`.
+async fn until(
+    t: &TestGateway,
+    path: &str,
+    bearer: &str,
+    within: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, body) = get(t, path, bearer).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if ok(&body) {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never matched: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn three_nodes_list_and_kill_each_others_sessions() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            start_with(|c| {
+                shared(c, &db, &prefix);
+                c.admin_token = ADMIN_TOKEN.into();
+            })
+            .await,
+        );
+    }
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (_, admin) = new_admin(a).await;
+
+    let (alice, alice_token) = a.new_user().await;
+    let mut on_a = a.connect(&alice_token).await;
+    let mut alice_on_b = b.connect(&alice_token).await;
+    let (_, bob_token) = c.new_user().await;
+    let on_c = c.connect(&bob_token).await;
+    let mut expected = vec![
+        on_a.session_id.clone(),
+        alice_on_b.session_id.clone(),
+        on_c.session_id.clone(),
+    ];
+    expected.sort();
+
+    // Any node lists every node's sessions.
+    for node in &nodes {
+        let list = until(
+            node,
+            "/admin/sessions",
+            &admin,
+            Duration::from_secs(3),
+            |l| session_ids(l) == expected,
+        )
+        .await;
+        assert_eq!(list["total"], 3);
+    }
+    let (_, nodes_list) = get(b, "/admin/nodes", &admin).await;
+    let mut node_ids: Vec<&str> = nodes_list["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    node_ids.sort();
+    let mut want: Vec<&str> = nodes.iter().map(|n| n.gw.node_id()).collect();
+    want.sort();
+    assert_eq!(node_ids, want);
+
+    // Filters and paging.
+    let (_, by_node) = get(
+        a,
+        &format!("/admin/sessions?node={}", c.gw.node_id()),
+        &admin,
+    )
+    .await;
+    assert_eq!(session_ids(&by_node), vec![on_c.session_id.clone()]);
+    let (_, by_user) = get(c, &format!("/admin/sessions?user={alice}"), &admin).await;
+    assert_eq!(by_user["total"], 2);
+    let (_, page) = get(c, "/admin/sessions?offset=1&limit=1", &admin).await;
+    assert_eq!(
+        (
+            page["total"].clone(),
+            page["sessions"].as_array().unwrap().len()
+        ),
+        (json!(3), 1)
+    );
+    let (status, _) = get(c, "/admin/sessions?model=mock", &admin).await;
+    assert_eq!(status, 400, "sessions carry no model");
+    let (status, one) = get(b, &format!("/admin/sessions/{}", on_a.session_id), &admin).await;
+    assert_eq!(
+        (status, one["node_id"].as_str()),
+        (200, Some(a.gw.node_id()))
+    );
+
+    // A kill asked of C closes the session held by A within a second, with the reason.
+    let started = std::time::Instant::now();
+    let path = format!(
+        "/admin/sessions/{}?reason=maintenance%20window",
+        on_a.session_id
+    );
+    let (status, body) = call(c, Method::DELETE, &path, &admin, None).await;
+    assert_eq!(status, 200, "{body}");
+    let closed = tokio::time::timeout(Duration::from_secs(1), on_a.close_code())
+        .await
+        .expect("closed within one second");
+    assert_eq!(closed, (1008, "maintenance window".to_owned()));
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Killing a user's sessions reaches every node (here B, asked of C).
+    let alice_id = user_id(a, &alice).await;
+    let mut again_on_a = a.connect(&alice_token).await;
+    let (status, body) = call(
+        c,
+        Method::DELETE,
+        &format!("/admin/users/{alice_id}/sessions?reason=bye"),
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for ws in [&mut alice_on_b, &mut again_on_a] {
+        let closed = tokio::time::timeout(Duration::from_secs(1), ws.close_code())
+            .await
+            .expect("closed within one second");
+        assert_eq!(closed, (1008, "bye".to_owned()));
+    }
+    until(a, "/admin/sessions", &admin, Duration::from_secs(3), |l| {
+        session_ids(l) == vec![on_c.session_id.clone()]
+    })
+    .await;
+
+    // Every change is in the audit table: who, what, when.
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT actor, action, target FROM admin_audit ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let actions: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        actions[0],
+        ("static-token".to_owned(), "create_user".to_owned())
+    );
+    assert_eq!(actions[1].1, "kill_session");
+    assert!(actions[1].0.starts_with("admin_"), "{actions:?}");
+    assert_eq!(rows[1].get::<_, String>(2), on_a.session_id);
+    assert_eq!(
+        actions[2],
+        ("static-token".to_owned(), "kill_user_sessions".to_owned())
+    );
+    let (_, audit) = get(b, "/admin/audit", &admin).await;
+    assert_eq!(audit["entries"][0]["action"], "kill_user_sessions");
+    assert!(audit["entries"][0]["at"].as_u64().unwrap() > 0);
+}
+
+#[actix_rt::test]
+async fn only_admins_and_the_static_token_get_in() {
+    let t = start_with(|c| c.admin_token = ADMIN_TOKEN.into()).await;
+    let (_, user_token) = t.new_user().await;
+    let routes = [
+        (Method::GET, "/admin/sessions"),
+        (Method::GET, "/admin/sessions/x"),
+        (Method::DELETE, "/admin/sessions/x"),
+        (Method::DELETE, "/admin/users/x/sessions"),
+        (Method::GET, "/admin/nodes"),
+        (Method::GET, "/admin/users"),
+        (Method::POST, "/admin/users"),
+        (Method::GET, "/admin/users/x"),
+        (Method::PATCH, "/admin/users/x"),
+        (Method::GET, "/admin/users/x/keys"),
+        (Method::DELETE, "/admin/keys/x"),
+        (Method::POST, "/admin/tokens/revoke"),
+        (Method::GET, "/admin/providers"),
+        (Method::GET, "/admin/audit"),
+    ];
+    for (method, path) in &routes {
+        let (status, body) = call(&t, method.clone(), path, &user_token, Some(json!({}))).await;
+        assert_eq!(
+            (status, body),
+            (403, json!({"error": "Admin only"})),
+            "{method} {path}"
+        );
+        let (status, _) = call(&t, method.clone(), path, "", Some(json!({}))).await;
+        assert_eq!(status, 401, "{method} {path} without a credential");
+        let (status, _) = call(
+            &t,
+            method.clone(),
+            path,
+            "static-admin-token-for-test",
+            None,
+        )
+        .await;
+        assert_eq!(status, 401, "{method} {path} with a wrong static token");
+    }
+    // The page and the document are public; the data behind them is not.
+    assert_eq!(
+        t.http.get(t.url("/admin")).send().await.unwrap().status(),
+        200
+    );
+
+    // Single node: the list comes from the local registry.
+    let mut ws = t.connect(&user_token).await;
+    let (status, list) = get(&t, "/admin/sessions", ADMIN_TOKEN).await;
+    assert_eq!(status, 200);
+    assert_eq!(session_ids(&list), vec![ws.session_id.clone()]);
+    let (_, nodes) = get(&t, "/admin/nodes", ADMIN_TOKEN).await;
+    assert_eq!(nodes["nodes"][0]["sessions"], 1);
+    let (_, providers) = get(&t, "/admin/providers", ADMIN_TOKEN).await;
+    assert_eq!(
+        providers["models"][0],
+        json!({"model": "mock", "provider": "mock", "upstream_model": "mock"})
+    );
+
+    // A reason longer than a close frame carries is cut to 123 bytes.
+    let long = "x".repeat(300);
+    let (status, _) = call(
+        &t,
+        Method::DELETE,
+        &format!("/admin/sessions/{}?reason={long}", ws.session_id),
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (code, reason) = ws.close_code().await;
+    assert_eq!((code, reason.len()), (1008, 123));
+    assert_eq!(
+        call(
+            &t,
+            Method::DELETE,
+            "/admin/sessions/gone",
+            ADMIN_TOKEN,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Users: promote, disable (closes sessions, refuses login), enable.
+    let (name, token) = t.new_user().await;
+    let id = user_id(&t, &name).await;
+    let (_, listed) = get(&t, "/admin/users?limit=1000", ADMIN_TOKEN).await;
+    assert!(listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["id"] == id.as_str()));
+    assert_eq!(get(&t, "/admin/users", &token).await.0, 403);
+    let user_path = format!("/admin/users/{id}");
+    let patch = |body: Value| call(&t, Method::PATCH, &user_path, ADMIN_TOKEN, Some(body));
+    assert_eq!(patch(json!({"role": "admin"})).await.1["role"], "admin");
+    assert_eq!(
+        get(&t, "/admin/users", &token).await.0,
+        200,
+        "promotion applies at once"
+    );
+    assert_eq!(patch(json!({"role": "root"})).await.0, 400);
+    let mut session = t.connect(&token).await;
+    let (status, body) = patch(json!({"disabled": true})).await;
+    assert_eq!((status, body["disabled"].clone()), (200, json!(true)));
+    assert_eq!(
+        session.close_code().await,
+        (1008, "user disabled".to_owned())
+    );
+    assert_eq!(
+        t.post("/login", json!({"username": name, "password": PASSWORD}))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        patch(json!({"disabled": false, "role": "user"})).await.0,
+        200
+    );
+    assert_eq!(
+        t.post("/login", json!({"username": name, "password": PASSWORD}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&t, "/admin/users", &token).await.0,
+        403,
+        "demotion applies at once"
+    );
+
+    // Tokens and keys.
+    let (_, key) = call(
+        &t,
+        Method::POST,
+        "/v1/keys",
+        &token,
+        Some(json!({"name": "k"})),
+    )
+    .await;
+    let (_, keys) = get(&t, &format!("/admin/users/{id}/keys"), ADMIN_TOKEN).await;
+    assert_eq!(keys["keys"][0]["id"], key["id"]);
+    let (status, _) = call(
+        &t,
+        Method::DELETE,
+        &format!("/admin/keys/{}", key["id"].as_str().unwrap()),
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        get(&t, "/v1/keys", key["key"].as_str().unwrap()).await.0,
+        401
+    );
+    let (status, _) = call(
+        &t,
+        Method::POST,
+        "/admin/tokens/revoke",
+        ADMIN_TOKEN,
+        Some(json!({"token": token})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&t, "/v1/keys", &token).await.0, 401);
+
+    let (_, audit) = get(&t, "/admin/audit", ADMIN_TOKEN).await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "revoke_token",
+            "revoke_api_key",
+            "update_user",
+            "update_user",
+            "update_user",
+            "kill_session"
+        ]
+    );
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["actor"] == "static-token"));
+}
+
+/// The served document must match `docs/admin-openapi.json`. After changing the admin API, run
+/// `UPDATE_ADMIN_OPENAPI=1 cargo test --test gateway admin::the_openapi` and commit the result.
+#[actix_rt::test]
+async fn the_openapi_document_is_checked_in() {
+    let t = start().await;
+    let served: Value = t
+        .http
+        .get(t.url("/admin/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh = serde_json::to_string_pretty(&served).unwrap() + "\n";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/admin-openapi.json");
+    if std::env::var_os("UPDATE_ADMIN_OPENAPI").is_some() {
+        std::fs::write(&path, &fresh).unwrap();
+        return;
+    }
+    let stored = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        stored == fresh,
+        "docs/admin-openapi.json differs from /admin/openapi.json; run `UPDATE_ADMIN_OPENAPI=1 cargo test --test gateway admin::the_openapi`"
+    );
+}
+
+#[actix_rt::test]
+async fn a_node_killed_with_sigkill_leaves_the_admin_list() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let a = start_with(|c| {
+        shared(c, &db, &prefix);
+        c.admin_token = ADMIN_TOKEN.into();
+    })
+    .await;
+    let (_, token) = a.new_user().await;
+    let ttl = Duration::from_millis(1500);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", format!("redis://{REDIS_HOST}/"))
+        .env("GATEWAY_REDIS_PREFIX", &prefix)
+        .env("GATEWAY_NODE_ID", "doomed")
+        .env("GATEWAY_JWT_SECRET", test_config().jwt_secret)
+        .env(
+            "GATEWAY_DIRECTORY__SESSION_TTL_MS",
+            ttl.as_millis().to_string(),
+        )
+        .env("GATEWAY_DIRECTORY__REFRESH_INTERVAL_MS", "300")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let base = line
+        .strip_prefix("ai-gateway listening on http://")
+        .unwrap()
+        .to_owned();
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{base}/chat?token={token}"))
+        .await
+        .unwrap();
+    let doomed = Ws::after_welcome(ws).await;
+    let has_doomed = |l: &Value| {
+        l["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node_id"] == "doomed")
+    };
+    until(
+        &a,
+        "/admin/nodes",
+        ADMIN_TOKEN,
+        Duration::from_secs(3),
+        has_doomed,
+    )
+    .await;
+    let listed = until(
+        &a,
+        "/admin/sessions",
+        ADMIN_TOKEN,
+        Duration::from_secs(3),
+        |l| session_ids(l).contains(&doomed.session_id),
+    )
+    .await;
+    assert_eq!(listed["sessions"][0]["node_id"], "doomed");
+
+    child.start_kill().unwrap(); // SIGKILL: no draining, no goodbye.
+    child.wait().await.unwrap();
+    let killed_at = std::time::Instant::now();
+    until(
+        &a,
+        "/admin/nodes",
+        ADMIN_TOKEN,
+        ttl + Duration::from_secs(1),
+        |l| !has_doomed(l),
+    )
+    .await;
+    until(
+        &a,
+        "/admin/sessions",
+        ADMIN_TOKEN,
+        ttl + Duration::from_secs(1),
+        |l| l["total"] == 0,
+    )
+    .await;
+    assert!(killed_at.elapsed() < ttl + Duration::from_secs(1));
+}
