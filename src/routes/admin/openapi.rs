@@ -109,7 +109,7 @@ pub fn document() -> Value {
                 })), ("200", "{revoked: jti}")),
             },
             "/admin/providers": {
-                "get": op("Models served and their providers", &[], None, ("200", "{models: [{model, provider, upstream_model}]}")),
+                "get": op("Models served, their routes and each upstream's circuit breaker", &[], None, ("200", "{models: [{model, provider, upstream_model, targets: [{provider, upstream_model, breaker: closed|open|half_open}]}]}")),
             },
             "/admin/audit": {
                 "get": op("Recent admin actions, newest first", &[query("limit", "integer", "entries (default 100, at most 1000)")], None, ("200", "{entries: [{id, actor, action, target, detail, at}]}")),
