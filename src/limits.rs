@@ -14,8 +14,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use ai_gateway_actors::metrics::LimitLabel;
 use deadpool_redis::redis;
 use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prometheus_client::metrics::{counter::Counter, family::Family};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{cluster::Cluster, store::utc_day};
@@ -181,6 +183,7 @@ const WARN_EVERY_SECS: u64 = 10;
 
 pub struct Limits {
     settings: RateLimitSettings,
+    rejections: Family<LimitLabel, Counter>,
     cluster: Option<Arc<Cluster>>,
     local: LocalLimits,
     last_warned: AtomicU64,
@@ -209,6 +212,15 @@ fn now_unix() -> u64 {
 
 impl Limits {
     pub fn new(settings: RateLimitSettings, cluster: Option<Arc<Cluster>>) -> Arc<Limits> {
+        Self::counted(settings, cluster, Family::default())
+    }
+
+    /// Limits whose refusals are counted in `rejections`, by limit.
+    pub fn counted(
+        settings: RateLimitSettings,
+        cluster: Option<Arc<Cluster>>,
+        rejections: Family<LimitLabel, Counter>,
+    ) -> Arc<Limits> {
         let s = &settings;
         let local = LocalLimits {
             handshakes: RateLimiter::keyed(quota(s.handshakes_per_ip_per_min, s.handshake_burst)),
@@ -222,6 +234,7 @@ impl Limits {
         };
         Arc::new(Limits {
             settings,
+            rejections,
             cluster,
             local,
             last_warned: AtomicU64::new(0),
@@ -230,6 +243,10 @@ impl Limits {
 
     pub fn enabled(&self) -> bool {
         self.settings.enabled
+    }
+
+    fn rejected(&self, limit: &'static str) {
+        self.rejections.get_or_create(&LimitLabel { limit }).inc();
     }
 
     fn redis_failed(&self, what: &str, e: &dyn std::fmt::Display) {
@@ -247,6 +264,14 @@ impl Limits {
 
     /// One more event of `rate` for `key` (an address or a user id).
     pub async fn check(&self, rate: Rate, key: &str) -> Decision {
+        let decision = self.decide(rate, key).await;
+        if decision != Decision::Allowed {
+            self.rejected(rate.name());
+        }
+        decision
+    }
+
+    async fn decide(&self, rate: Rate, key: &str) -> Decision {
         if !self.settings.enabled {
             return Decision::Allowed;
         }
@@ -297,6 +322,14 @@ impl Limits {
 
     /// Takes one of the user's concurrent stream slots, or says none is free.
     pub async fn acquire_stream(&self, user_id: &str) -> Option<StreamLease> {
+        let lease = self.take_stream_slot(user_id).await;
+        if lease.is_none() {
+            self.rejected("streams");
+        }
+        lease
+    }
+
+    async fn take_stream_slot(&self, user_id: &str) -> Option<StreamLease> {
         if !self.settings.enabled {
             return Some(StreamLease { release: None });
         }
@@ -363,6 +396,14 @@ impl Limits {
 
     /// Whether the user has spent today's completion-token budget.
     pub async fn token_budget_spent(&self, user_id: &str) -> bool {
+        let spent = self.budget_spent(user_id).await;
+        if spent {
+            self.rejected("tokens");
+        }
+        spent
+    }
+
+    async fn budget_spent(&self, user_id: &str) -> bool {
         let budget = self.settings.completion_tokens_per_user_per_day;
         if !self.settings.enabled || budget == 0 {
             return false;

@@ -13,8 +13,8 @@ use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    Drain, KillSession, MockProvider, NoDirectory, SessionCount, SessionDirectory, SessionEnv,
-    SessionRegistry, CLOSE_POLICY,
+    Drain, KillSession, Metrics, MockProvider, NoDirectory, SessionCount, SessionDirectory,
+    SessionEnv, SessionRegistry, CLOSE_POLICY,
 };
 use rand::RngCore;
 
@@ -90,6 +90,7 @@ impl Gateway {
             config.jwt_secret.clone().into_bytes()
         };
 
+        let mut postgres_store = None;
         let stores = if config.database_url.is_empty() {
             Stores::from_backend(Arc::new(MemoryStore::default()))
         } else {
@@ -100,6 +101,7 @@ impl Gateway {
             }
             let pg = Arc::new(postgres::PgStore::connect(&url)?);
             with_retry("PostgreSQL", || pg.ping()).await;
+            postgres_store = Some(pg.clone());
             Stores::from_backend(pg)
         };
         let cluster = if config.redis_url.is_empty() {
@@ -165,7 +167,12 @@ impl Gateway {
             );
         }
 
-        let limits = Limits::new(config.rate_limits.clone(), cluster.clone());
+        let metrics = Metrics::new();
+        let limits = Limits::counted(
+            config.rate_limits.clone(),
+            cluster.clone(),
+            metrics.rate_limit_rejections.clone(),
+        );
         let pruned = Arc::downgrade(&limits);
         actix_rt::spawn(async move {
             let mut tick = actix_rt::time::interval(LIMITS_PRUNE_INTERVAL);
@@ -195,7 +202,10 @@ impl Gateway {
                 config: config.session_config(&node_id),
                 registry,
                 hooks,
+                metrics: metrics.clone(),
             },
+            telemetry: crate::routes::Telemetry::new(metrics),
+            postgres: postgres_store,
             allowed_origins: config.allowed_origins.clone(),
             draining: false.into(),
             admin: AdminContext {

@@ -5,6 +5,7 @@ use std::sync::{
     Arc,
 };
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 /// Counts the bytes queued for one client and not yet handed to the socket.
@@ -18,6 +19,8 @@ pub struct FlowControl {
     high_watermark_bytes: usize,
     closed: AtomicBool,
     drained: Notify,
+    /// The node-wide total of queued bytes, kept in step with this flow's.
+    total: Option<Gauge>,
 }
 
 /// The session behind this flow has closed.
@@ -27,11 +30,17 @@ pub struct SessionClosed;
 
 impl FlowControl {
     pub fn new(high_watermark_bytes: usize) -> Arc<Self> {
+        Self::counted(high_watermark_bytes, None)
+    }
+
+    /// A flow whose bytes also count in the node-wide `total`.
+    pub fn counted(high_watermark_bytes: usize, total: Option<Gauge>) -> Arc<Self> {
         Arc::new(FlowControl {
             queued_bytes: AtomicUsize::new(0),
             high_watermark_bytes,
             closed: AtomicBool::new(false),
             drained: Notify::new(),
+            total,
         })
     }
 
@@ -41,9 +50,15 @@ impl FlowControl {
 
     pub fn charge(&self, bytes: usize) {
         self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(total) = &self.total {
+            total.inc_by(bytes as i64);
+        }
     }
 
     pub fn release(&self, bytes: usize) {
+        if let Some(total) = &self.total {
+            total.dec_by(bytes as i64);
+        }
         let before = self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         if before > self.high_watermark_bytes && before - bytes <= self.high_watermark_bytes {
             self.drained.notify_waiters();

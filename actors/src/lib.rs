@@ -4,6 +4,7 @@
 
 mod flow;
 pub mod hooks;
+pub mod metrics;
 mod outbox;
 pub mod provider;
 pub mod registry;
@@ -14,6 +15,7 @@ pub use hooks::{
     Admission, NoDirectory, NoHooks, Refusal, RequestHooks, RequestOutcome, RequestStart,
     SessionDirectory,
 };
+pub use metrics::Metrics;
 pub use provider::{
     anthropic::{AnthropicProvider, AnthropicSettings},
     gemini::{GeminiProvider, GeminiSettings},

@@ -12,14 +12,28 @@ use std::{
     sync::Arc,
 };
 
+use std::time::Instant;
+
 use actix_ws::{CloseReason, Session};
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
-use crate::FlowControl;
+use crate::{metrics::StageLabel, FlowControl, Metrics};
+
+/// When a chunk frame's chunk was produced, and (for a request's first chunk) when the request
+/// arrived.
+#[derive(Clone, Copy)]
+pub(crate) struct ChunkTiming {
+    pub produced_at: Instant,
+    pub request_started: Option<Instant>,
+}
 
 pub(crate) enum Outgoing {
-    Text { frame: ByteString, charge: usize },
+    Text {
+        frame: ByteString,
+        charge: usize,
+        chunk: Option<ChunkTiming>,
+    },
     Ping,
     Pong(Vec<u8>),
     Close(CloseReason),
@@ -32,27 +46,30 @@ pub(crate) struct Outbox {
     ended: Rc<Cell<bool>>,
     writer_finished: Rc<Cell<bool>>,
     flow: Arc<FlowControl>,
+    metrics: Arc<Metrics>,
 }
 
 impl Outbox {
     /// Creates the queue and spawns its writer on the current arbiter.
-    pub(crate) fn spawn(session: Session, flow: Arc<FlowControl>) -> Self {
+    pub(crate) fn spawn(session: Session, flow: Arc<FlowControl>, metrics: Arc<Metrics>) -> Self {
         let outbox = Outbox {
             queue: Rc::default(),
             wake: Rc::default(),
             ended: Rc::default(),
             writer_finished: Rc::default(),
             flow,
+            metrics,
         };
         actix_rt::spawn(outbox.clone().write_all(session));
         outbox
     }
 
     /// Queues a text frame whose bytes are already charged (`charge`) to the flow.
-    pub(crate) fn push_charged(&self, frame: String, charge: usize) {
+    pub(crate) fn push_chunk(&self, frame: String, charge: usize, timing: ChunkTiming) {
         self.push(Outgoing::Text {
             frame: ByteString::from(frame),
             charge,
+            chunk: Some(timing),
         });
     }
 
@@ -60,7 +77,11 @@ impl Outbox {
     pub(crate) fn push_text(&self, frame: String) {
         self.flow.charge(frame.len());
         let charge = frame.len();
-        self.push_charged(frame, charge);
+        self.push(Outgoing::Text {
+            frame: ByteString::from(frame),
+            charge,
+            chunk: None,
+        });
     }
 
     pub(crate) fn push(&self, out: Outgoing) {
@@ -80,6 +101,24 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    fn observe_chunk(&self, timing: ChunkTiming) {
+        let m = &self.metrics;
+        m.chunks_relayed.inc();
+        let added = timing.produced_at.elapsed().as_secs_f64();
+        m.added_latency
+            .get_or_create(&StageLabel { stage: "chunk" })
+            .observe(added);
+        if let Some(started) = timing.request_started {
+            m.added_latency
+                .get_or_create(&StageLabel {
+                    stage: "first_chunk",
+                })
+                .observe(added);
+            m.time_to_first_chunk
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
     /// The writer has exited: everything queued was written, or the socket is gone.
     pub(crate) fn writer_finished(&self) -> bool {
         self.writer_finished.get()
@@ -89,9 +128,17 @@ impl Outbox {
         loop {
             let next = self.queue.borrow_mut().pop_front();
             let written = match next {
-                Some(Outgoing::Text { frame, charge }) => {
+                Some(Outgoing::Text {
+                    frame,
+                    charge,
+                    chunk,
+                }) => {
                     let res = session.text(frame).await;
                     self.flow.release(charge);
+                    self.metrics.frames_out.inc();
+                    if let Some(timing) = chunk {
+                        self.observe_chunk(timing);
+                    }
                     res
                 }
                 Some(Outgoing::Ping) => session.ping(b"").await,

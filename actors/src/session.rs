@@ -15,16 +15,17 @@ use actix::prelude::*;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use ai_gateway_proto::{
     decode_client_frame, ChatMessage, ChatPayload, ChunkKind, ChunkPayload, ClientFrame,
-    DonePayload, ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage, SessionLimits,
-    SystemEvent, SystemPayload, Usage, PROTOCOL_VERSION,
+    DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage,
+    SessionLimits, SystemEvent, SystemPayload, Usage, PROTOCOL_VERSION,
 };
 
 use crate::{
     hooks::{Admission, RequestHooks, RequestOutcome, RequestStart},
-    outbox::{Outbox, Outgoing},
+    metrics::{ProviderErrorLabels, ReasonLabel},
+    outbox::{ChunkTiming, Outbox, Outgoing},
     provider::{ChunkSink, ProviderRequest, StreamEvent, StreamEventKind, StreamHandle},
     registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, StartChat, Unregister},
-    FlowControl,
+    FlowControl, Metrics,
 };
 
 /// Close code sent when the node shuts down: the client should reconnect (to another node).
@@ -66,6 +67,7 @@ pub struct SessionEnv {
     pub config: Arc<SessionConfig>,
     pub registry: Addr<SessionRegistry>,
     pub hooks: Arc<dyn RequestHooks>,
+    pub metrics: Arc<Metrics>,
 }
 
 struct RunningRequest {
@@ -83,6 +85,10 @@ struct RunningRequest {
     question: Option<String>,
     /// The answer's text, kept only for stored conversations.
     answer: String,
+    /// What the gateway added per chunk (provider's chunk to frame queued), microseconds.
+    added_first_us: Option<u64>,
+    added_sum_us: u64,
+    added_max_us: u64,
 }
 
 pub struct SessionActor {
@@ -90,6 +96,9 @@ pub struct SessionActor {
     config: Arc<SessionConfig>,
     registry: Addr<SessionRegistry>,
     hooks: Arc<dyn RequestHooks>,
+    metrics: Arc<Metrics>,
+    /// Why the session closed, for the disconnect metric; unset when the client just left.
+    close_label: Option<&'static str>,
     flow: Arc<FlowControl>,
     ws: Option<(actix_ws::Session, actix_ws::MessageStream)>,
     outbox: Option<Outbox>,
@@ -111,10 +120,15 @@ impl SessionActor {
     ) -> Self {
         SessionActor {
             info,
-            flow: FlowControl::new(env.config.outbox_high_watermark_bytes),
+            flow: FlowControl::counted(
+                env.config.outbox_high_watermark_bytes,
+                Some(env.metrics.outbound_queue_bytes.clone()),
+            ),
             config: env.config,
             registry: env.registry,
             hooks: env.hooks,
+            metrics: env.metrics,
+            close_label: None,
             ws: Some(ws),
             outbox: None,
             incoming: None,
@@ -159,8 +173,14 @@ impl SessionActor {
         usage: Usage,
         ctx: &mut Context<Self>,
     ) {
+        let metadata = (r.seq > 0).then(|| DoneMetadata {
+            gateway_first_chunk_us: r.added_first_us,
+            gateway_mean_chunk_us: r.added_sum_us / r.seq,
+            gateway_max_chunk_us: r.added_max_us,
+        });
         let msg = ServerMessage::Done {
             id: r.id.as_str().into(),
+            metadata,
             payload: DonePayload {
                 finish_reason,
                 model: r.model.as_str().into(),
@@ -191,6 +211,14 @@ impl SessionActor {
             return;
         }
         self.closing = true;
+        self.close_label = Some(match code {
+            1000 => "client",
+            CLOSE_IDLE => "idle",
+            CLOSE_RESTART => "restart",
+            CLOSE_POLICY if reason.starts_with("slow consumer") => "slow_consumer",
+            CLOSE_POLICY => "policy",
+            _ => "protocol",
+        });
         tracing::debug!(session = %self.info.session_id, code, reason, "closing session");
         if let Some(outbox) = &self.outbox {
             outbox.push(Outgoing::Close(CloseReason {
@@ -288,6 +316,9 @@ impl SessionActor {
             conversation_id,
             question,
             answer: String::new(),
+            added_first_us: None,
+            added_sum_us: 0,
+            added_max_us: 0,
         });
         self.requests_changed();
         self.hooks
@@ -429,6 +460,8 @@ impl SessionActor {
             ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
                 (1009, self.too_big())
             }
+            // The connection itself failed (reset, cut): nobody is left to tell.
+            ProtocolError::Io(_) => return ctx.stop(),
             other => (1002, format!("protocol error: {other}")),
         };
         self.close(code, &reason, ctx);
@@ -476,7 +509,9 @@ impl Actor for SessionActor {
         let Some((ws, stream)) = self.ws.take() else {
             return ctx.stop();
         };
-        self.outbox = Some(Outbox::spawn(ws, self.flow.clone()));
+        self.outbox = Some(Outbox::spawn(ws, self.flow.clone(), self.metrics.clone()));
+        self.metrics.connects.inc();
+        self.metrics.sessions_live.inc();
         let max = self.config.max_frame_bytes;
         let incoming: AggregatedMessageStream = stream
             .max_frame_size(max)
@@ -508,6 +543,12 @@ impl Actor for SessionActor {
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        self.metrics.sessions_live.dec();
+        let reason = self.close_label.unwrap_or("client_gone").to_owned();
+        self.metrics
+            .disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
         let left: Vec<RunningRequest> = self.requests.drain(..).collect();
         for r in left {
             let usage = Usage {
@@ -534,6 +575,12 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SessionActor {
             return;
         }
         self.last_heard = Instant::now();
+        if matches!(
+            item,
+            Ok(AggregatedMessage::Text(_) | AggregatedMessage::Binary(_))
+        ) {
+            self.metrics.frames_in.inc();
+        }
         match item {
             Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
             Ok(AggregatedMessage::Binary(_)) => {
@@ -568,7 +615,12 @@ impl Handler<StreamEvent> for SessionActor {
         };
         match ev.kind {
             StreamEventKind::Started { provider } => self.requests[i].provider = provider,
-            StreamEventKind::Chunk { kind, text, charge } => {
+            StreamEventKind::Chunk {
+                kind,
+                text,
+                charge,
+                produced_at,
+            } => {
                 let r = &mut self.requests[i];
                 if r.first_chunk_ms.is_none() {
                     r.first_chunk_ms = Some(r.started.elapsed().as_millis() as u64);
@@ -586,9 +638,17 @@ impl Handler<StreamEvent> for SessionActor {
                     },
                 }
                 .to_json();
+                let timing = ChunkTiming {
+                    produced_at,
+                    request_started: (r.seq == 0).then_some(r.started),
+                };
+                let added_us = produced_at.elapsed().as_micros() as u64;
+                r.added_first_us.get_or_insert(added_us);
+                r.added_sum_us += added_us;
+                r.added_max_us = r.added_max_us.max(added_us);
                 r.seq += 1;
                 if let Some(outbox) = &self.outbox {
-                    outbox.push_charged(frame, charge);
+                    outbox.push_chunk(frame, charge, timing);
                 }
                 self.check_outbox(ctx);
             }
@@ -601,6 +661,19 @@ impl Handler<StreamEvent> for SessionActor {
             StreamEventKind::Failed(err) => {
                 if let Some(r) = self.take_request(ev.key) {
                     tracing::info!(session = %self.info.session_id, request = %r.id, error = %err, "provider failed");
+                    let kind = serde_json::to_value(err.reason())
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    let provider = if r.provider.is_empty() {
+                        "unknown"
+                    } else {
+                        r.provider
+                    };
+                    self.metrics
+                        .provider_errors
+                        .get_or_create(&ProviderErrorLabels { provider, kind })
+                        .inc();
                     self.send_error(Some(&r.id), err.reason(), &err.to_string(), ctx);
                     self.finish(r, FinishReason::Error, Usage::default(), true, ctx);
                 }

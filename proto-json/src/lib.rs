@@ -16,8 +16,8 @@ pub use client::{
     DecodeError, Role, MAX_REQUEST_ID_BYTES,
 };
 pub use server::{
-    ChunkKind, ChunkPayload, DonePayload, ErrorPayload, ErrorReason, FinishReason, ServerMessage,
-    SessionLimits, SystemEvent, SystemPayload, Usage,
+    ChunkKind, ChunkPayload, DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason,
+    ServerMessage, SessionLimits, SystemEvent, SystemPayload, Usage,
 };
 
 /// Protocol revision announced in the `system` welcome frame.

@@ -20,6 +20,8 @@ pub enum ServerMessage<'a> {
     Done {
         id: Cow<'a, str>,
         payload: DonePayload<'a>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metadata: Option<DoneMetadata>,
     },
     /// Something went wrong; `id` names the request when the error belongs to one.
     Error {
@@ -64,6 +66,15 @@ pub struct DonePayload<'a> {
     /// The stored conversation this exchange was added to, when the request named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<Cow<'a, str>>,
+}
+
+/// What the gateway itself added to this request: from a provider producing a chunk to the
+/// chunk's frame being queued for the socket, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DoneMetadata {
+    pub gateway_first_chunk_us: Option<u64>,
+    pub gateway_mean_chunk_us: u64,
+    pub gateway_max_chunk_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -6,6 +6,7 @@ mod admin;
 mod caller;
 mod chat;
 mod conversations;
+mod health;
 mod keys;
 mod openai;
 mod pages;
@@ -22,6 +23,7 @@ use serde_json::json;
 
 pub use admin::AdminContext;
 pub use caller::Caller;
+pub use health::Telemetry;
 
 use crate::{
     access::{Access, AuthError},
@@ -43,6 +45,9 @@ pub struct AppState {
     pub allowed_origins: Vec<String>,
     /// Set on SIGTERM: new WebSocket sessions are refused.
     pub draining: AtomicBool,
+    pub telemetry: Telemetry,
+    /// For the readiness probe.
+    pub postgres: Option<Arc<crate::store::postgres::PgStore>>,
     pub admin: AdminContext,
 }
 
@@ -74,7 +79,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/v1/usage", web::get().to(conversations::usage))
     .route("/v1/models", web::get().to(openai::models))
     .route("/v1/chat/completions", web::post().to(openai::completions))
-    .route("/healthz", web::get().to(pages::healthz))
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics))
     .configure(admin::configure)
     .default_service(web::to(|| async {
         ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())

@@ -25,6 +25,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::{AppState, Caller};
 use crate::access::Credential;
 
+/// Microseconds the gateway added to the first chunk (provider's chunk to response start).
+pub const ADDED_LATENCY_HEADER: &str = "x-gateway-first-chunk-added-us";
+
 /// Bytes of answer that may wait for a slow HTTP client before the provider pauses.
 const HIGH_WATERMARK_BYTES: usize = 64 * 1024;
 
@@ -344,6 +347,12 @@ pub async fn completions(
             ));
         }
     };
+    // What the gateway added to the first chunk: from the provider producing it to now, when
+    // the response starts.
+    let added_us = match &first {
+        StreamEventKind::Chunk { produced_at, .. } => produced_at.elapsed().as_micros() as u64,
+        _ => 0,
+    };
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = unix_now();
     if body.stream {
@@ -362,6 +371,7 @@ pub async fn completions(
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("Cache-Control", "no-cache"))
+            .insert_header((ADDED_LATENCY_HEADER, added_us.to_string()))
             .streaming(stream));
     }
 
@@ -379,7 +389,9 @@ pub async fn completions(
                 if !reasoning.is_empty() {
                     message["reasoning_content"] = json!(reasoning);
                 }
-                return Ok(HttpResponse::Ok().json(json!({
+                return Ok(HttpResponse::Ok()
+                    .insert_header((ADDED_LATENCY_HEADER, added_us.to_string()))
+                    .json(json!({
                     "id": id, "object": "chat.completion", "created": created, "model": model,
                     "choices": [{"index": 0, "message": message, "finish_reason": finish_reason_str(reason)}],
                     "usage": usage,

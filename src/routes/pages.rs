@@ -1,4 +1,4 @@
-//! The chat demo page and the liveness probe.
+//! The chat demo page.
 
 use actix_web::{http::header::ContentType, HttpResponse};
 
@@ -9,8 +9,4 @@ pub async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::html())
         .body(INDEX_HTML)
-}
-
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }

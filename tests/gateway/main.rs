@@ -6,6 +6,7 @@ mod backpressure;
 mod browser;
 mod lifecycle;
 mod limits_and_outages;
+mod observability;
 mod openai_front;
 mod protocol;
 mod proxy;

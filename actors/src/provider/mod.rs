@@ -175,6 +175,8 @@ pub enum StreamEventKind {
         kind: ChunkKind,
         text: String,
         charge: usize,
+        /// When the provider produced it, to measure what the gateway adds.
+        produced_at: std::time::Instant,
     },
     Done(Finish),
     Failed(ProviderError),
@@ -218,7 +220,12 @@ impl ChunkSink {
         self.sent.fetch_add(1, Ordering::Relaxed);
         self.session.do_send(StreamEvent {
             key: self.key,
-            kind: StreamEventKind::Chunk { kind, text, charge },
+            kind: StreamEventKind::Chunk {
+                kind,
+                text,
+                charge,
+                produced_at: std::time::Instant::now(),
+            },
         });
         Ok(())
     }
