@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let _telemetry = telemetry::init(config.log_format);
     if let Some(Command::Migrate) = cli.command {
         return migrate(&config.database_url);
     }

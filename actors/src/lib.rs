@@ -9,6 +9,7 @@ mod outbox;
 pub mod provider;
 pub mod registry;
 pub mod session;
+pub mod trace;
 
 pub use flow::FlowControl;
 pub use hooks::{

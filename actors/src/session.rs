@@ -85,6 +85,7 @@ struct RunningRequest {
     question: Option<String>,
     /// The answer's text, kept only for stored conversations.
     answer: String,
+    span: tracing::Span,
     /// What the gateway added per chunk (provider's chunk to frame queued), microseconds.
     added_first_us: Option<u64>,
     added_sum_us: u64,
@@ -93,6 +94,8 @@ struct RunningRequest {
 
 pub struct SessionActor {
     info: SessionInfo,
+    /// Parent of every request's span.
+    span: tracing::Span,
     config: Arc<SessionConfig>,
     registry: Addr<SessionRegistry>,
     hooks: Arc<dyn RequestHooks>,
@@ -114,12 +117,14 @@ pub struct SessionActor {
 impl SessionActor {
     pub fn new(
         info: SessionInfo,
+        span: tracing::Span,
         env: SessionEnv,
         ws: (actix_ws::Session, actix_ws::MessageStream),
         abort: Option<Rc<dyn ConnectionAbort>>,
     ) -> Self {
         SessionActor {
             info,
+            span,
             flow: FlowControl::counted(
                 env.config.outbox_high_watermark_bytes,
                 Some(env.metrics.outbound_queue_bytes.clone()),
@@ -251,11 +256,21 @@ impl SessionActor {
                 self.send(&msg, ctx);
             }
             Ok(ClientFrame::Cancel { id }) => self.cancel(&id, ctx),
-            Ok(ClientFrame::Chat { id, payload }) => self.start_chat(id, payload, ctx),
+            Ok(ClientFrame::Chat {
+                id,
+                payload,
+                traceparent,
+            }) => self.start_chat(id, payload, traceparent, ctx),
         }
     }
 
-    fn start_chat(&mut self, id: Option<String>, payload: ChatPayload, ctx: &mut Context<Self>) {
+    fn start_chat(
+        &mut self,
+        id: Option<String>,
+        payload: ChatPayload,
+        traceparent: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
         let key = self.next_key;
         self.next_key += 1;
         let id = id.unwrap_or_else(|| format!("req-{key}"));
@@ -290,10 +305,29 @@ impl SessionActor {
                 content: payload.content,
             });
         }
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "chat_request",
+            request.id = %id,
+            session.id = %self.info.session_id,
+            user.id = %self.info.user_id,
+            model = %model,
+            provider = tracing::field::Empty,
+            prompt_tokens = tracing::field::Empty,
+            completion_tokens = tracing::field::Empty,
+            time_to_first_chunk_ms = tracing::field::Empty,
+            finish_reason = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(tp) = traceparent {
+            crate::trace::adopt(&span, &[("traceparent".to_owned(), tp)].into());
+        }
+        crate::trace::record_trace_id(&span);
         let start = RequestStart {
             session: self.info.clone(),
             request_id: id.clone(),
             request: ProviderRequest {
+                span: span.clone(),
                 model: model.clone(),
                 upstream_model: String::new(),
                 system: payload.system,
@@ -316,6 +350,7 @@ impl SessionActor {
             conversation_id,
             question,
             answer: String::new(),
+            span,
             added_first_us: None,
             added_sum_us: 0,
             added_max_us: 0,
@@ -404,6 +439,14 @@ impl SessionActor {
         if notify {
             self.send_done(&r, reason, usage, ctx);
         }
+        let span = &r.span;
+        span.record("provider", r.provider);
+        span.record("prompt_tokens", usage.prompt_tokens);
+        span.record("completion_tokens", usage.completion_tokens);
+        if let Some(ms) = r.first_chunk_ms {
+            span.record("time_to_first_chunk_ms", ms);
+        }
+        span.record("finish_reason", tracing::field::debug(reason));
         if r.lease.is_some() {
             self.hooks.finished(RequestOutcome {
                 session: self.info.clone(),

@@ -103,6 +103,7 @@ fn request(model: &str) -> ProviderRequest {
         ],
         temperature: None,
         max_tokens: None,
+        span: tracing::Span::none(),
     }
 }
 

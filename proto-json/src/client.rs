@@ -89,6 +89,8 @@ pub enum ClientFrame {
     Chat {
         id: Option<String>,
         payload: ChatPayload,
+        /// W3C trace context from `metadata.traceparent`, to join the client's trace.
+        traceparent: Option<String>,
     },
     Cancel {
         id: String,
@@ -142,6 +144,14 @@ struct RawEnvelope<'a> {
     id: Option<String>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    metadata: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct TraceMetadata {
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 /// Decodes one client text frame. Returns the request id (when readable) with any error, so the
@@ -164,7 +174,17 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, (Option<String>, D
                 Ok(p) if p.content.is_empty() && p.messages.is_empty() => {
                     Err((id, DecodeError::InvalidPayload("content is empty".into())))
                 }
-                Ok(payload) => Ok(ClientFrame::Chat { id, payload }),
+                Ok(payload) => {
+                    let traceparent = env
+                        .metadata
+                        .and_then(|m| serde_json::from_str::<TraceMetadata>(m.get()).ok())
+                        .and_then(|m| m.traceparent);
+                    Ok(ClientFrame::Chat {
+                        id,
+                        payload,
+                        traceparent,
+                    })
+                }
                 Err(e) => Err((id, DecodeError::InvalidPayload(e.to_string()))),
             }
         }
@@ -207,7 +227,8 @@ mod tests {
                     content: "Hello AI".into(),
                     model: Some("mock".into()),
                     ..Default::default()
-                }
+                },
+                traceparent: None,
             }
         );
     }
@@ -251,6 +272,18 @@ mod tests {
             decode_client_frame(r#"{"type":"cancel","payload":{"id":"r2"}}"#).unwrap(),
             ClientFrame::Cancel { id: "r2".into() }
         );
+    }
+
+    #[test]
+    fn traceparent_comes_from_metadata() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let frame = format!(
+            r#"{{"type":"chat","payload":{{"content":"x"}},"metadata":{{"traceparent":"{tp}"}}}}"#
+        );
+        assert!(matches!(
+            decode_client_frame(&frame).unwrap(),
+            ClientFrame::Chat { traceparent: Some(t), .. } if t == tp
+        ));
     }
 
     #[test]

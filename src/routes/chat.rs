@@ -24,6 +24,17 @@ fn token_of(req: &HttpRequest) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// The W3C trace context headers of a request.
+pub(super) fn trace_headers(req: &HttpRequest) -> std::collections::HashMap<String, String> {
+    ["traceparent", "tracestate"]
+        .iter()
+        .filter_map(|name| {
+            let value = req.headers().get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_owned()))
+        })
+        .collect()
+}
+
 /// Browsers send `Origin`; other clients do not. A browser page may connect only from the
 /// gateway's own origin or one listed in `allowed_origins` (`*` allows any).
 fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
@@ -91,7 +102,23 @@ pub async fn upgrade(
         credential_id: principal.credential.id().to_owned(),
         running: 0,
     };
-    tracing::debug!(session = %info.session_id, user = %info.username, "session opened");
-    SessionActor::new(info, state.session_env.clone(), (session, stream), abort).start();
+    let span = tracing::info_span!(
+        "session",
+        session.id = %info.session_id,
+        user.id = %info.user_id,
+        node.id = %info.node_id,
+        trace_id = tracing::field::Empty,
+    );
+    ai_gateway_actors::trace::adopt(&span, &trace_headers(&req));
+    ai_gateway_actors::trace::record_trace_id(&span);
+    span.in_scope(|| tracing::debug!(user = %info.username, "session opened"));
+    SessionActor::new(
+        info,
+        span,
+        state.session_env.clone(),
+        (session, stream),
+        abort,
+    )
+    .start();
     Ok(response)
 }

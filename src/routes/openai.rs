@@ -286,6 +286,16 @@ pub async fn completions(
         running: 1,
     };
     let model = body.model;
+    let span = tracing::info_span!(
+        "chat_request",
+        request.id = %session.session_id,
+        user.id = %session.user_id,
+        model = %model,
+        front = "openai",
+        trace_id = tracing::field::Empty,
+    );
+    ai_gateway_actors::trace::adopt(&span, &super::chat::trace_headers(&req));
+    ai_gateway_actors::trace::record_trace_id(&span);
     let start = RequestStart {
         session: session.clone(),
         request_id: session.session_id.to_string(),
@@ -296,6 +306,7 @@ pub async fn completions(
             messages,
             temperature: body.temperature,
             max_tokens: body.max_completion_tokens.or(body.max_tokens),
+            span,
         },
         conversation_id: None,
     };

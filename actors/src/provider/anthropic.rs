@@ -476,6 +476,7 @@ mod tests {
             ],
             temperature: Some(0.5),
             max_tokens: None,
+            span: tracing::Span::none(),
         };
         let body = serde_json::to_value(p.body(&request)).unwrap();
         assert_eq!(body["system"], "be brief\n\nin French");

@@ -153,7 +153,11 @@ pub(crate) async fn open_events(
             timeouts.first_chunk_timeout_ms
         ),
     };
-    let sent = request.header("accept", "text/event-stream").send();
+    let mut request = request.header("accept", "text/event-stream");
+    for (name, value) in crate::trace::current_headers() {
+        request = request.header(name, value);
+    }
+    let sent = request.send();
     let response = match first_deadline {
         Some(deadline) => timeout_at(deadline, sent)
             .await

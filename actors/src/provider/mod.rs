@@ -47,6 +47,8 @@ pub struct ProviderRequest {
     pub messages: Vec<ChatMessage>,
     pub temperature: Option<f32>,
     pub max_tokens: Option<u32>,
+    /// The request's span; each provider call is a child of it.
+    pub span: tracing::Span,
 }
 
 /// How a stream ended when it ended well.

@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::future::LocalBoxFuture;
+use tracing::Instrument;
 
 use super::{breaker::Breaker, ChunkSink, Finish, Provider, ProviderError, ProviderRequest};
 
@@ -128,7 +129,23 @@ impl Route {
                     upstream_model: target.upstream_model.clone(),
                     ..request.clone()
                 };
-                let error = match provider.clone().stream(request, sink.clone()).await {
+                let call = tracing::info_span!(
+                    parent: &request.span,
+                    "provider_call",
+                    provider = provider.name(),
+                    upstream_model = %target.upstream_model,
+                    attempt,
+                    error = tracing::field::Empty,
+                );
+                let result = provider
+                    .clone()
+                    .stream(request, sink.clone())
+                    .instrument(call.clone())
+                    .await;
+                if let Err(e) = &result {
+                    call.record("error", tracing::field::display(e));
+                }
+                let error = match result {
                     Ok(finish) => {
                         permit.succeeded();
                         return Ok(finish);
