@@ -1,0 +1,472 @@
+//! `compose/` checked without a Docker engine: the compose file parses and wires the services as
+//! `compose/README.md` says, every variable it (and the Dockerfile) sets on the gateway is one
+//! the gateway reads and the value lands in its configuration, and the load balancer's
+//! configuration passes `nginx -t`. `scripts/test` installs nginx.
+#![allow(clippy::result_large_err)] // figment's Jail fixes the closures' error type
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use ai_gateway::{config::Overrides, Config};
+use serde_norway::Value;
+
+/// Variables without the `GATEWAY_` prefix that a gateway container may be given.
+const OTHER_VARIABLES: [&str; 7] = [
+    "DATABASE_URL",
+    "REDIS_URL",
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+];
+
+/// The services that run the gateway image.
+const GATEWAY_IMAGE_SERVICES: [&str; 3] = ["migrate", "gateway-1", "gateway-2"];
+const NODES: [&str; 2] = ["gateway-1", "gateway-2"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// compose/compose.yaml with its `<<` merge keys applied, as Docker Compose reads it.
+fn compose() -> Value {
+    let mut doc: Value = serde_norway::from_str(&read("compose/compose.yaml"))
+        .unwrap_or_else(|e| panic!("compose/compose.yaml does not parse: {e}"));
+    doc.apply_merge().expect("the merge keys resolve");
+    doc
+}
+
+fn service<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    let s = &doc["services"][name];
+    assert!(s.is_mapping(), "no service {name}");
+    s
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("expected a scalar, got {other:?}"),
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Sequence(items) => items.iter().map(text).collect(),
+        Value::String(s) => vec![s.clone()],
+        Value::Null => vec![],
+        other => panic!("expected a list, got {other:?}"),
+    }
+}
+
+/// A service's `depends_on`: service name to condition (the short list form means started).
+fn depends_on(svc: &Value) -> BTreeMap<String, String> {
+    match &svc["depends_on"] {
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let condition = v["condition"]
+                    .as_str()
+                    .unwrap_or("service_started")
+                    .to_owned();
+                (text(k), condition)
+            })
+            .collect(),
+        other => strings(other)
+            .into_iter()
+            .map(|s| (s, "service_started".to_owned()))
+            .collect(),
+    }
+}
+
+/// A service's `environment`, map or `KEY=value` list, with `${VAR:-default}` substituted.
+fn environment(svc: &Value) -> BTreeMap<String, String> {
+    let raw: Vec<(String, String)> = match &svc["environment"] {
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let k = text(k);
+                assert!(
+                    !v.is_null(),
+                    "{k} has no value (it would come from the host)"
+                );
+                (k, text(v))
+            })
+            .collect(),
+        other => strings(other)
+            .into_iter()
+            .map(|kv| {
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("{kv}: no value"));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+    };
+    raw.into_iter()
+        .map(|(k, v)| {
+            let v = substitute(&v).unwrap_or_else(|e| panic!("{k}: {e}"));
+            (k, v)
+        })
+        .collect()
+}
+
+/// Compose interpolation with nothing set on the host: `${VAR:-default}` and `${VAR-default}`
+/// become the default, `$$` a dollar. A variable without a default is an error: the file must
+/// work with no `.env`.
+fn substitute(s: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('{') {
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+            let expr = &r[..end];
+            let default = expr
+                .split_once(":-")
+                .or_else(|| expr.split_once('-'))
+                .map(|(_, d)| d)
+                .ok_or_else(|| format!("${{{expr}}} has no default in {s:?}"))?;
+            out.push_str(default);
+            rest = &r[end + 1..];
+        } else {
+            return Err(format!("bare $ in {s:?}; write ${{VAR:-default}} or $$"));
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `ENV NAME=value` lines of compose/Dockerfile: the image's environment.
+fn dockerfile_env() -> BTreeMap<String, String> {
+    read("compose/Dockerfile")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ENV "))
+        .flat_map(|rest| rest.split_whitespace())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').expect("ENV NAME=value");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// "40s", "1m30s", "500ms" in milliseconds.
+fn duration_ms(s: &str) -> u64 {
+    let mut total = 0;
+    let mut number = String::new();
+    let mut unit = String::new();
+    let mut flush = |number: &mut String, unit: &mut String| {
+        if number.is_empty() {
+            return;
+        }
+        let n: u64 = number.parse().unwrap();
+        total += n * match unit.as_str() {
+            "ms" => 1,
+            "s" | "" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            u => panic!("unit {u} in {s}"),
+        };
+        number.clear();
+        unit.clear();
+    };
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            if !unit.is_empty() {
+                flush(&mut number, &mut unit);
+            }
+            number.push(c);
+        } else {
+            unit.push(c);
+        }
+    }
+    flush(&mut number, &mut unit);
+    total
+}
+
+#[test]
+fn the_compose_file_wires_the_services() {
+    let doc = compose();
+    let names: BTreeSet<String> = doc["services"]
+        .as_mapping()
+        .expect("services")
+        .keys()
+        .map(text)
+        .collect();
+    let expected: BTreeSet<String> = [
+        "postgres",
+        "redis",
+        "jaeger",
+        "migrate",
+        "gateway-1",
+        "gateway-2",
+        "lb",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(names, expected);
+
+    let postgres = service(&doc, "postgres");
+    assert!(text(&postgres["image"]).starts_with("postgres:15"));
+    assert!(strings(&postgres["healthcheck"]["test"])
+        .iter()
+        .any(|t| t.contains("pg_isready")));
+    let redis = service(&doc, "redis");
+    assert!(text(&redis["image"]).starts_with("redis:7"));
+    assert!(strings(&redis["healthcheck"]["test"])
+        .iter()
+        .any(|t| t.contains("redis-cli")));
+
+    let jaeger = service(&doc, "jaeger");
+    assert!(text(&jaeger["image"]).starts_with("jaegertracing/all-in-one:"));
+    assert_eq!(environment(jaeger)["COLLECTOR_OTLP_ENABLED"], "true");
+    let ports = strings(&jaeger["ports"]);
+    for port in ["16686", "4317", "4318"] {
+        assert!(
+            ports.iter().any(|p| p.ends_with(&format!(":{port}"))),
+            "jaeger publishes {port}: {ports:?}"
+        );
+    }
+
+    // One image, built from compose/Dockerfile with the repository as context.
+    for name in GATEWAY_IMAGE_SERVICES {
+        let svc = service(&doc, name);
+        assert_eq!(text(&svc["build"]["context"]), "..", "{name}");
+        assert_eq!(
+            text(&svc["build"]["dockerfile"]),
+            "compose/Dockerfile",
+            "{name}"
+        );
+        assert_eq!(text(&svc["image"]), "ai-gateway:local", "{name}");
+    }
+    let migrate = service(&doc, "migrate");
+    assert_eq!(strings(&migrate["command"]), ["migrate"]);
+    assert_eq!(depends_on(migrate)["postgres"], "service_healthy");
+    assert!(environment(migrate).contains_key("DATABASE_URL"));
+
+    let defaults = Config::default();
+    let mut node_ids = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    for name in NODES {
+        let svc = service(&doc, name);
+        assert_eq!(
+            strings(&svc["command"]),
+            ["serve", "--listen", "0.0.0.0:8080"],
+            "{name}"
+        );
+        let deps = depends_on(svc);
+        assert_eq!(deps["migrate"], "service_completed_successfully", "{name}");
+        assert_eq!(deps["postgres"], "service_healthy", "{name}");
+        assert_eq!(deps["redis"], "service_healthy", "{name}");
+        assert!(deps.contains_key("jaeger"), "{name}");
+        let health = strings(&svc["healthcheck"]["test"]).join(" ");
+        assert!(
+            health.contains("http://127.0.0.1:8080/healthz"),
+            "{name}: {health}"
+        );
+        assert!(
+            duration_ms(&text(&svc["stop_grace_period"])) > defaults.shutdown.drain_timeout_ms,
+            "{name}: Docker must not SIGKILL a node before its streams drain"
+        );
+
+        let env = environment(svc);
+        node_ids.insert(env["GATEWAY_NODE_ID"].clone());
+        secrets.insert(env["GATEWAY_JWT_SECRET"].clone());
+        assert!(env["DATABASE_URL"].contains("@postgres:5432/"), "{name}");
+        assert_eq!(env["REDIS_URL"], "redis://redis:6379/", "{name}");
+        assert_eq!(env["GATEWAY_LOG_FORMAT"], "json", "{name}");
+        assert!(!env["GATEWAY_ADMIN_TOKEN"].is_empty(), "{name}");
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4317",
+            "{name}"
+        );
+        assert_eq!(env["OTEL_SERVICE_NAME"], "ai-gateway", "{name}");
+        let ratio: f64 = env["OTEL_TRACES_SAMPLER_ARG"].parse().unwrap();
+        assert!((0.0..=1.0).contains(&ratio), "{name}");
+    }
+    assert_eq!(node_ids.len(), 2, "each node has its own id: {node_ids:?}");
+    assert_eq!(secrets.len(), 1, "the nodes share one JWT secret");
+
+    let lb = service(&doc, "lb");
+    assert!(text(&lb["image"]).starts_with("nginx:"));
+    let deps = depends_on(lb);
+    for name in NODES {
+        assert_eq!(deps[name], "service_healthy", "lb waits for {name}");
+    }
+    assert_eq!(strings(&lb["ports"]), ["8080:8080"]);
+    assert!(strings(&lb["volumes"]).contains(&"./nginx.conf:/etc/nginx/nginx.conf:ro".to_owned()));
+
+    // The balancer sends to exactly the two nodes, on the port they listen on.
+    let conf = read("compose/nginx.conf");
+    let upstream = conf
+        .split("upstream gateways {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("an upstream block named gateways");
+    let upstreams: BTreeSet<String> = upstream
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .map(|s| s.split_whitespace().next().unwrap().trim_end_matches(';'))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        upstreams,
+        NODES.iter().map(|n| format!("{n}:8080")).collect(),
+    );
+}
+
+#[test]
+fn every_variable_given_to_the_gateway_is_one_it_reads() {
+    let doc = compose();
+    let image_env = dockerfile_env();
+    assert_eq!(image_env["GATEWAY_LISTEN"], "0.0.0.0:8080");
+    for name in GATEWAY_IMAGE_SERVICES {
+        let mut env = image_env.clone();
+        env.extend(environment(service(&doc, name)));
+        for key in env.keys() {
+            assert!(
+                key.starts_with("GATEWAY_") || OTHER_VARIABLES.contains(&key.as_str()),
+                "{name}: {key} is not a variable the gateway reads"
+            );
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in &env {
+                jail.set_env(k, v);
+            }
+            let config = Config::load(None, &Overrides::default())
+                .unwrap_or_else(|e| panic!("{name}: the gateway refuses its environment: {e}"));
+            // Each value landed in the field its name points at.
+            let loaded = serde_json::to_value(&config).unwrap();
+            for (k, v) in &env {
+                let path: Vec<String> = match k.strip_prefix("GATEWAY_") {
+                    Some(rest) => rest.split("__").map(str::to_lowercase).collect(),
+                    None if k == "DATABASE_URL" || k == "REDIS_URL" => vec![k.to_lowercase()],
+                    None => continue,
+                };
+                let field = path.iter().fold(&loaded, |value, key| &value[key.as_str()]);
+                let got = match field {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                assert_eq!(&got, v, "{name}: {k} lands in {}", path.join("."));
+            }
+            if name != "migrate" {
+                assert!(config.node_id.starts_with("gw-"), "{name}");
+                assert!(!config.redis_url.is_empty(), "{name}");
+            }
+            assert!(!config.database_url.is_empty(), "{name}");
+            Ok(())
+        });
+    }
+
+    // The check has teeth: a misspelt variable stops the gateway.
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.set_env("GATEWAY_NODEID", "gw-1");
+        assert!(Config::load(None, &Overrides::default()).is_err());
+        Ok(())
+    });
+}
+
+#[test]
+fn the_load_balancer_passes_websockets_and_streams() {
+    let conf = read("compose/nginx.conf");
+    let has = |directive: &str| conf.lines().any(|l| l.trim() == directive);
+    assert!(has("proxy_http_version 1.1;"));
+    assert!(has("proxy_set_header Upgrade $http_upgrade;"));
+    assert!(has("proxy_set_header Connection $connection_upgrade;"));
+    assert!(has("least_conn;") || has("ip_hash;"));
+
+    // The gateway closes idle sessions itself (with a close frame); nginx must not cut first.
+    let read_timeout = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("proxy_read_timeout "))
+        .map(|v| duration_ms(v.trim_end_matches(';')))
+        .expect("proxy_read_timeout is set");
+    let doc = compose();
+    for name in NODES {
+        let idle_timeout_ms = environment(service(&doc, name))
+            .get("GATEWAY_SESSION__IDLE_TIMEOUT_MS")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(Config::default().session.idle_timeout_ms);
+        assert!(
+            read_timeout > idle_timeout_ms,
+            "proxy_read_timeout {read_timeout} ms must exceed {name}'s idle timeout \
+             {idle_timeout_ms} ms"
+        );
+    }
+
+    // Server-Sent Events on the OpenAI-compatible front are not buffered.
+    let sse = conf
+        .split("location = /v1/chat/completions {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("a location for /v1/chat/completions");
+    assert!(sse.contains("proxy_buffering off;"), "{sse}");
+}
+
+fn nginx() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+        .expect("nginx is missing: run scripts/test (or apt-get install nginx)")
+}
+
+#[test]
+fn the_nginx_config_passes_nginx_t() {
+    // gateway-1 and gateway-2 resolve only inside the compose network, and nginx resolves
+    // upstream names while checking; the pid file goes where this test may write.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = read("compose/nginx.conf")
+        .replace("gateway-1:8080", "127.0.0.1:8080")
+        .replace("gateway-2:8080", "127.0.0.1:8081")
+        .replace(
+            "pid /tmp/nginx.pid;",
+            &format!("pid {};", dir.path().join("nginx.pid").display()),
+        );
+    assert!(
+        !conf.contains("/tmp/nginx.pid"),
+        "the pid line was replaced"
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let out = Command::new(nginx())
+        .arg("-t")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("nginx runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nginx -t failed:\n{stderr}");
+    assert!(stderr.contains("test is successful"), "{stderr}");
+}
+
+#[test]
+fn substitution_takes_the_defaults() {
+    assert_eq!(substitute("a${X:-b}c${Y-d}$$").unwrap(), "abcd$");
+    assert!(substitute("${X}").is_err());
+    assert!(substitute("$X").is_err());
+    assert_eq!(duration_ms("1m30s"), 90_000);
+    assert_eq!(duration_ms("300s"), 300_000);
+}
