@@ -292,7 +292,7 @@ fn the_compose_file_wires_the_services() {
         assert_eq!(env["GATEWAY_LOG_FORMAT"], "json", "{name}");
         assert!(!env["GATEWAY_ADMIN_TOKEN"].is_empty(), "{name}");
         assert_eq!(
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4317",
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4318",
             "{name}"
         );
         assert_eq!(env["OTEL_SERVICE_NAME"], "ai-gateway", "{name}");
