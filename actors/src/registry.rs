@@ -35,6 +35,8 @@ pub struct SessionInfo {
     pub api_key: bool,
     /// Requests running now (kept current by the session).
     pub running: u32,
+    /// The model of the session's latest request.
+    pub last_model: Option<String>,
 }
 
 mod unix_ms {
@@ -132,6 +134,7 @@ impl Handler<Unregister> for SessionRegistry {
 pub(crate) struct RequestsChanged {
     pub session_id: Arc<str>,
     pub running: u32,
+    pub last_model: Option<String>,
 }
 
 impl Handler<RequestsChanged> for SessionRegistry {
@@ -140,6 +143,7 @@ impl Handler<RequestsChanged> for SessionRegistry {
     fn handle(&mut self, msg: RequestsChanged, _: &mut Self::Context) {
         if let Some((_, info)) = self.sessions.get_mut(&msg.session_id) {
             info.running = msg.running;
+            info.last_model = msg.last_model;
         }
     }
 }

@@ -293,6 +293,7 @@ impl SessionActor {
             .model
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| crate::provider::DEFAULT_MODEL.to_owned());
+        self.info.last_model = Some(model.clone());
         let conversation_id = payload.conversation_id;
         let question = conversation_id
             .as_ref()
@@ -420,6 +421,7 @@ impl SessionActor {
         self.registry.do_send(RequestsChanged {
             session_id: self.info.session_id.clone(),
             running: self.requests.len() as u32,
+            last_model: self.info.last_model.clone(),
         });
     }
 

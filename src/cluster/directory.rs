@@ -32,6 +32,9 @@ pub struct DirectoryEntry {
     /// Unix milliseconds.
     pub started_at: u64,
     pub running: u32,
+    /// The model of the session's latest request.
+    #[serde(default)]
+    pub last_model: Option<String>,
 }
 
 /// A node as other nodes see it.
@@ -59,6 +62,7 @@ impl From<&SessionInfo> for DirectoryEntry {
             remote_addr: s.remote_addr.clone(),
             started_at: unix_ms(s.started_at),
             running: s.running,
+            last_model: s.last_model.clone(),
         }
     }
 }

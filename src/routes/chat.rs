@@ -101,6 +101,7 @@ pub async fn upgrade(
         api_key: matches!(principal.credential, Credential::ApiKey { .. }),
         credential_id: principal.credential.id().to_owned(),
         running: 0,
+        last_model: None,
     };
     let span = tracing::info_span!(
         "session",

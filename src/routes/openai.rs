@@ -284,6 +284,7 @@ pub async fn completions(
         api_key: matches!(principal.credential, Credential::ApiKey { .. }),
         credential_id: principal.credential.id().to_owned(),
         running: 1,
+        last_model: None,
     };
     let model = body.model;
     let span = tracing::info_span!(

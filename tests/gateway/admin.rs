@@ -173,8 +173,24 @@ async fn three_nodes_list_and_kill_each_others_sessions() {
         ),
         (json!(3), 1)
     );
-    let (status, _) = get(c, "/admin/sessions?model=mock", &admin).await;
-    assert_eq!(status, 400, "sessions carry no model");
+    // The model filter matches the model of a session's latest request.
+    assert_eq!(
+        on_a.chat("m1", "which model?").await.finish_reason(),
+        "stop"
+    );
+    let mut by_model = Value::Null;
+    for _ in 0..60 {
+        let (_, v) = get(c, "/admin/sessions?model=mock", &admin).await;
+        if v["total"] == 1 {
+            by_model = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(session_ids(&by_model), vec![on_a.session_id.clone()]);
+    assert_eq!(by_model["sessions"][0]["last_model"], "mock");
+    let (_, none) = get(c, "/admin/sessions?model=gpt-9", &admin).await;
+    assert_eq!(none["total"], 0);
     let (status, one) = get(b, &format!("/admin/sessions/{}", on_a.session_id), &admin).await;
     assert_eq!(
         (status, one["node_id"].as_str()),

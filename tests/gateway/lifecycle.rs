@@ -132,6 +132,7 @@ async fn the_binary_serves_logs_no_token_and_stops_on_sigterm() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
         .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "trace")
+        .env("GATEWAY_LOG_FORMAT", "json")
         .env("GATEWAY_MOCK__FIRST_CHUNK_DELAY_MS", "0")
         .env("GATEWAY_MOCK__REASONING_DELAY_MS", "[0, 0]")
         .env("GATEWAY_MOCK__TEXT_DELAY_MS", "[0, 0]")
@@ -179,9 +180,17 @@ async fn the_binary_serves_logs_no_token_and_stops_on_sigterm() {
         .unwrap()
         .to_owned();
     let ws_base = base.replacen("http://", "ws://", 1);
-    let (ws, _) = tokio_tungstenite::connect_async(format!("{ws_base}/chat?token={token}"))
-        .await
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "{ws_base}/chat?token={token}"
+        ))
         .unwrap();
+    request.headers_mut().insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut ws = Ws::after_welcome(ws).await;
     assert_eq!(ws.chat("r", "hello").await.finish_reason(), "stop");
 
@@ -204,6 +213,15 @@ async fn the_binary_serves_logs_no_token_and_stops_on_sigterm() {
 
     let logs = logs.await.unwrap();
     assert!(logs.contains("/chat"), "the handshake was logged");
+    let in_trace: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["span"]["trace_id"] == trace)
+        .collect();
+    assert!(
+        !in_trace.is_empty(),
+        "JSON log lines inside the session name its trace"
+    );
     assert!(!logs.contains(&token), "a token reached the log");
     assert!(!logs.contains(PASSWORD), "a password reached the log");
 }

@@ -48,7 +48,7 @@ pub fn document() -> Value {
         query(
             "model",
             "string",
-            "not supported: sessions have no model; answers 400",
+            "only sessions whose latest request used this model",
         ),
     ];
     session_params.extend(paging.iter().cloned());

@@ -23,7 +23,7 @@ pub struct SessionFilter {
     /// A user id or username.
     pub user: Option<String>,
     pub node: Option<String>,
-    /// Not supported: sessions do not record a model (requests choose one each).
+    /// The model of the session's latest request.
     pub model: Option<String>,
 }
 
@@ -81,13 +81,6 @@ pub async fn list(
     filter: web::Query<SessionFilter>,
     paging: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
-    if filter.model.is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "Filtering by model is not supported: a session has no model, each request names one"
-                .to_owned(),
-        ));
-    }
     let matching: Vec<DirectoryEntry> = all_sessions(&state)
         .await?
         .into_iter()
@@ -98,6 +91,12 @@ pub async fn list(
                 .is_none_or(|u| s.user_id == *u || s.username == *u)
         })
         .filter(|s| filter.node.as_ref().is_none_or(|n| s.node_id == *n))
+        .filter(|s| {
+            filter
+                .model
+                .as_ref()
+                .is_none_or(|m| s.last_model.as_ref() == Some(m))
+        })
         .collect();
     let total = matching.len();
     let limit = paging.limit();
