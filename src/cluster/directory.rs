@@ -178,12 +178,17 @@ fn add_session(
         .ignore();
 }
 
-/// Every live session of every node, as the directory holds them.
-pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, ClusterError> {
+/// The live entries of an index (`sessions` or `nodes`): ids whose expiry is still ahead, then
+/// their JSON under `{kind}:{id}`. Entries that expired between the two reads are skipped.
+async fn list_live<T: serde::de::DeserializeOwned>(
+    cluster: &Cluster,
+    index: &str,
+    kind: &str,
+) -> Result<Vec<T>, ClusterError> {
     let mut conn = cluster.conn().await?;
     let now = unix_ms(SystemTime::now());
     let ids: Vec<String> = redis::cmd("ZRANGE")
-        .arg(cluster.key("sessions"))
+        .arg(cluster.key(index))
         .arg(now)
         .arg("+inf")
         .arg("BYSCORE")
@@ -194,7 +199,7 @@ pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, Clu
     }
     let keys: Vec<String> = ids
         .iter()
-        .map(|id| cluster.key(&format!("session:{id}")))
+        .map(|id| cluster.key(&format!("{kind}:{id}")))
         .collect();
     let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
     Ok(values
@@ -204,28 +209,12 @@ pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, Clu
         .collect())
 }
 
+/// Every live session of every node, as the directory holds them.
+pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, ClusterError> {
+    list_live(cluster, "sessions", "session").await
+}
+
 /// Every live node, as the directory holds them.
 pub async fn list_nodes(cluster: &Cluster) -> Result<Vec<NodeEntry>, ClusterError> {
-    let mut conn = cluster.conn().await?;
-    let now = unix_ms(SystemTime::now());
-    let ids: Vec<String> = redis::cmd("ZRANGE")
-        .arg(cluster.key("nodes"))
-        .arg(now)
-        .arg("+inf")
-        .arg("BYSCORE")
-        .query_async(&mut conn)
-        .await?;
-    if ids.is_empty() {
-        return Ok(vec![]);
-    }
-    let keys: Vec<String> = ids
-        .iter()
-        .map(|id| cluster.key(&format!("node:{id}")))
-        .collect();
-    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-    Ok(values
-        .into_iter()
-        .flatten()
-        .filter_map(|v| serde_json::from_str(&v).ok())
-        .collect())
+    list_live(cluster, "nodes", "node").await
 }

@@ -1,11 +1,10 @@
 //! The admin API: three nodes sharing PostgreSQL and Redis list and kill each other's sessions;
 //! only admins (or the static token) get in; every change is audited.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
@@ -492,29 +491,7 @@ async fn a_node_killed_with_sigkill_leaves_the_admin_list() {
     .await;
     let (_, token) = a.new_user().await;
     let ttl = Duration::from_millis(1500);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", db.url())
-        .env("REDIS_URL", format!("redis://{REDIS_HOST}/"))
-        .env("GATEWAY_REDIS_PREFIX", &prefix)
-        .env("GATEWAY_NODE_ID", "doomed")
-        .env("GATEWAY_JWT_SECRET", test_config().jwt_secret)
-        .env(
-            "GATEWAY_DIRECTORY__SESSION_TTL_MS",
-            ttl.as_millis().to_string(),
-        )
-        .env("GATEWAY_DIRECTORY__REFRESH_INTERVAL_MS", "300")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().unwrap();
-    let base = line
-        .strip_prefix("ai-gateway listening on http://")
-        .unwrap()
-        .to_owned();
+    let (mut child, base) = spawn_node(&db, &prefix, "doomed", ttl.as_millis() as u64).await;
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{base}/chat?token={token}"))
         .await
         .unwrap();

@@ -1,7 +1,7 @@
 //! Several nodes sharing the real PostgreSQL and Redis: identity, revocation, API keys, the
 //! session directory, conversations and usage.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use ai_gateway::{
     access::Revocation,
@@ -9,7 +9,6 @@ use ai_gateway::{
     store::postgres,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
@@ -297,28 +296,7 @@ async fn the_directory_lists_every_nodes_sessions_and_forgets_dead_ones() {
     assert_eq!(after.len(), 1, "{after:?}");
 
     // A node killed with SIGKILL vanishes once its entries expire.
-    let prefix = a.gw.cluster().map(|_| ()).map(|()| String::new());
-    drop(prefix);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", db.url())
-        .env("REDIS_URL", format!("redis://{REDIS_HOST}/"))
-        .env("GATEWAY_REDIS_PREFIX", cluster.key(""))
-        .env("GATEWAY_NODE_ID", "doomed")
-        .env("GATEWAY_JWT_SECRET", test_config().jwt_secret)
-        .env("GATEWAY_DIRECTORY__SESSION_TTL_MS", "1500")
-        .env("GATEWAY_DIRECTORY__REFRESH_INTERVAL_MS", "300")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().unwrap();
-    let base = line
-        .strip_prefix("ai-gateway listening on http://")
-        .unwrap()
-        .to_owned();
+    let (mut child, base) = spawn_node(&db, &cluster.key(""), "doomed", 1500).await;
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{base}/chat?token={token}"))
         .await
         .unwrap();

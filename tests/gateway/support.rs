@@ -91,6 +91,39 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A gateway binary on the test's database and Redis prefix, in a process of its own so a test
+/// can SIGKILL it; its directory entries expire after `ttl_ms`. Answers the child and the
+/// `host:port` it listens on.
+pub async fn spawn_node(
+    db: &TestDatabase,
+    prefix: &str,
+    node_id: &str,
+    ttl_ms: u64,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-gateway"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", format!("redis://{REDIS_HOST}/"))
+        .env("GATEWAY_REDIS_PREFIX", prefix)
+        .env("GATEWAY_NODE_ID", node_id)
+        .env("GATEWAY_JWT_SECRET", test_config().jwt_secret)
+        .env("GATEWAY_DIRECTORY__SESSION_TTL_MS", ttl_ms.to_string())
+        .env("GATEWAY_DIRECTORY__REFRESH_INTERVAL_MS", "300")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let addr = line
+        .strip_prefix("ai-gateway listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, addr)
+}
+
 /// A Redis key prefix of its own for one test.
 pub fn redis_prefix() -> String {
     format!("agw_test:{}:", uuid::Uuid::new_v4().simple())
