@@ -5,7 +5,33 @@ use std::{future::Future, pin::Pin};
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 
 use super::{ApiError, AppState};
-use crate::{access::Principal, auth::TokenError};
+use crate::{
+    access::{Credential, Principal},
+    auth::TokenError,
+};
+
+/// What the registry and the hooks know of a caller's session (a WebSocket connection, or one
+/// OpenAI-compatible HTTP request).
+pub fn session_of(
+    principal: Principal,
+    session_id: String,
+    state: &AppState,
+    req: &HttpRequest,
+) -> ai_gateway_actors::SessionInfo {
+    ai_gateway_actors::SessionInfo {
+        session_id: session_id.into(),
+        api_key: matches!(principal.credential, Credential::ApiKey { .. }),
+        credential_id: principal.credential.id().to_owned(),
+        user_id: principal.user_id,
+        username: principal.username,
+        role: principal.role.as_str().to_owned(),
+        node_id: state.session_env.config.node_id.clone(),
+        remote_addr: req.peer_addr().map(|a| a.to_string()),
+        started_at: std::time::SystemTime::now(),
+        running: 0,
+        last_model: None,
+    }
+}
 
 /// Extracts and checks the bearer credential; a handler that takes a `Caller` needs one.
 pub struct Caller(pub Principal);

@@ -1,16 +1,20 @@
 //! `GET /chat`: authenticates, then upgrades to a WebSocket run by a [`SessionActor`].
 
-use std::{rc::Rc, sync::atomic::Ordering, time::SystemTime};
+use std::{rc::Rc, sync::atomic::Ordering};
 
 use actix::Actor;
 use actix_web::{
     http::{header, StatusCode},
     web, HttpRequest, HttpResponse,
 };
-use ai_gateway_actors::{ConnectionAbort, SessionActor, SessionInfo};
+use ai_gateway_actors::{ConnectionAbort, SessionActor};
 
-use super::{account::client_ip, caller::bearer, ApiError, AppState};
-use crate::{access::Credential, auth::TokenError, conn::ConnSocket, limits::Rate};
+use super::{
+    account::client_ip,
+    caller::{bearer, session_of},
+    ApiError, AppState,
+};
+use crate::{auth::TokenError, conn::ConnSocket, limits::Rate};
 
 /// The token from `Authorization: Bearer ...`, or else from `?token=` (the seed's way).
 fn token_of(req: &HttpRequest) -> Option<String> {
@@ -90,19 +94,7 @@ pub async fn upgrade(
     let abort = req
         .conn_data::<ConnSocket>()
         .map(|s| Rc::new(*s) as Rc<dyn ConnectionAbort>);
-    let info = SessionInfo {
-        session_id: uuid::Uuid::new_v4().to_string().into(),
-        user_id: principal.user_id,
-        username: principal.username,
-        role: principal.role.as_str().to_owned(),
-        node_id: state.session_env.config.node_id.clone(),
-        remote_addr: req.peer_addr().map(|a| a.to_string()),
-        started_at: SystemTime::now(),
-        api_key: matches!(principal.credential, Credential::ApiKey { .. }),
-        credential_id: principal.credential.id().to_owned(),
-        running: 0,
-        last_model: None,
-    };
+    let info = session_of(principal, uuid::Uuid::new_v4().to_string(), &state, &req);
     let span = tracing::info_span!(
         "session",
         session.id = %info.session_id,

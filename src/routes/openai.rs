@@ -23,7 +23,6 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{AppState, Caller};
-use crate::access::Credential;
 
 /// Microseconds the gateway added to the first chunk (provider's chunk to response start).
 pub const ADDED_LATENCY_HEADER: &str = "x-gateway-first-chunk-added-us";
@@ -273,19 +272,12 @@ pub async fn completions(
             "messages must not be empty",
         ));
     }
-    let session = SessionInfo {
-        session_id: format!("http-{}", uuid::Uuid::new_v4().simple()).into(),
-        user_id: principal.user_id,
-        username: principal.username,
-        role: principal.role.as_str().to_owned(),
-        node_id: state.session_env.config.node_id.clone(),
-        remote_addr: req.peer_addr().map(|a| a.to_string()),
-        started_at: SystemTime::now(),
-        api_key: matches!(principal.credential, Credential::ApiKey { .. }),
-        credential_id: principal.credential.id().to_owned(),
-        running: 1,
-        last_model: None,
-    };
+    let session = super::caller::session_of(
+        principal,
+        format!("http-{}", uuid::Uuid::new_v4().simple()),
+        &state,
+        &req,
+    );
     let model = body.model;
     let span = tracing::info_span!(
         "chat_request",
