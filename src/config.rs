@@ -307,6 +307,12 @@ impl Config {
         if !self.jwt_secret.is_empty() && self.jwt_secret.len() < 32 {
             return invalid("jwt_secret", "must be at least 32 bytes");
         }
+        if self.jwt_secret.is_empty() && !self.redis_url.is_empty() {
+            return invalid(
+                "jwt_secret",
+                "must be set when nodes share Redis: every node must sign tokens with one secret",
+            );
+        }
         if let Err(problem) = self.mock.validate() {
             return invalid("mock", &problem);
         }
@@ -450,6 +456,9 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("DATABASE_URL", "postgres://db/x");
             jail.set_env("REDIS_URL", "redis://cache/");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("jwt_secret"), "nodes sharing Redis need one secret: {err}");
+            jail.set_env("GATEWAY_JWT_SECRET", "0123456789abcdef0123456789abcdef");
             let c = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(c.database_url, "postgres://db/x");
             assert_eq!(c.redis_url, "redis://cache/");
