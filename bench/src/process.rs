@@ -76,6 +76,11 @@ pub fn fake_route_env(base_url: &str, upstream_model: &str) -> Vec<(String, Stri
     [
         ("GATEWAY_PROVIDERS__FAKE__KIND", "openai"),
         ("GATEWAY_PROVIDERS__FAKE__BASE_URL", base_url),
+        // The fake insists on a key, like OpenAI; any will do.
+        (
+            "GATEWAY_PROVIDERS__FAKE__API_KEY",
+            crate::http::FAKE_API_KEY,
+        ),
         ("GATEWAY_MODELS__FAKE__PROVIDER", "fake"),
         ("GATEWAY_MODELS__FAKE__UPSTREAM_MODEL", upstream_model),
     ]

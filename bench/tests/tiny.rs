@@ -16,9 +16,10 @@ use gateway_bench::{
     Report, Target,
 };
 
-const FAKE_ROUTE: [&str; 4] = [
+const FAKE_ROUTE: [&str; 5] = [
     "GATEWAY_PROVIDERS__FAKE__KIND",
     "GATEWAY_PROVIDERS__FAKE__BASE_URL",
+    "GATEWAY_PROVIDERS__FAKE__API_KEY",
     "GATEWAY_MODELS__FAKE__PROVIDER",
     "GATEWAY_MODELS__FAKE__UPSTREAM_MODEL",
 ];
@@ -28,6 +29,7 @@ fn config(fake_base_url: &str) -> Config {
     let values = [
         "openai",
         fake_base_url,
+        gateway_bench::http::FAKE_API_KEY,
         "fake",
         gateway_bench::http::UPSTREAM_MODEL,
     ];
