@@ -38,6 +38,9 @@ impl Drop for OpenGuard {
 /// `HttpServer::on_connect` hook: records each connection's socket and counts it in `open`.
 pub fn record_socket(open: &Arc<AtomicUsize>, conn: &dyn Any, ext: &mut Extensions) {
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        // Chunks are small frames: without this, Nagle holds each one until the previous is
+        // acknowledged, and a delayed ACK makes that a 40 ms stall.
+        let _ = tcp.set_nodelay(true);
         open.fetch_add(1, Ordering::Relaxed);
         ext.insert(OpenGuard(open.clone()));
         ext.insert(ConnSocket {

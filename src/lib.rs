@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 mod conn;
 pub mod limits;
+pub mod limits_nofile;
 pub mod request_hooks;
 pub mod routes;
 pub mod routing;

@@ -31,6 +31,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let nofile = ai_gateway::limits_nofile::raise_to_hard_limit();
     let cli = Cli::parse();
     let overrides = Overrides { listen: cli.listen };
     let config = match Config::load(cli.config.as_ref(), &overrides) {
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         }
     };
     let _telemetry = telemetry::init(config.log_format);
+    nofile.log();
     if let Some(Command::Migrate) = cli.command {
         return migrate(&config.database_url);
     }
