@@ -456,8 +456,13 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("DATABASE_URL", "postgres://db/x");
             jail.set_env("REDIS_URL", "redis://cache/");
-            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
-            assert!(err.contains("jwt_secret"), "nodes sharing Redis need one secret: {err}");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("jwt_secret"),
+                "nodes sharing Redis need one secret: {err}"
+            );
             jail.set_env("GATEWAY_JWT_SECRET", "0123456789abcdef0123456789abcdef");
             let c = Config::load(None, &Overrides::default()).unwrap();
             assert_eq!(c.database_url, "postgres://db/x");
