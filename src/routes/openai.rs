@@ -16,7 +16,7 @@ use ai_gateway_actors::{
     RequestStart, SessionInfo, StartChat,
 };
 use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Role, Usage};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -223,20 +223,41 @@ impl Tracker {
         });
     }
 
-    /// Takes the next event, noting the provider and the first chunk's time.
+    /// Notes what an event tells (the provider, the first chunk's time, a chunk's bytes now
+    /// leaving the queue); `None` for events with nothing for the client.
+    fn note(&mut self, ev: StreamEventKind) -> Option<StreamEventKind> {
+        match ev {
+            StreamEventKind::Started { provider } => {
+                self.provider = provider;
+                None
+            }
+            StreamEventKind::Chunk { charge, .. } => {
+                self.flow.release(charge);
+                if self.first_chunk_ms.is_none() {
+                    self.first_chunk_ms = Some(self.started.elapsed().as_millis() as u64);
+                }
+                Some(ev)
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Waits for the next event for the client.
     async fn next(&mut self, rx: &mut UnboundedReceiver<StreamEvent>) -> Option<StreamEventKind> {
         loop {
             let ev = rx.recv().await?.kind;
-            match ev {
-                StreamEventKind::Started { provider } => self.provider = provider,
-                StreamEventKind::Chunk { charge, .. } => {
-                    self.flow.release(charge);
-                    if self.first_chunk_ms.is_none() {
-                        self.first_chunk_ms = Some(self.started.elapsed().as_millis() as u64);
-                    }
-                    return Some(ev);
-                }
-                other => return Some(other),
+            if let Some(ev) = self.note(ev) {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// The next event for the client if one is already queued.
+    fn next_ready(&mut self, rx: &mut UnboundedReceiver<StreamEvent>) -> Option<StreamEventKind> {
+        loop {
+            let ev = rx.try_recv().ok()?.kind;
+            if let Some(ev) = self.note(ev) {
+                return Some(ev);
             }
         }
     }
@@ -418,8 +439,14 @@ pub async fn completions(
     }
 }
 
-fn sse(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
+/// Events already waiting are written together, up to this many bytes: one socket write
+/// instead of one per event, and no waiting for events that have not come.
+const SSE_BATCH_BYTES: usize = 16 * 1024;
+
+fn push_sse(out: &mut BytesMut, v: &Value) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(v.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
 }
 
 /// The SSE body. When the client drops it, the tracker inside cancels the upstream call.
@@ -433,13 +460,14 @@ fn sse_events(
     include_usage: bool,
 ) -> impl Stream<Item = Bytes> {
     async_stream::stream! {
-        let chunk = |delta: Value, finish: Option<&str>| {
-            sse(&json!({
+        let chunk = |out: &mut BytesMut, delta: Value, finish: Option<&str>| {
+            push_sse(out, &json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }))
+            }));
         };
-        yield chunk(json!({"role": "assistant", "content": ""}), None);
+        let mut out = BytesMut::new();
+        chunk(&mut out, json!({"role": "assistant", "content": ""}), None);
         let mut next = Some(first);
         loop {
             match next {
@@ -448,35 +476,47 @@ fn sse_events(
                         ChunkKind::Text => json!({"content": text}),
                         ChunkKind::Reasoning => json!({"reasoning_content": text}),
                     };
-                    yield chunk(delta, None);
+                    chunk(&mut out, delta, None);
                 }
                 Some(StreamEventKind::Done(Finish { reason, usage })) => {
                     tracker.end(reason, usage);
-                    yield chunk(json!({}), Some(finish_reason_str(reason)));
+                    chunk(&mut out, json!({}), Some(finish_reason_str(reason)));
                     if include_usage {
-                        yield sse(&json!({
+                        push_sse(&mut out, &json!({
                             "id": id, "object": "chat.completion.chunk", "created": created,
                             "model": model, "choices": [], "usage": usage,
                         }));
                     }
-                    yield Bytes::from_static(b"data: [DONE]\n\n");
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    yield out.split().freeze();
                     break;
                 }
                 Some(StreamEventKind::Failed(e)) => {
                     tracker.end(FinishReason::Error, Usage::default());
                     // Never a quiet end: OpenAI SDKs raise on an error event.
-                    yield sse(&OpenAiError::of_provider(&e).body());
+                    push_sse(&mut out, &OpenAiError::of_provider(&e).body());
+                    yield out.split().freeze();
                     break;
                 }
                 Some(StreamEventKind::Started { .. }) => {}
                 None => {
                     tracker.end(FinishReason::Error, Usage::default());
                     let e = OpenAiError::new(ErrorReason::Internal, "the stream ended early");
-                    yield sse(&e.body());
+                    push_sse(&mut out, &e.body());
+                    yield out.split().freeze();
                     break;
                 }
             }
-            next = tracker.next(&mut rx).await;
+            next = match tracker.next_ready(&mut rx) {
+                Some(ev) if out.len() < SSE_BATCH_BYTES => Some(ev),
+                ready => {
+                    yield out.split().freeze();
+                    match ready {
+                        Some(ev) => Some(ev),
+                        None => tracker.next(&mut rx).await,
+                    }
+                }
+            };
         }
     }
 }
