@@ -13,6 +13,12 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options: a background thread hands memory freed by closed sessions back to the
+/// system within about a second, instead of at the next allocations.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:1000\0";
+
 /// WebSocket gateway between chat clients and LLM providers.
 #[derive(Parser)]
 #[command(version)]

@@ -68,20 +68,6 @@ pub trait RequestHooks: Send + Sync + 'static {
     fn finished(&self, outcome: RequestOutcome);
 }
 
-/// Admits everything and records nothing.
-pub struct NoHooks;
-
-impl RequestHooks for NoHooks {
-    fn admit(&self, start: RequestStart) -> LocalBoxFuture<'static, Result<Admission, Refusal>> {
-        Box::pin(std::future::ready(Ok(Admission {
-            request: start.request,
-            lease: None,
-        })))
-    }
-
-    fn finished(&self, _: RequestOutcome) {}
-}
-
 /// Where the registry publishes the node's live sessions for other nodes to see.
 pub trait SessionDirectory: Send + Sync + 'static {
     fn joined(&self, session: &SessionInfo);

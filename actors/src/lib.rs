@@ -13,7 +13,7 @@ pub mod trace;
 
 pub use flow::FlowControl;
 pub use hooks::{
-    Admission, NoDirectory, NoHooks, Refusal, RequestHooks, RequestOutcome, RequestStart,
+    Admission, NoDirectory, Refusal, RequestHooks, RequestOutcome, RequestStart,
     SessionDirectory,
 };
 pub use metrics::Metrics;
