@@ -13,8 +13,7 @@ pub mod trace;
 
 pub use flow::FlowControl;
 pub use hooks::{
-    Admission, NoDirectory, Refusal, RequestHooks, RequestOutcome, RequestStart,
-    SessionDirectory,
+    Admission, NoDirectory, Refusal, RequestHooks, RequestOutcome, RequestStart, SessionDirectory,
 };
 pub use metrics::Metrics;
 pub use provider::{

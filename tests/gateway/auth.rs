@@ -160,3 +160,32 @@ async fn pages_and_unknown_paths() {
     let health = t.http.get(t.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[actix_rt::test]
+async fn an_api_key_stops_working_when_it_expires() {
+    let t = start().await;
+    let (_, token) = t.new_user().await;
+    let res = t
+        .http
+        .post(t.url("/v1/keys"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "short-lived", "expires_in_secs": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let created: serde_json::Value = res.json().await.unwrap();
+    assert!(created["expires_at"].is_u64(), "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {key}");
+    assert!(try_connect(&t.ws_url(""), &[("Authorization", &bearer)])
+        .await
+        .is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        try_connect(&t.ws_url(""), &[("Authorization", &bearer)])
+            .await
+            .expect_err("expired"),
+        (401, json!({"error": "Token expired or revoked"}))
+    );
+}
