@@ -29,6 +29,9 @@ pub struct Config {
     pub token_ttl_secs: u64,
     /// Browser origins allowed to open `/chat`, besides the gateway's own. `["*"]` allows any.
     pub allowed_origins: Vec<String>,
+    /// Load balancers (addresses or CIDR ranges) whose `X-Forwarded-For` is believed: behind
+    /// them, per-address limits apply to the client's address, not the balancer's.
+    pub trusted_proxies: Vec<String>,
     /// `pretty` or `json`.
     pub log_format: LogFormat,
     /// PostgreSQL for users, keys, conversations and usage (also `DATABASE_URL`). Empty: in
@@ -173,6 +176,7 @@ impl Default for Config {
             jwt_secret: String::new(),
             token_ttl_secs: 7 * 24 * 3600,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             log_format: LogFormat::Pretty,
             database_url: String::new(),
             redis_url: String::new(),
@@ -326,6 +330,9 @@ impl Config {
                 "must be longer than directory.refresh_interval_ms (which must be above 0)",
             );
         }
+        if let Err(problem) = self.trusted_proxy_nets() {
+            return invalid("trusted_proxies", &problem);
+        }
         if self.revocation_sync_ms == 0 {
             return invalid("revocation_sync_ms", "must be above 0");
         }
@@ -351,6 +358,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `trusted_proxies` parsed; a bare address is a /32 (or /128) range.
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{p:?} is not an address or CIDR range"))
+            })
+            .collect()
     }
 
     /// Whether clients may ask for `model` (the built-in `mock` is always there).

@@ -207,6 +207,9 @@ impl Gateway {
             telemetry: crate::routes::Telemetry::new(metrics),
             postgres: postgres_store,
             allowed_origins: config.allowed_origins.clone(),
+            trusted_proxies: config
+                .trusted_proxy_nets()
+                .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?,
             draining: false.into(),
             admin: AdminContext {
                 token: config.admin_token.clone(),

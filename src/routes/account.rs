@@ -71,10 +71,31 @@ pub async fn register(
     })))
 }
 
-/// The client's address, for per-address limits.
-pub fn client_ip(req: &HttpRequest) -> String {
-    req.peer_addr()
-        .map_or_else(String::new, |a| a.ip().to_string())
+/// The client's address, for per-address limits: the TCP peer, unless that is a trusted proxy;
+/// then the nearest address in `X-Forwarded-For` that is not one.
+pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> String {
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return String::new();
+    };
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer.to_string();
+    }
+    let hops: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => continue,
+            Ok(ip) => return ip.to_string(),
+            Err(_) => break,
+        }
+    }
+    peer.to_string()
 }
 
 pub async fn login(
@@ -83,7 +104,10 @@ pub async fn login(
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     ApiError::check(
-        state.limits.check(Rate::LoginPerIp, &client_ip(&req)).await,
+        state
+            .limits
+            .check(Rate::LoginPerIp, &client_ip(&req, &state.trusted_proxies))
+            .await,
         "logins",
     )?;
     let creds = body.into_inner();

@@ -77,7 +77,10 @@ pub async fn upgrade(
     ApiError::check(
         state
             .limits
-            .check(Rate::HandshakePerIp, &client_ip(&req))
+            .check(
+                Rate::HandshakePerIp,
+                &client_ip(&req, &state.trusted_proxies),
+            )
             .await,
         "connection attempts",
     )?;

@@ -43,6 +43,7 @@ pub struct AppState {
     pub registry: Addr<SessionRegistry>,
     pub session_env: SessionEnv,
     pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Set on SIGTERM: new WebSocket sessions are refused.
     pub draining: AtomicBool,
     pub telemetry: Telemetry,

@@ -365,3 +365,61 @@ async fn startup_waits_for_postgres() {
         .unwrap();
     assert_ne!(addr.port(), 0);
 }
+
+#[actix_rt::test]
+async fn behind_a_trusted_proxy_limits_apply_per_client() {
+    let limits = RateLimitSettings {
+        logins_per_ip_per_min: 1,
+        login_burst: 2,
+        ..roomy_limits()
+    };
+    let trusting = start_with(|c| {
+        c.rate_limits = limits.clone();
+        c.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let trusting_nobody = start_with(|c| c.rate_limits = limits.clone()).await;
+    for t in [&trusting, &trusting_nobody] {
+        let name = format!("proxied{}", t.gw.local_addr().port());
+        t.post("/register", json!({"username": name, "password": PASSWORD}))
+            .await;
+    }
+    let login_from = |t: &TestGateway, client: &'static str| {
+        let name = format!("proxied{}", t.gw.local_addr().port());
+        t.http
+            .post(t.url("/login"))
+            .header("X-Forwarded-For", format!("{client}, 127.0.0.9"))
+            .json(&json!({"username": name, "password": PASSWORD}))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for client in ["203.0.113.1", "203.0.113.1", "203.0.113.1", "203.0.113.2"] {
+        statuses.push(
+            login_from(&trusting, client)
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429, 200],
+        "each client has its own budget"
+    );
+    let mut statuses = Vec::new();
+    for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        statuses.push(
+            login_from(&trusting_nobody, client)
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "an untrusted peer's header is ignored"
+    );
+}
