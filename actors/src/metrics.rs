@@ -50,6 +50,10 @@ pub struct Metrics {
     pub time_to_first_chunk: Histogram,
     /// From a provider producing a chunk to its frame being handed to the socket.
     pub added_latency: Family<StageLabel, Histogram>,
+    /// The `chunk` and `first_chunk` series of `added_latency`, looked up once instead of per
+    /// chunk.
+    pub added_latency_chunk: Histogram,
+    pub added_latency_first_chunk: Histogram,
     pub provider_errors: Family<ProviderErrorLabels, Counter>,
     pub outbound_queue_bytes: Gauge,
     pub rate_limit_rejections: Family<LimitLabel, Counter>,
@@ -57,6 +61,16 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
+        let added_latency: Family<StageLabel, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(added_latency_buckets()));
+        let added_latency_chunk = added_latency
+            .get_or_create(&StageLabel { stage: "chunk" })
+            .clone();
+        let added_latency_first_chunk = added_latency
+            .get_or_create(&StageLabel {
+                stage: "first_chunk",
+            })
+            .clone();
         Arc::new(Metrics {
             sessions_live: Gauge::default(),
             connects: Counter::default(),
@@ -65,7 +79,9 @@ impl Metrics {
             frames_out: Counter::default(),
             chunks_relayed: Counter::default(),
             time_to_first_chunk: Histogram::new(first_chunk_buckets()),
-            added_latency: Family::new_with_constructor(|| Histogram::new(added_latency_buckets())),
+            added_latency,
+            added_latency_chunk,
+            added_latency_first_chunk,
             provider_errors: Family::default(),
             outbound_queue_bytes: Gauge::default(),
             rate_limit_rejections: Family::default(),

@@ -18,7 +18,7 @@ use actix_ws::{CloseReason, Session};
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
-use crate::{metrics::StageLabel, FlowControl, Metrics};
+use crate::{FlowControl, Metrics};
 
 /// When a chunk frame's chunk was produced, and (for a request's first chunk) when the request
 /// arrived.
@@ -105,15 +105,9 @@ impl Outbox {
         let m = &self.metrics;
         m.chunks_relayed.inc();
         let added = timing.produced_at.elapsed().as_secs_f64();
-        m.added_latency
-            .get_or_create(&StageLabel { stage: "chunk" })
-            .observe(added);
+        m.added_latency_chunk.observe(added);
         if let Some(started) = timing.request_started {
-            m.added_latency
-                .get_or_create(&StageLabel {
-                    stage: "first_chunk",
-                })
-                .observe(added);
+            m.added_latency_first_chunk.observe(added);
             m.time_to_first_chunk
                 .observe(started.elapsed().as_secs_f64());
         }
