@@ -69,7 +69,7 @@ pub fn build_router(config: &Config, mock: Arc<MockProvider>) -> anyhow::Result<
     for (name, settings) in &providers {
         let provider =
             provider_of(name, settings).map_err(|e| anyhow::anyhow!("providers.{name}: {e}"))?;
-        upstreams.insert(name.clone(), Upstream::new(provider, breaker()));
+        upstreams.insert(name.clone(), Upstream::new(provider, breaker()).named(name));
     }
 
     let target = |model: &str, m: &ModelSettings| -> anyhow::Result<Target> {

@@ -13,7 +13,7 @@ use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    Drain, KillSession, Metrics, MockProvider, NoDirectory, SessionCount, SessionDirectory,
+    Drain, Engine, KillSession, Metrics, MockProvider, NoDirectory, SessionCount, SessionDirectory,
     SessionEnv, SessionRegistry, CLOSE_POLICY,
 };
 use rand::RngCore;
@@ -192,7 +192,7 @@ impl Gateway {
         });
 
         let state = web::Data::new(AppState {
-            router,
+            router: router.clone(),
             access,
             stores,
             limits,
@@ -200,8 +200,13 @@ impl Gateway {
             registry: registry.clone(),
             session_env: SessionEnv {
                 config: config.session_config(&node_id),
+                engine: Arc::new(Engine {
+                    hooks,
+                    router: router.clone(),
+                    registry: registry.clone(),
+                    metrics: metrics.clone(),
+                }),
                 registry,
-                hooks,
                 metrics: metrics.clone(),
             },
             telemetry: crate::routes::Telemetry::new(metrics),

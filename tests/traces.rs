@@ -220,7 +220,10 @@ async fn spans_form_a_tree_in_the_clients_trace() {
     assert_eq!(one.trace_id, CLIENT_TRACE);
     assert_eq!(one.parent, session.span_id, "request under its session");
     assert_eq!(one.attributes["model"], "fake");
-    assert_eq!(one.attributes["provider"], "openai");
+    assert_eq!(
+        one.attributes["provider"], "fake",
+        "the configured provider"
+    );
     assert_eq!(one.attributes["finish_reason"], "Stop");
     assert!(one.attributes["completion_tokens"].parse::<u64>().unwrap() > 0);
     assert!(one.attributes.contains_key("prompt_tokens"));
@@ -241,7 +244,10 @@ async fn spans_form_a_tree_in_the_clients_trace() {
         .into_iter()
         .find(|s| s.parent == one.span_id)
         .expect("a provider call under request one");
-    assert_eq!(call.attributes["provider"], "openai");
+    assert_eq!(
+        call.attributes["provider"], "fake",
+        "the configured provider"
+    );
     assert_eq!(call.attributes["upstream_model"], "ok-3");
 
     // The provider was called inside that span, with the context passed on.

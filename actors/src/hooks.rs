@@ -48,7 +48,8 @@ pub struct RequestOutcome {
     pub session: SessionInfo,
     pub request_id: String,
     pub model: String,
-    pub provider: &'static str,
+    /// The configured name of the upstream that answered (`unknown` when none did).
+    pub provider: String,
     pub conversation_id: Option<String>,
     /// The user's new message, when a conversation is stored.
     pub question: Option<String>,

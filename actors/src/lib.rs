@@ -8,6 +8,7 @@ pub mod metrics;
 mod outbox;
 pub mod provider;
 pub mod registry;
+pub mod request;
 pub mod session;
 pub mod trace;
 
@@ -15,19 +16,20 @@ pub use flow::FlowControl;
 pub use hooks::{
     Admission, NoDirectory, Refusal, RequestHooks, RequestOutcome, RequestStart, SessionDirectory,
 };
-pub use metrics::Metrics;
+pub use metrics::{Front, Metrics};
 pub use provider::{
     anthropic::{AnthropicProvider, AnthropicSettings},
     gemini::{GeminiProvider, GeminiSettings},
     mock::{MockProvider, MockSettings},
     openai::{OpenAiProvider, OpenAiSettings},
-    ApiKey, ChunkSink, InvalidSettings, Provider, ProviderError, ProviderRequest, Router,
+    ApiKey, Chunk, ChunkSink, InvalidSettings, Provider, ProviderError, ProviderRequest, Router,
     StreamEvent, StreamHandle, Timeouts,
 };
 pub use registry::{
     CloseRevoked, Drain, KillSession, ListSessions, Revoked, SessionCount, SessionInfo,
     SessionRegistry, StartChat,
 };
+pub use request::{ChatRequest, Engine};
 pub use session::{
     ConnectionAbort, SessionActor, SessionConfig, SessionEnv, CLOSE_POLICY, CLOSE_RESTART,
 };

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -21,8 +21,91 @@ pub struct StageLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderErrorLabels {
-    pub provider: &'static str,
+    pub provider: String,
     pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    pub provider: String,
+}
+
+/// Which front a request came through.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Front {
+    /// The WebSocket protocol (`/chat`).
+    Ws,
+    /// An HTTP front (`/v1/chat/completions`).
+    Http,
+}
+
+/// How a request ended, for `gateway_requests_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Stop,
+    Length,
+    Cancelled,
+    /// The provider (or the node) failed it.
+    Error,
+    /// A limit, a policy or an unknown model refused it before any provider ran.
+    Refused,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub front: Front,
+    pub model: String,
+    /// The configured name of the upstream that answered; `none` when none was called.
+    pub provider: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Prompt,
+    Completion,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub model: String,
+    pub direction: Direction,
+}
+
+/// Label values in lower case, as Prometheus users expect.
+macro_rules! label_values {
+    ($($ty:ident { $($variant:ident => $name:literal),+ $(,)? })+) => {$(
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                self.as_str().encode(encoder)
+            }
+        }
+    )+};
+}
+
+label_values! {
+    Front { Ws => "ws", Http => "http" }
+    Outcome {
+        Stop => "stop",
+        Length => "length",
+        Cancelled => "cancelled",
+        Error => "error",
+        Refused => "refused",
+    }
+    Direction { Prompt => "prompt", Completion => "completion" }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,6 +140,12 @@ pub struct Metrics {
     pub provider_errors: Family<ProviderErrorLabels, Counter>,
     pub outbound_queue_bytes: Gauge,
     pub rate_limit_rejections: Family<LimitLabel, Counter>,
+    /// Every chat request of every front, when it ends.
+    pub requests: Family<RequestLabels, Counter>,
+    pub tokens: Family<TokenLabels, Counter>,
+    /// From an upstream attempt's start to its first chunk, by provider.
+    pub upstream_first_chunk: Family<ProviderLabel, Histogram>,
+    pub build_info: Family<BuildLabels, Gauge>,
 }
 
 impl Metrics {
@@ -85,6 +174,19 @@ impl Metrics {
             provider_errors: Family::default(),
             outbound_queue_bytes: Gauge::default(),
             rate_limit_rejections: Family::default(),
+            requests: Family::default(),
+            tokens: Family::default(),
+            upstream_first_chunk: Family::new_with_constructor(|| {
+                Histogram::new(first_chunk_buckets())
+            }),
+            build_info: {
+                let info: Family<BuildLabels, Gauge> = Family::default();
+                info.get_or_create(&BuildLabels {
+                    version: env!("CARGO_PKG_VERSION"),
+                })
+                .set(1);
+                info
+            },
         })
     }
 
@@ -139,6 +241,26 @@ impl Metrics {
             "outbound_queue_bytes",
             "Bytes waiting to be written to clients, all sessions together",
             self.outbound_queue_bytes.clone(),
+        );
+        registry.register(
+            "requests",
+            "Chat requests, when they end, by front, model, provider and outcome",
+            self.requests.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens of ended chat requests, by model and direction (prompt, completion)",
+            self.tokens.clone(),
+        );
+        registry.register(
+            "upstream_ttfb_seconds",
+            "From sending a request upstream to the upstream's first piece of the answer, by provider",
+            self.upstream_first_chunk.clone(),
+        );
+        registry.register(
+            "build_info",
+            "The running build (value 1)",
+            self.build_info.clone(),
         );
         registry.register(
             "rate_limit_rejections",

@@ -5,7 +5,6 @@
 //! byte bound on what waits to be written. It never awaits the socket itself (see `outbox`).
 
 use std::{
-    any::Any,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
@@ -14,17 +13,18 @@ use std::{
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use ai_gateway_proto::{
-    decode_client_frame, ChatMessage, ChatPayload, ChunkKind, ChunkPayload, ClientFrame,
-    DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage,
-    SessionLimits, SystemEvent, SystemPayload, Usage, PROTOCOL_VERSION,
+    decode_client_frame, ChatMessage, ChatPayload, ChunkPayload, ClientFrame, DoneMetadata,
+    DonePayload, ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage, SessionLimits,
+    SystemEvent, SystemPayload, Usage, PROTOCOL_VERSION,
 };
 
 use crate::{
-    hooks::{Admission, RequestHooks, RequestOutcome, RequestStart},
-    metrics::{ProviderErrorLabels, ReasonLabel},
+    hooks::{Admission, Refusal, RequestStart},
+    metrics::{Front, ReasonLabel},
     outbox::{ChunkTiming, Outbox, Outgoing},
-    provider::{ChunkSink, ProviderRequest, StreamEvent, StreamEventKind, StreamHandle},
-    registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, StartChat, Unregister},
+    provider::{ChunkSink, ProviderRequest, StreamEvent},
+    registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, Unregister},
+    request::{ChatRequest, Engine},
     FlowControl, Metrics,
 };
 
@@ -66,30 +66,14 @@ pub trait ConnectionAbort: 'static {
 pub struct SessionEnv {
     pub config: Arc<SessionConfig>,
     pub registry: Addr<SessionRegistry>,
-    pub hooks: Arc<dyn RequestHooks>,
+    pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
 }
 
+/// A request running on this connection, under the session's private key.
 struct RunningRequest {
     key: u64,
-    id: String,
-    model: String,
-    seq: u64,
-    started: Instant,
-    first_chunk_ms: Option<u64>,
-    /// Set once the hooks admitted the request; held until it ends.
-    lease: Option<Option<Box<dyn Any + Send>>>,
-    handle: Option<StreamHandle>,
-    provider: &'static str,
-    conversation_id: Option<String>,
-    question: Option<String>,
-    /// The answer's text, kept only for stored conversations.
-    answer: String,
-    span: tracing::Span,
-    /// What the gateway added per chunk (provider's chunk to frame queued), microseconds.
-    added_first_us: Option<u64>,
-    added_sum_us: u64,
-    added_max_us: u64,
+    request: ChatRequest,
 }
 
 pub struct SessionActor {
@@ -98,7 +82,7 @@ pub struct SessionActor {
     span: tracing::Span,
     config: Arc<SessionConfig>,
     registry: Addr<SessionRegistry>,
-    hooks: Arc<dyn RequestHooks>,
+    engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     /// Why the session closed, for the disconnect metric; unset when the client just left.
     close_label: Option<&'static str>,
@@ -131,7 +115,7 @@ impl SessionActor {
             ),
             config: env.config,
             registry: env.registry,
-            hooks: env.hooks,
+            engine: env.engine,
             metrics: env.metrics,
             close_label: None,
             ws: Some(ws),
@@ -173,15 +157,17 @@ impl SessionActor {
 
     fn send_done(
         &mut self,
-        r: &RunningRequest,
+        r: &ChatRequest,
         finish_reason: FinishReason,
         usage: Usage,
         ctx: &mut Context<Self>,
     ) {
-        let metadata = (r.seq > 0).then(|| DoneMetadata {
-            gateway_first_chunk_us: r.added_first_us,
-            gateway_mean_chunk_us: r.added_sum_us / r.seq,
-            gateway_max_chunk_us: r.added_max_us,
+        let chunks = r.chunks();
+        let added = r.added_latency();
+        let metadata = (chunks > 0).then(|| DoneMetadata {
+            gateway_first_chunk_us: added.first_us,
+            gateway_mean_chunk_us: added.sum_us / chunks,
+            gateway_max_chunk_us: added.max_us,
         });
         let msg = ServerMessage::Done {
             id: r.id.as_str().into(),
@@ -190,7 +176,7 @@ impl SessionActor {
                 finish_reason,
                 model: r.model.as_str().into(),
                 usage,
-                chunks: r.seq,
+                chunks,
                 conversation_id: r.conversation_id.as_deref().map(Into::into),
             },
         };
@@ -274,25 +260,29 @@ impl SessionActor {
         let key = self.next_key;
         self.next_key += 1;
         let id = id.unwrap_or_else(|| format!("req-{key}"));
-        if self.draining {
-            let msg = "this node is shutting down; reconnect and retry";
-            return self.send_error(Some(&id), ErrorReason::ShuttingDown, msg, ctx);
-        }
-        if self.requests.len() >= self.config.max_concurrent_requests {
-            let msg = format!(
-                "at most {} requests may run at once on one connection",
-                self.config.max_concurrent_requests
-            );
-            return self.send_error(Some(&id), ErrorReason::TooManyRequests, &msg, ctx);
-        }
-        if self.requests.iter().any(|r| r.id == id) {
-            let msg = format!("request {id:?} is still running");
-            return self.send_error(Some(&id), ErrorReason::DuplicateRequestId, &msg, ctx);
-        }
         let model = payload
             .model
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| crate::provider::DEFAULT_MODEL.to_owned());
+        let refused = if self.draining {
+            let msg = "this node is shutting down; reconnect and retry";
+            Some((ErrorReason::ShuttingDown, msg.to_owned()))
+        } else if self.requests.len() >= self.config.max_concurrent_requests {
+            let msg = format!(
+                "at most {} requests may run at once on one connection",
+                self.config.max_concurrent_requests
+            );
+            Some((ErrorReason::TooManyRequests, msg))
+        } else if self.requests.iter().any(|r| r.request.id == id) {
+            let msg = format!("request {id:?} is still running");
+            Some((ErrorReason::DuplicateRequestId, msg))
+        } else {
+            None
+        };
+        if let Some((reason, msg)) = refused {
+            self.engine.refused(Front::Ws, &model);
+            return self.send_error(Some(&id), reason, &msg, ctx);
+        }
         self.info.last_model = Some(model.clone());
         let conversation_id = payload.conversation_id;
         let question = conversation_id
@@ -313,6 +303,7 @@ impl SessionActor {
             session.id = %self.info.session_id,
             user.id = %self.info.user_id,
             model = %model,
+            front = "ws",
             provider = tracing::field::Empty,
             prompt_tokens = tracing::field::Empty,
             completion_tokens = tracing::field::Empty,
@@ -338,83 +329,65 @@ impl SessionActor {
             },
             conversation_id: conversation_id.clone(),
         };
-        self.requests.push(RunningRequest {
-            key,
+        let request = ChatRequest::new(
+            self.engine.clone(),
+            Front::Ws,
+            self.info.clone(),
             id,
             model,
-            seq: 0,
-            started: Instant::now(),
-            first_chunk_ms: None,
-            lease: None,
-            handle: None,
-            provider: "",
+            span,
             conversation_id,
             question,
-            answer: String::new(),
-            span,
-            added_first_us: None,
-            added_sum_us: 0,
-            added_max_us: 0,
-        });
+        );
+        self.requests.push(RunningRequest { key, request });
         self.requests_changed();
-        self.hooks
+        self.engine
+            .clone()
             .admit(start)
             .into_actor(self)
             .map(move |admitted, act, ctx| match admitted {
                 Ok(admission) => act.admitted(key, admission, ctx),
-                Err(refusal) => {
-                    if let Some(r) = act.take_request(key) {
-                        act.send_error(Some(&r.id), refusal.reason, &refusal.message, ctx);
-                        act.request_ended(ctx);
-                    }
-                }
+                Err(refusal) => act.refused(key, refusal, ctx),
             })
             .spawn(ctx);
     }
 
-    /// The hooks let the request through: hand it to the registry for a provider.
+    /// The hooks let the request through: have its provider stream started.
     fn admitted(&mut self, key: u64, admission: Admission, ctx: &mut Context<Self>) {
         // Cancelled while being admitted: dropping the admission releases its lease.
         let Some(r) = self.requests.iter_mut().find(|r| r.key == key) else {
             return;
         };
-        r.lease = Some(admission.lease);
-        let start = StartChat {
-            request: admission.request,
-            sink: ChunkSink::new(key, ctx.address().recipient(), self.flow.clone()),
-            arbiter: actix_rt::Arbiter::current(),
-        };
-        self.registry
-            .send(start)
+        r.request.admitted(admission.lease);
+        let sink = ChunkSink::new(key, ctx.address().recipient(), self.flow.clone());
+        self.engine
+            .clone()
+            .start(admission.request, sink)
             .into_actor(self)
-            .map(move |res, act, ctx| {
-                let refused = match res {
-                    Ok(Ok(handle)) => {
-                        match act.requests.iter_mut().find(|r| r.key == key) {
-                            Some(r) => r.handle = Some(handle),
-                            // Cancelled or closed while the stream was starting.
-                            None => handle.cancel(),
-                        }
-                        return;
-                    }
-                    Ok(Err(unknown)) => (ErrorReason::UnknownModel, unknown.to_string()),
-                    Err(_) => (ErrorReason::Internal, "registry unavailable".to_owned()),
-                };
-                if let Some(mut r) = act.take_request(key) {
-                    // Refused before any provider ran: nothing to record.
-                    r.lease = None;
-                    act.send_error(Some(&r.id), refused.0, &refused.1, ctx);
-                    act.request_ended(ctx);
-                }
+            .map(move |started, act, ctx| match started {
+                Ok(stream) => match act.requests.iter_mut().find(|r| r.key == key) {
+                    Some(r) => r.request.streaming(stream),
+                    // Cancelled or closed while the stream was starting.
+                    None => stream.cancel(),
+                },
+                Err(refusal) => act.refused(key, refusal, ctx),
             })
             .spawn(ctx);
     }
 
-    fn take_request(&mut self, key: u64) -> Option<RunningRequest> {
+    fn refused(&mut self, key: u64, refusal: Refusal, ctx: &mut Context<Self>) {
+        if let Some(request) = self.take_request(key) {
+            self.send_error(Some(&request.id), refusal.reason, &refusal.message, ctx);
+            request.refused();
+            self.request_ended(ctx);
+        }
+    }
+
+    fn take_request(&mut self, key: u64) -> Option<ChatRequest> {
         let i = self.requests.iter().position(|r| r.key == key)?;
         let r = self.requests.remove(i);
         self.requests_changed();
-        Some(r)
+        Some(r.request)
     }
 
     fn requests_changed(&self) {
@@ -425,63 +398,31 @@ impl SessionActor {
         });
     }
 
-    /// Ends a request that reached the hooks: its `done` frame (when `notify`), its stream, its
-    /// record.
+    /// Ends a request: its `done` frame, then its stream and its record.
     fn finish(
         &mut self,
-        r: RunningRequest,
+        mut r: ChatRequest,
         reason: FinishReason,
         usage: Usage,
-        notify: bool,
         ctx: &mut Context<Self>,
     ) {
-        if let Some(handle) = &r.handle {
-            handle.cancel();
-        }
-        if notify {
-            self.send_done(&r, reason, usage, ctx);
-        }
-        let span = &r.span;
-        span.record("provider", r.provider);
-        span.record("prompt_tokens", usage.prompt_tokens);
-        span.record("completion_tokens", usage.completion_tokens);
-        if let Some(ms) = r.first_chunk_ms {
-            span.record("time_to_first_chunk_ms", ms);
-        }
-        span.record("finish_reason", tracing::field::debug(reason));
-        if r.lease.is_some() {
-            self.hooks.finished(RequestOutcome {
-                session: self.info.clone(),
-                request_id: r.id,
-                model: r.model,
-                provider: if r.provider.is_empty() {
-                    "unknown"
-                } else {
-                    r.provider
-                },
-                conversation_id: r.conversation_id,
-                question: r.question,
-                answer: r.answer,
-                usage,
-                finish_reason: reason,
-                first_chunk_ms: r.first_chunk_ms,
-                duration_ms: r.started.elapsed().as_millis() as u64,
-            });
-        }
+        self.send_done(&r, reason, usage, ctx);
+        r.finish(reason, usage);
     }
 
     fn cancel(&mut self, id: &str, ctx: &mut Context<Self>) {
-        let Some(key) = self.requests.iter().find(|r| r.id == id).map(|r| r.key) else {
+        let Some(key) = self
+            .requests
+            .iter()
+            .find(|r| r.request.id == id)
+            .map(|r| r.key)
+        else {
             let msg = format!("no running request with id {id:?}");
             return self.send_error(Some(id), ErrorReason::UnknownRequest, &msg, ctx);
         };
         if let Some(r) = self.take_request(key) {
-            let usage = Usage {
-                completion_tokens: r.seq,
-                total_tokens: r.seq,
-                ..Usage::default()
-            };
-            self.finish(r, FinishReason::Cancelled, usage, true, ctx);
+            let usage = r.partial_usage();
+            self.finish(r, FinishReason::Cancelled, usage, ctx);
         }
         self.request_ended(ctx);
     }
@@ -587,22 +528,15 @@ impl Actor for SessionActor {
         self.send_system(SystemEvent::Welcome, ctx);
     }
 
-    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
         self.metrics.sessions_live.dec();
         let reason = self.close_label.unwrap_or("client_gone").to_owned();
         self.metrics
             .disconnects
             .get_or_create(&ReasonLabel { reason })
             .inc();
-        let left: Vec<RunningRequest> = self.requests.drain(..).collect();
-        for r in left {
-            let usage = Usage {
-                completion_tokens: r.seq,
-                total_tokens: r.seq,
-                ..Usage::default()
-            };
-            self.finish(r, FinishReason::Cancelled, usage, false, ctx);
-        }
+        // Dropping a request cancels its stream and records it as cancelled.
+        self.requests.clear();
         self.flow.close();
         if let Some(outbox) = &self.outbox {
             outbox.end();
@@ -653,74 +587,51 @@ impl Handler<StreamEvent> for SessionActor {
     fn handle(&mut self, ev: StreamEvent, ctx: &mut Context<Self>) {
         let Some(i) = self.requests.iter().position(|r| r.key == ev.key) else {
             // The request was cancelled; its stream is stopping.
-            if let StreamEventKind::Chunk { charge, .. } = ev.kind {
-                self.flow.release(charge);
-            }
+            self.flow.release(ev.charge);
             return;
         };
-        match ev.kind {
-            StreamEventKind::Started { provider } => self.requests[i].provider = provider,
-            StreamEventKind::Chunk {
-                kind,
-                text,
-                charge,
-                produced_at,
-            } => {
-                let r = &mut self.requests[i];
-                if r.first_chunk_ms.is_none() {
-                    r.first_chunk_ms = Some(r.started.elapsed().as_millis() as u64);
-                }
-                if r.conversation_id.is_some() && kind == ChunkKind::Text {
-                    r.answer.push_str(&text);
-                }
+        let r = &mut self.requests[i].request;
+        if let Some(provider) = ev.provider {
+            r.provider_started(provider);
+        }
+        if let Some(outbox) = &self.outbox {
+            for chunk in &ev.chunks {
+                let seq = r.chunk(chunk);
                 let frame = ServerMessage::Chat {
                     id: r.id.as_str().into(),
                     payload: ChunkPayload {
-                        content: text.into(),
-                        kind,
+                        content: chunk.text.as_str().into(),
+                        kind: chunk.kind,
                         model: r.model.as_str().into(),
-                        seq: r.seq,
+                        seq,
                     },
                 }
                 .to_json();
                 let timing = ChunkTiming {
-                    produced_at,
-                    request_started: (r.seq == 0).then_some(r.started),
+                    produced_at: chunk.produced_at,
+                    request_started: (seq == 0).then_some(r.started()),
                 };
-                let added_us = produced_at.elapsed().as_micros() as u64;
-                r.added_first_us.get_or_insert(added_us);
-                r.added_sum_us += added_us;
-                r.added_max_us = r.added_max_us.max(added_us);
-                r.seq += 1;
-                if let Some(outbox) = &self.outbox {
-                    outbox.push_chunk(frame, charge, timing);
-                }
-                self.check_outbox(ctx);
+                outbox.push_chunk(frame, chunk.charge(), timing);
             }
-            StreamEventKind::Done(finish) => {
+        } else {
+            self.flow.release(ev.charge);
+        }
+        if !ev.chunks.is_empty() {
+            self.check_outbox(ctx);
+        }
+        match ev.end {
+            None => {}
+            Some(Ok(finish)) => {
                 if let Some(r) = self.take_request(ev.key) {
-                    self.finish(r, finish.reason, finish.usage, true, ctx);
+                    self.finish(r, finish.reason, finish.usage, ctx);
                 }
                 self.request_ended(ctx);
             }
-            StreamEventKind::Failed(err) => {
-                if let Some(r) = self.take_request(ev.key) {
-                    tracing::info!(session = %self.info.session_id, request = %r.id, error = %err, "provider failed");
-                    let kind = serde_json::to_value(err.reason())
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    let provider = if r.provider.is_empty() {
-                        "unknown"
-                    } else {
-                        r.provider
-                    };
-                    self.metrics
-                        .provider_errors
-                        .get_or_create(&ProviderErrorLabels { provider, kind })
-                        .inc();
+            Some(Err(err)) => {
+                if let Some(mut r) = self.take_request(ev.key) {
                     self.send_error(Some(&r.id), err.reason(), &err.to_string(), ctx);
-                    self.finish(r, FinishReason::Error, Usage::default(), true, ctx);
+                    r.failed(&err);
+                    self.send_done(&r, FinishReason::Error, Usage::default(), ctx);
                 }
                 self.request_ended(ctx);
             }
@@ -767,8 +678,8 @@ impl Handler<DrainSession> for SessionActor {
             act.requests_changed();
             for r in left {
                 let msg = "the node shut down before this answer finished; retry elsewhere";
-                act.send_error(Some(&r.id), ErrorReason::ShuttingDown, msg, ctx);
-                act.finish(r, FinishReason::Error, Usage::default(), true, ctx);
+                act.send_error(Some(&r.request.id), ErrorReason::ShuttingDown, msg, ctx);
+                act.finish(r.request, FinishReason::Error, Usage::default(), ctx);
             }
             act.close(CLOSE_RESTART, "server restarting", ctx);
         });

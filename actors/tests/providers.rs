@@ -5,10 +5,10 @@ use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use ai_gateway_actors::{
-    provider::{Finish, ProviderStream, StreamEventKind},
+    provider::{mock::MOCK_ANSWER, Finish, ProviderStream, MAX_BATCH_CHUNKS},
     AnthropicProvider, AnthropicSettings, ApiKey, ChunkSink, FlowControl, GeminiProvider,
-    GeminiSettings, OpenAiProvider, OpenAiSettings, Provider, ProviderError, ProviderRequest,
-    StreamEvent, StreamHandle, Timeouts,
+    GeminiSettings, MockProvider, MockSettings, OpenAiProvider, OpenAiSettings, Provider,
+    ProviderError, ProviderRequest, StreamEvent, StreamHandle, Timeouts,
 };
 use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Role, Usage};
 use fake_upstream::{text_piece, FakeUpstream, REASONING_PIECES};
@@ -107,37 +107,20 @@ fn request(model: &str) -> ProviderRequest {
     }
 }
 
-/// Stands in for the session: records what the stream sends it.
-struct Recorder {
-    events: mpsc::UnboundedSender<StreamEventKind>,
-}
-
-impl Actor for Recorder {
-    type Context = Context<Self>;
-}
-
-impl Handler<StreamEvent> for Recorder {
-    type Result = ();
-
-    fn handle(&mut self, event: StreamEvent, _: &mut Context<Self>) {
-        let _ = self.events.send(event.kind);
-    }
-}
-
 /// A running request and what it has sent so far.
 struct Running {
     handle: StreamHandle,
-    events: mpsc::UnboundedReceiver<StreamEventKind>,
+    events: mpsc::UnboundedReceiver<StreamEvent>,
     reasoning: String,
     text: String,
     chunks: usize,
+    /// The end, once its batch came.
+    end: Option<Result<Finish, ProviderError>>,
 }
 
 impl Running {
     fn start(provider: Arc<dyn Provider>, request: ProviderRequest) -> Running {
-        let (tx, events) = mpsc::unbounded_channel();
-        let recorder = Recorder { events: tx }.start();
-        let sink = ChunkSink::new(1, recorder.recipient(), FlowControl::new(usize::MAX));
+        let (sink, events) = ChunkSink::channel(1, FlowControl::new(usize::MAX));
         let handle = ProviderStream::start_on(&Arbiter::current(), provider, request, sink);
         Running {
             handle,
@@ -145,31 +128,32 @@ impl Running {
             reasoning: String::new(),
             text: String::new(),
             chunks: 0,
+            end: None,
         }
     }
 
-    /// Takes events until the stream ends (`Some`) or `chunks` chunks have come (`None`).
+    /// Takes events until the stream ends (`Some`) or at least `chunks` chunks have come
+    /// (`None`).
     async fn until(&mut self, chunks: Option<usize>) -> Option<Result<Finish, ProviderError>> {
         loop {
+            if let Some(end) = self.end.take() {
+                return Some(end);
+            }
             if chunks.is_some_and(|n| self.chunks >= n) {
                 return None;
             }
             let event = tokio::time::timeout(EVENT_WAIT, self.events.recv())
                 .await
                 .expect("the stream went quiet")
-                .expect("the stream ended without Done or Failed");
-            match event {
-                StreamEventKind::Chunk { kind, text, .. } => {
-                    self.chunks += 1;
-                    match kind {
-                        ChunkKind::Reasoning => self.reasoning.push_str(&text),
-                        ChunkKind::Text => self.text.push_str(&text),
-                    }
+                .expect("the stream ended without an end");
+            for chunk in event.chunks {
+                self.chunks += 1;
+                match chunk.kind {
+                    ChunkKind::Reasoning => self.reasoning.push_str(&chunk.text),
+                    ChunkKind::Text => self.text.push_str(&chunk.text),
                 }
-                StreamEventKind::Started { .. } => {}
-                StreamEventKind::Done(finish) => return Some(Ok(finish)),
-                StreamEventKind::Failed(e) => return Some(Err(e)),
             }
+            self.end = event.end;
         }
     }
 
@@ -427,6 +411,50 @@ async fn cancel_aborts_the_upstream_request(api: Api) {
     assert_eq!(fake.abandoned_streams(), 1);
     // A cancelled stream sends nothing more, not even Done.
     assert!(running.events.try_recv().is_err());
+}
+
+/// What is ready travels together: an answer produced without a pause reaches its receiver in
+/// full batches, not one message per chunk, and in order.
+#[actix_rt::test]
+async fn ready_chunks_travel_in_batches() {
+    let mock = MockProvider::new(MockSettings {
+        text_repeat: 4,
+        ..MockSettings::instant()
+    });
+    let (sink, mut events) = ChunkSink::channel(7, FlowControl::new(usize::MAX));
+    let _handle = ProviderStream::start_on(&Arbiter::current(), mock, request("mock"), sink);
+    let (mut messages, mut chunks, mut text) = (0, 0, String::new());
+    loop {
+        let event = tokio::time::timeout(EVENT_WAIT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.key, 7);
+        messages += 1;
+        chunks += event.chunks.len();
+        text.extend(
+            event
+                .chunks
+                .iter()
+                .filter(|c| c.kind == ChunkKind::Text)
+                .map(|c| c.text.as_str()),
+        );
+        assert_eq!(
+            event.charge,
+            event.chunks.iter().map(|c| c.charge()).sum::<usize>()
+        );
+        if let Some(end) = event.end {
+            assert_eq!(end.unwrap().reason, FinishReason::Stop);
+            break;
+        }
+    }
+    assert_eq!(text, MOCK_ANSWER.repeat(4));
+    assert!(chunks > 2 * MAX_BATCH_CHUNKS, "{chunks} chunks");
+    assert_eq!(
+        messages,
+        chunks.div_ceil(MAX_BATCH_CHUNKS),
+        "{chunks} chunks"
+    );
 }
 
 macro_rules! provider_tests {

@@ -16,7 +16,7 @@ use super::AppState;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     model: String,
-    provider: &'static str,
+    provider: String,
     upstream_model: String,
 }
 
@@ -80,7 +80,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         for target in &route.targets {
             let labels = UpstreamLabels {
                 model: model.to_owned(),
-                provider: target.upstream.provider.name(),
+                provider: target.upstream.name.to_string(),
                 upstream_model: target.upstream_model.clone(),
             };
             let value = match target.upstream.breaker.state() {

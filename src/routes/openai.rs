@@ -3,17 +3,17 @@
 //! (limits, usage records), registry and routes as WebSocket chat.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use ai_gateway_actors::{
-    provider::{forward_events, Finish, StreamEvent, StreamEventKind, StreamHandle},
-    ChunkSink, FlowControl, ProviderError, ProviderRequest, RequestHooks, RequestOutcome,
-    RequestStart, SessionInfo, StartChat,
+    provider::Finish, ChatRequest, Chunk, ChunkSink, FlowControl, Front, ProviderError,
+    ProviderRequest, Refusal, RequestStart, StreamEvent,
 };
 use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Role, Usage};
 use bytes::{Bytes, BytesMut};
@@ -26,9 +26,6 @@ use super::{AppState, Caller};
 
 /// Microseconds the gateway added to the first chunk (provider's chunk to response start).
 pub const ADDED_LATENCY_HEADER: &str = "x-gateway-first-chunk-added-us";
-
-/// Bytes of answer that may wait for a slow HTTP client before the provider pauses.
-const HIGH_WATERMARK_BYTES: usize = 64 * 1024;
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,90 +180,80 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Everything needed to report the request when it ends, however it ends.
-struct Tracker {
-    hooks: Arc<dyn RequestHooks>,
-    session: SessionInfo,
-    model: String,
-    provider: &'static str,
-    started: Instant,
-    first_chunk_ms: Option<u64>,
-    handle: StreamHandle,
+/// A piece of a running answer, as the HTTP front writes it.
+enum Piece {
+    Chunk(Chunk),
+    End(Result<Finish, ProviderError>),
+}
+
+/// A running answer: the request (its accounting and stream) and the channel its events come
+/// out of. Dropping it before the end (the client went away) cancels the request.
+struct Answer {
+    request: ChatRequest,
+    events: UnboundedReceiver<StreamEvent>,
     flow: Arc<FlowControl>,
-    _lease: Option<Box<dyn std::any::Any + Send>>,
-    ended: bool,
+    ready: VecDeque<Piece>,
 }
 
-impl Tracker {
-    fn end(&mut self, finish_reason: FinishReason, usage: Usage) {
-        if std::mem::replace(&mut self.ended, true) {
-            return;
+impl Answer {
+    /// Takes a batch off the channel; its bytes leave the flow's count as they enter ours.
+    fn take(&mut self, ev: StreamEvent) {
+        self.flow.release(ev.charge);
+        if let Some(provider) = ev.provider {
+            self.request.provider_started(provider);
         }
-        self.handle.cancel();
-        self.flow.close();
-        self.hooks.finished(RequestOutcome {
-            session: self.session.clone(),
-            request_id: self.session.session_id.to_string(),
-            model: self.model.clone(),
-            provider: if self.provider.is_empty() {
-                "unknown"
-            } else {
-                self.provider
-            },
-            conversation_id: None,
-            question: None,
-            answer: String::new(),
-            usage,
-            finish_reason,
-            first_chunk_ms: self.first_chunk_ms,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-        });
-    }
-
-    /// Notes what an event tells (the provider, the first chunk's time, a chunk's bytes now
-    /// leaving the queue); `None` for events with nothing for the client.
-    fn note(&mut self, ev: StreamEventKind) -> Option<StreamEventKind> {
-        match ev {
-            StreamEventKind::Started { provider } => {
-                self.provider = provider;
-                None
-            }
-            StreamEventKind::Chunk { charge, .. } => {
-                self.flow.release(charge);
-                if self.first_chunk_ms.is_none() {
-                    self.first_chunk_ms = Some(self.started.elapsed().as_millis() as u64);
-                }
-                Some(ev)
-            }
-            other => Some(other),
+        self.ready.extend(ev.chunks.into_iter().map(Piece::Chunk));
+        if let Some(end) = ev.end {
+            self.ready.push_back(Piece::End(end));
         }
     }
 
-    /// Waits for the next event for the client.
-    async fn next(&mut self, rx: &mut UnboundedReceiver<StreamEvent>) -> Option<StreamEventKind> {
+    /// The next piece, waiting for it; `None` if the stream stopped without an end.
+    async fn next(&mut self) -> Option<Piece> {
         loop {
-            let ev = rx.recv().await?.kind;
-            if let Some(ev) = self.note(ev) {
-                return Some(ev);
+            if let Some(piece) = self.ready.pop_front() {
+                return Some(piece);
+            }
+            let ev = self.events.recv().await?;
+            self.take(ev);
+        }
+    }
+
+    /// The next piece if one is already here.
+    fn next_ready(&mut self) -> Option<Piece> {
+        loop {
+            if let Some(piece) = self.ready.pop_front() {
+                return Some(piece);
+            }
+            let ev = self.events.try_recv().ok()?;
+            self.take(ev);
+        }
+    }
+
+    /// Ends the request as its stream said, answering the error to report if it failed.
+    fn end(&mut self, end: Result<Finish, ProviderError>) -> Result<Finish, OpenAiError> {
+        match end {
+            Ok(finish) => {
+                self.request.finish(finish.reason, finish.usage);
+                Ok(finish)
+            }
+            Err(e) => {
+                self.request.failed(&e);
+                Err(OpenAiError::of_provider(&e))
             }
         }
     }
 
-    /// The next event for the client if one is already queued.
-    fn next_ready(&mut self, rx: &mut UnboundedReceiver<StreamEvent>) -> Option<StreamEventKind> {
-        loop {
-            let ev = rx.try_recv().ok()?.kind;
-            if let Some(ev) = self.note(ev) {
-                return Some(ev);
-            }
-        }
+    /// The stream stopped without saying how it ended.
+    fn broken(&mut self) -> OpenAiError {
+        self.request.finish(FinishReason::Error, Usage::default());
+        OpenAiError::new(ErrorReason::Internal, "the stream ended early")
     }
 }
 
-impl Drop for Tracker {
-    /// The client went away (or the server stopped) before the end: cancel the upstream call.
+impl Drop for Answer {
     fn drop(&mut self) {
-        self.end(FinishReason::Cancelled, Usage::default());
+        self.flow.close();
     }
 }
 
@@ -299,20 +286,26 @@ pub async fn completions(
         &state,
         &req,
     );
+    let request_id = session.session_id.to_string();
     let model = body.model;
     let span = tracing::info_span!(
         "chat_request",
-        request.id = %session.session_id,
+        request.id = %request_id,
         user.id = %session.user_id,
         model = %model,
-        front = "openai",
+        front = "http",
+        provider = tracing::field::Empty,
+        prompt_tokens = tracing::field::Empty,
+        completion_tokens = tracing::field::Empty,
+        time_to_first_chunk_ms = tracing::field::Empty,
+        finish_reason = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
     ai_gateway_actors::trace::adopt(&span, &super::chat::trace_headers(&req));
     ai_gateway_actors::trace::record_trace_id(&span);
     let start = RequestStart {
         session: session.clone(),
-        request_id: session.session_id.to_string(),
+        request_id: request_id.clone(),
         request: ProviderRequest {
             model: model.clone(),
             upstream_model: String::new(),
@@ -320,78 +313,63 @@ pub async fn completions(
             messages,
             temperature: body.temperature,
             max_tokens: body.max_completion_tokens.or(body.max_tokens),
-            span,
+            span: span.clone(),
         },
         conversation_id: None,
     };
-    let hooks = state.session_env.hooks.clone();
-    let admission = hooks
-        .admit(start)
-        .await
-        .map_err(|r| OpenAiError::new(r.reason, r.message))?;
-
-    let (recipient, mut rx) = forward_events();
-    let flow = FlowControl::new(HIGH_WATERMARK_BYTES);
-    let started = Instant::now();
-    let handle = state
-        .registry
-        .send(StartChat {
-            request: admission.request,
-            sink: ChunkSink::new(0, recipient, flow.clone()),
-            arbiter: actix_rt::Arbiter::current(),
-        })
-        .await
-        .map_err(|_| OpenAiError::new(ErrorReason::Internal, "registry unavailable"))?
-        .map_err(|unknown| OpenAiError::new(ErrorReason::UnknownModel, unknown.to_string()))?;
-    let mut tracker = Tracker {
-        hooks,
+    let engine = state.session_env.engine.clone();
+    let mut request = ChatRequest::new(
+        engine.clone(),
+        Front::Http,
         session,
-        model: model.clone(),
-        provider: "",
-        started,
-        first_chunk_ms: None,
-        handle,
+        request_id,
+        model.clone(),
+        span,
+        None,
+        None,
+    );
+    // A slow HTTP client holds back its provider at the same watermark as a WebSocket one.
+    let flow = FlowControl::new(state.session_env.config.outbox_high_watermark_bytes);
+    let (sink, events) = ChunkSink::channel(0, flow.clone());
+    let refused = |request: ChatRequest, refusal: Refusal| {
+        request.refused();
+        OpenAiError::new(refusal.reason, refusal.message)
+    };
+    let admission = match engine.clone().admit(start).await {
+        Ok(admission) => admission,
+        Err(refusal) => return Err(refused(request, refusal)),
+    };
+    request.admitted(admission.lease);
+    match engine.start(admission.request, sink).await {
+        Ok(stream) => request.streaming(stream),
+        Err(refusal) => return Err(refused(request, refusal)),
+    }
+    let mut answer = Answer {
+        request,
+        events,
         flow,
-        _lease: admission.lease,
-        ended: false,
+        ready: VecDeque::new(),
     };
 
-    // Nothing is sent before the first event, so an upstream that fails at once gets a proper
+    // Nothing is sent before the first piece, so an upstream that fails at once gets a proper
     // HTTP error status instead of a broken 200.
-    let first = match tracker.next(&mut rx).await {
-        Some(StreamEventKind::Failed(e)) => {
-            tracker.end(FinishReason::Error, Usage::default());
-            return Err(OpenAiError::of_provider(&e));
-        }
-        Some(ev) => ev,
-        None => {
-            tracker.end(FinishReason::Error, Usage::default());
-            return Err(OpenAiError::new(
-                ErrorReason::Internal,
-                "the stream ended without an answer",
-            ));
-        }
+    let first = match answer.next().await {
+        Some(Piece::End(Err(e))) => return Err(answer.end(Err(e)).unwrap_err()),
+        Some(piece) => piece,
+        None => return Err(answer.broken()),
     };
     // What the gateway added to the first chunk: from the provider producing it to now, when
     // the response starts.
     let added_us = match &first {
-        StreamEventKind::Chunk { produced_at, .. } => produced_at.elapsed().as_micros() as u64,
-        _ => 0,
+        Piece::Chunk(c) => c.produced_at.elapsed().as_micros() as u64,
+        Piece::End(_) => 0,
     };
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = unix_now();
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
         let stream = SseStream {
-            inner: Box::pin(sse_events(
-                tracker,
-                rx,
-                first,
-                id,
-                created,
-                model,
-                include_usage,
-            )),
+            inner: Box::pin(sse_events(answer, first, id, created, model, include_usage)),
         };
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
@@ -404,12 +382,15 @@ pub async fn completions(
     let mut next = Some(first);
     loop {
         match next {
-            Some(StreamEventKind::Chunk { kind, text, .. }) => match kind {
-                ChunkKind::Text => content.push_str(&text),
-                ChunkKind::Reasoning => reasoning.push_str(&text),
-            },
-            Some(StreamEventKind::Done(Finish { reason, usage })) => {
-                tracker.end(reason, usage);
+            Some(Piece::Chunk(chunk)) => {
+                answer.request.chunk(&chunk);
+                match chunk.kind {
+                    ChunkKind::Text => content.push_str(&chunk.text),
+                    ChunkKind::Reasoning => reasoning.push_str(&chunk.text),
+                }
+            }
+            Some(Piece::End(end)) => {
+                let Finish { reason, usage } = answer.end(end)?;
                 let mut message = json!({"role": "assistant", "content": content});
                 if !reasoning.is_empty() {
                     message["reasoning_content"] = json!(reasoning);
@@ -422,20 +403,9 @@ pub async fn completions(
                     "usage": usage,
                 })));
             }
-            Some(StreamEventKind::Failed(e)) => {
-                tracker.end(FinishReason::Error, Usage::default());
-                return Err(OpenAiError::of_provider(&e));
-            }
-            Some(StreamEventKind::Started { .. }) => {}
-            None => {
-                tracker.end(FinishReason::Error, Usage::default());
-                return Err(OpenAiError::new(
-                    ErrorReason::Internal,
-                    "the stream ended early",
-                ));
-            }
+            None => return Err(answer.broken()),
         }
-        next = tracker.next(&mut rx).await;
+        next = answer.next().await;
     }
 }
 
@@ -449,11 +419,10 @@ fn push_sse(out: &mut BytesMut, v: &Value) {
     out.extend_from_slice(b"\n\n");
 }
 
-/// The SSE body. When the client drops it, the tracker inside cancels the upstream call.
+/// The SSE body. When the client drops it, the answer inside cancels the upstream call.
 fn sse_events(
-    mut tracker: Tracker,
-    mut rx: UnboundedReceiver<StreamEvent>,
-    first: StreamEventKind,
+    mut answer: Answer,
+    first: Piece,
     id: String,
     created: u64,
     model: String,
@@ -471,49 +440,46 @@ fn sse_events(
         let mut next = Some(first);
         loop {
             match next {
-                Some(StreamEventKind::Chunk { kind, text, .. }) => {
-                    let delta = match kind {
-                        ChunkKind::Text => json!({"content": text}),
-                        ChunkKind::Reasoning => json!({"reasoning_content": text}),
+                Some(Piece::Chunk(c)) => {
+                    answer.request.chunk(&c);
+                    let delta = match c.kind {
+                        ChunkKind::Text => json!({"content": c.text}),
+                        ChunkKind::Reasoning => json!({"reasoning_content": c.text}),
                     };
                     chunk(&mut out, delta, None);
                 }
-                Some(StreamEventKind::Done(Finish { reason, usage })) => {
-                    tracker.end(reason, usage);
-                    chunk(&mut out, json!({}), Some(finish_reason_str(reason)));
-                    if include_usage {
-                        push_sse(&mut out, &json!({
-                            "id": id, "object": "chat.completion.chunk", "created": created,
-                            "model": model, "choices": [], "usage": usage,
-                        }));
+                Some(Piece::End(end)) => {
+                    match answer.end(end) {
+                        Ok(Finish { reason, usage }) => {
+                            chunk(&mut out, json!({}), Some(finish_reason_str(reason)));
+                            if include_usage {
+                                push_sse(&mut out, &json!({
+                                    "id": id, "object": "chat.completion.chunk", "created": created,
+                                    "model": model, "choices": [], "usage": usage,
+                                }));
+                            }
+                            out.extend_from_slice(b"data: [DONE]\n\n");
+                        }
+                        // Never a quiet end: OpenAI SDKs raise on an error event.
+                        Err(e) => push_sse(&mut out, &e.body()),
                     }
-                    out.extend_from_slice(b"data: [DONE]\n\n");
                     yield out.split().freeze();
                     break;
                 }
-                Some(StreamEventKind::Failed(e)) => {
-                    tracker.end(FinishReason::Error, Usage::default());
-                    // Never a quiet end: OpenAI SDKs raise on an error event.
-                    push_sse(&mut out, &OpenAiError::of_provider(&e).body());
-                    yield out.split().freeze();
-                    break;
-                }
-                Some(StreamEventKind::Started { .. }) => {}
                 None => {
-                    tracker.end(FinishReason::Error, Usage::default());
-                    let e = OpenAiError::new(ErrorReason::Internal, "the stream ended early");
+                    let e = answer.broken();
                     push_sse(&mut out, &e.body());
                     yield out.split().freeze();
                     break;
                 }
             }
-            next = match tracker.next_ready(&mut rx) {
-                Some(ev) if out.len() < SSE_BATCH_BYTES => Some(ev),
+            next = match answer.next_ready() {
+                Some(piece) if out.len() < SSE_BATCH_BYTES => Some(piece),
                 ready => {
                     yield out.split().freeze();
                     match ready {
-                        Some(ev) => Some(ev),
-                        None => tracker.next(&mut rx).await,
+                        Some(piece) => Some(piece),
+                        None => answer.next().await,
                     }
                 }
             };

@@ -315,8 +315,8 @@ async fn only_admins_and_the_static_token_get_in() {
     let (_, providers) = get(&t, "/admin/providers", ADMIN_TOKEN).await;
     assert_eq!(
         providers["models"][0],
-        json!({"model": "mock", "provider": "mock", "upstream_model": "mock",
-               "targets": [{"provider": "mock", "upstream_model": "mock", "breaker": "closed"}]})
+        json!({"model": "mock", "provider": "mock", "kind": "mock", "upstream_model": "mock",
+               "targets": [{"provider": "mock", "kind": "mock", "upstream_model": "mock", "breaker": "closed"}]})
     );
 
     // A reason longer than a close frame carries is cut to 123 bytes.

@@ -7,22 +7,6 @@ use serde_json::json;
 
 use crate::{proxy::Proxy, support::*};
 
-/// The value of one sample line (`name{labels} value`) in the exposition text.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
-async fn scrape(t: &TestGateway) -> String {
-    let res = t.http.get(t.url("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    res.text().await.unwrap()
-}
-
 #[actix_rt::test]
 async fn metrics_follow_a_scripted_session() {
     let t = start_with(|c| {

@@ -11,21 +11,37 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
+/// Models `gpt` (a good answer), `broken` (fails mid-stream) and `drip` (slow) on the
+/// OpenAI-compatible provider `fake`.
 async fn front(fake: &FakeUpstream) -> TestGateway {
+    front_with(fake, &[]).await
+}
+
+/// [`front`], with more `(model, provider, upstream model)` on OpenAI-compatible providers of
+/// the fake upstream.
+async fn front_with(fake: &FakeUpstream, more: &[(&str, &str, &str)]) -> TestGateway {
     let openai = OpenAiSettings::new(fake.openai_base_url(), Some(ApiKey::new("sk-test")));
+    let mut models = vec![
+        ("gpt", "fake", "ok-5"),
+        ("broken", "fake", "midstream-error"),
+        ("drip", "fake", "slow-drip"),
+    ];
+    models.extend_from_slice(more);
+    let models: Vec<(String, String, String)> = models
+        .into_iter()
+        .map(|(m, p, u)| (m.into(), p.into(), u.into()))
+        .collect();
     start_with(move |c| {
-        c.providers
-            .insert("fake".into(), ProviderSettings::Openai(openai));
-        for (name, upstream) in [
-            ("gpt", "ok-5"),
-            ("broken", "midstream-error"),
-            ("drip", "slow-drip"),
-        ] {
+        for (_, provider, _) in &models {
+            c.providers
+                .insert(provider.clone(), ProviderSettings::Openai(openai.clone()));
+        }
+        for (name, provider, upstream) in models {
             c.models.insert(
-                name.into(),
+                name,
                 ModelSettings {
-                    provider: "fake".into(),
-                    upstream_model: upstream.into(),
+                    provider,
+                    upstream_model: upstream,
                     fallback: vec![],
                     max_retries: Some(0),
                 },
@@ -173,4 +189,118 @@ async fn a_client_that_drops_the_stream_cancels_the_upstream_call() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(fake.abandoned_streams(), 1);
+}
+
+#[actix_rt::test]
+async fn both_fronts_share_the_request_metrics() {
+    let fake = FakeUpstream::start().await.unwrap();
+    // Two upstreams of one kind: two `provider` series.
+    let t = front_with(&fake, &[("gpt2", "fake2", "ok-3")]).await;
+    let (_, token) = t.new_user().await;
+
+    let mut ws = t.connect(&token).await;
+    let mut ws_completion = 0;
+    for (id, model) in [("a", "gpt"), ("b", "gpt2"), ("c", "broken"), ("d", "nope")] {
+        ws.send_json(
+            json!({"type": "chat", "id": id, "payload": {"content": "hi", "model": model}}),
+        )
+        .await;
+        let answer = match model {
+            // A refused request gets an error frame and no `done`.
+            "nope" => {
+                let f = ws.next_json().await;
+                assert_eq!(f["payload"]["reason"], "unknown_model", "{f}");
+                continue;
+            }
+            _ => ws.answer(id).await,
+        };
+        if model == "gpt" {
+            ws_completion = answer.done["payload"]["usage"]["completion_tokens"]
+                .as_u64()
+                .unwrap();
+        }
+    }
+
+    let post = |body: Value| {
+        t.http
+            .post(t.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let ask = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    let plain: Value = post(ask("gpt", false)).await.unwrap().json().await.unwrap();
+    let http_completion = plain["usage"]["completion_tokens"].as_u64().unwrap();
+    let streamed = post(ask("gpt2", true)).await.unwrap().text().await.unwrap();
+    assert!(streamed.ends_with("data: [DONE]\n\n"), "{streamed}");
+    let broken = post(ask("broken", true))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(broken.contains("\"error\""), "{broken}");
+    assert_eq!(post(ask("nope", false)).await.unwrap().status(), 404);
+
+    let text = scrape(&t).await;
+    for front in ["ws", "http"] {
+        for (model, provider, outcome) in [
+            ("gpt", "fake", "stop"),
+            ("gpt2", "fake2", "stop"),
+            ("broken", "fake", "error"),
+            ("nope", "none", "refused"),
+        ] {
+            let series = format!(
+                "gateway_requests_total{{front=\"{front}\",model=\"{model}\",provider=\"{provider}\",outcome=\"{outcome}\"}}"
+            );
+            assert_eq!(sample(&text, &series), 1.0, "{series}");
+        }
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_tokens_total{model=\"gpt\",direction=\"completion\"}"
+        ),
+        (ws_completion + http_completion) as f64
+    );
+    assert!(
+        sample(
+            &text,
+            "gateway_tokens_total{model=\"gpt\",direction=\"prompt\"}"
+        ) > 0.0
+    );
+    // Every upstream call that produced a chunk: gpt and broken twice on `fake`, gpt2 twice on
+    // `fake2`.
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_upstream_ttfb_seconds_count{provider=\"fake\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_upstream_ttfb_seconds_count{provider=\"fake2\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_provider_errors_total{provider=\"fake\",kind=\"provider_error\"}"
+        ),
+        2.0,
+        "the mid-stream failure, counted on both fronts"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "gateway_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
 }

@@ -420,3 +420,20 @@ impl Answer {
         assert_eq!(self.done["payload"]["chunks"], self.chunks.len() as u64);
     }
 }
+
+/// The value of one sample line (`name{labels} value`) in the Prometheus exposition text.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+/// The node's `/metrics` text.
+pub async fn scrape(t: &TestGateway) -> String {
+    let res = t.http.get(t.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
+}

@@ -370,7 +370,7 @@ impl AnthropicProvider {
             http::open_events(NAME, self.settings.timeouts(), http, read_error).await?;
         let mut usage = Usage::default();
         let mut stop_reason = None;
-        while let Some(event) = events.next().await? {
+        while let Some(event) = events.next(&sink).await? {
             match events.parse::<StreamEvent>(&event)? {
                 StreamEvent::MessageStart { message } => {
                     usage.prompt_tokens = message.usage.input().unwrap_or(0);

@@ -319,7 +319,7 @@ impl GeminiProvider {
             http::open_events(NAME, self.settings.timeouts(), http, read_error).await?;
         let mut usage = UsageMetadata::default();
         let mut reason = None;
-        while let Some(event) = events.next().await? {
+        while let Some(event) = events.next(&sink).await? {
             let response: GenerateResponse = events.parse(&event)?;
             if let Some(error) = response.error {
                 return Err(stream_error(&error));

@@ -9,7 +9,7 @@ use std::{pin::Pin, time::Duration};
 
 use ai_gateway_proto::ChunkKind;
 use eventsource_stream::{Event, EventStreamError, Eventsource};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use reqwest::{header::HeaderMap, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -195,34 +195,15 @@ pub(crate) async fn open_events(
 }
 
 impl Events {
-    /// The next event; `None` when the upstream ended the stream.
-    pub async fn next(&mut self) -> Result<Option<Event>, ProviderError> {
-        let next = self.inner.next();
-        let item = if !self.answer_started {
-            match self.first_deadline {
-                Some(deadline) => {
-                    timeout_at(deadline, next)
-                        .await
-                        .map_err(|_| ProviderError::Timeout {
-                            provider: self.provider,
-                            message: format!(
-                                "no first event within first_chunk_timeout_ms = {}",
-                                self.timeouts.first_chunk_timeout_ms
-                            ),
-                        })?
-                }
-                None => next.await,
-            }
-        } else {
-            match limit(self.timeouts.idle_chunk_timeout_ms) {
-                Some(d) => timeout(d, next).await.map_err(|_| ProviderError::Timeout {
-                    provider: self.provider,
-                    message: format!(
-                        "no event for idle_chunk_timeout_ms = {}",
-                        self.timeouts.idle_chunk_timeout_ms
-                    ),
-                })?,
-                None => next.await,
+    /// The next event; `None` when the upstream ended the stream. An event already received
+    /// comes at once; before waiting for the upstream, the chunks gathered in `sink` are handed
+    /// over, so that everything one read brought travels as one batch.
+    pub async fn next(&mut self, sink: &ChunkSink) -> Result<Option<Event>, ProviderError> {
+        let item = match self.inner.next().now_or_never() {
+            Some(item) => item,
+            None => {
+                sink.flush().await?;
+                self.wait_next().await?
             }
         };
         match item {
@@ -236,6 +217,40 @@ impl Events {
                 provider: self.provider,
                 message: format!("unreadable event stream: {e}"),
             }),
+        }
+    }
+
+    /// Waits for the upstream's next event under the first-chunk or idle timeout.
+    async fn wait_next(
+        &mut self,
+    ) -> Result<Option<Result<Event, EventStreamError<reqwest::Error>>>, ProviderError> {
+        let next = self.inner.next();
+        if !self.answer_started {
+            match self.first_deadline {
+                Some(deadline) => {
+                    timeout_at(deadline, next)
+                        .await
+                        .map_err(|_| ProviderError::Timeout {
+                            provider: self.provider,
+                            message: format!(
+                                "no first event within first_chunk_timeout_ms = {}",
+                                self.timeouts.first_chunk_timeout_ms
+                            ),
+                        })
+                }
+                None => Ok(next.await),
+            }
+        } else {
+            match limit(self.timeouts.idle_chunk_timeout_ms) {
+                Some(d) => timeout(d, next).await.map_err(|_| ProviderError::Timeout {
+                    provider: self.provider,
+                    message: format!(
+                        "no event for idle_chunk_timeout_ms = {}",
+                        self.timeouts.idle_chunk_timeout_ms
+                    ),
+                }),
+                None => Ok(next.await),
+            }
         }
     }
 

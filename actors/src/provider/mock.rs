@@ -179,7 +179,9 @@ impl Provider for MockProvider {
                         reason = FinishReason::Length;
                         break 'phases;
                     }
-                    if i > 0 {
+                    if i > 0 && delay[1] > 0 {
+                        // What is ready goes before the pause, not after it.
+                        sink.flush().await?;
                         pause(delay).await;
                     }
                     sink.chunk(kind, piece.to_owned()).await?;

@@ -6,7 +6,6 @@
 pub mod anthropic;
 mod api_key;
 pub mod breaker;
-mod forward;
 pub mod gemini;
 mod http;
 pub mod mock;
@@ -18,19 +17,23 @@ use std::{
     collections::BTreeMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix::prelude::*;
 use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Usage};
 use futures_util::future::LocalBoxFuture;
+use prometheus_client::metrics::{family::Family, histogram::Histogram};
+use tokio::sync::mpsc;
 
-use crate::flow::{FlowControl, SessionClosed};
+use crate::{
+    flow::{FlowControl, SessionClosed},
+    metrics::ProviderLabel,
+};
 pub use api_key::ApiKey;
 pub use breaker::{Breaker, BreakerState};
-pub use forward::forward_events;
 pub use http::{InvalidSettings, Timeouts};
 pub use route::{RetryPolicy, Route, Target, Upstream};
 pub use stream::{CancelStream, ProviderStream, StreamHandle};
@@ -157,97 +160,228 @@ pub trait Provider: Send + Sync + 'static {
     ) -> LocalBoxFuture<'static, Result<Finish, ProviderError>>;
 }
 
-/// One event of a running request, sent by its stream to the session.
+/// One piece of an answer, as a provider produced it.
+#[derive(Debug)]
+pub struct Chunk {
+    pub kind: ChunkKind,
+    pub text: String,
+    /// When the provider produced it, to measure what the gateway adds.
+    pub produced_at: Instant,
+}
+
+impl Chunk {
+    /// Bytes this chunk is charged against its receiver's flow: its text and the frame around it.
+    pub fn charge(&self) -> usize {
+        self.text.len() + CHUNK_FRAME_OVERHEAD_BYTES
+    }
+}
+
+/// Everything a running request had ready, handed over in one message: the provider that
+/// answers (when it starts, or changes after a failed attempt), the chunks in order, and the
+/// end when the stream ended.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StreamEvent {
-    /// The session's private key for the request (client ids may be reused).
+    /// The receiver's private key for the request (client ids may be reused).
     pub key: u64,
-    pub kind: StreamEventKind,
-}
-
-#[derive(Debug)]
-pub enum StreamEventKind {
-    /// The stream began; comes before any chunk.
-    Started {
-        provider: &'static str,
-    },
-    /// `charge` bytes were counted against the session's flow for this chunk.
-    Chunk {
-        kind: ChunkKind,
-        text: String,
-        charge: usize,
-        /// When the provider produced it, to measure what the gateway adds.
-        produced_at: std::time::Instant,
-    },
-    Done(Finish),
-    Failed(ProviderError),
+    /// The configured name of the upstream now answering, when it is new.
+    pub provider: Option<Arc<str>>,
+    pub chunks: Vec<Chunk>,
+    /// Bytes charged to the receiver's flow for `chunks`, released as they are written.
+    pub charge: usize,
+    /// How the stream ended; `None` while it runs.
+    pub end: Option<Result<Finish, ProviderError>>,
 }
 
 /// Bytes charged for a chunk beyond its text: the frame's JSON around it.
 pub const CHUNK_FRAME_OVERHEAD_BYTES: usize = 96;
+/// A batch is handed over once it holds this many bytes, even if more chunks are ready.
+pub const MAX_BATCH_BYTES: usize = 16 * 1024;
+/// A batch is handed over once it holds this many chunks.
+pub const MAX_BATCH_CHUNKS: usize = 64;
 
-/// Where a provider writes its chunks. Sending waits while the client is behind.
+/// Where a request's events go: a session actor's mailbox, or a channel read by an HTTP
+/// response. Either way it is the only queue a chunk crosses before its frame is encoded.
 #[derive(Clone)]
-pub struct ChunkSink {
-    key: u64,
-    session: Recipient<StreamEvent>,
-    flow: Arc<FlowControl>,
-    sent: Arc<AtomicU64>,
+enum Receiver {
+    Actor(Recipient<StreamEvent>),
+    Channel(mpsc::UnboundedSender<StreamEvent>),
 }
 
-impl ChunkSink {
-    pub fn new(key: u64, session: Recipient<StreamEvent>, flow: Arc<FlowControl>) -> Self {
-        ChunkSink {
-            key,
-            session,
-            flow,
-            sent: Arc::default(),
+impl Receiver {
+    fn connected(&self) -> bool {
+        match self {
+            Receiver::Actor(r) => r.connected(),
+            Receiver::Channel(tx) => !tx.is_closed(),
         }
     }
 
-    /// Chunks sent so far through this sink (and its clones).
+    fn deliver(&self, event: StreamEvent) {
+        match self {
+            Receiver::Actor(r) => r.do_send(event),
+            Receiver::Channel(tx) => {
+                let _ = tx.send(event);
+            }
+        }
+    }
+}
+
+/// What a sink holds until its next hand-over.
+#[derive(Default)]
+struct Pending {
+    provider: Option<Arc<str>>,
+    chunks: Vec<Chunk>,
+    charge: usize,
+    /// The upstream attempt under way and when it began, until its first chunk.
+    attempt: Option<(Arc<str>, Instant)>,
+}
+
+/// Where a provider writes its chunks. Chunks are gathered and handed over in batches: when a
+/// batch is full, when the provider is about to wait (for its upstream, or a pause), and with
+/// the stream's end. Handing over waits while the receiver is behind.
+#[derive(Clone)]
+pub struct ChunkSink {
+    key: u64,
+    to: Receiver,
+    flow: Arc<FlowControl>,
+    sent: Arc<AtomicU64>,
+    pending: Arc<Mutex<Pending>>,
+    first_chunk: Option<Family<ProviderLabel, Histogram>>,
+}
+
+impl ChunkSink {
+    /// A sink whose events go to an actor (a session).
+    pub fn new(key: u64, session: Recipient<StreamEvent>, flow: Arc<FlowControl>) -> Self {
+        Self::to(key, Receiver::Actor(session), flow)
+    }
+
+    /// A sink whose events come out of the returned channel. The channel needs no bound:
+    /// `flow` keeps what waits in it bounded in bytes (the reader releases each event's
+    /// `charge`).
+    pub fn channel(
+        key: u64,
+        flow: Arc<FlowControl>,
+    ) -> (Self, mpsc::UnboundedReceiver<StreamEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self::to(key, Receiver::Channel(tx), flow), rx)
+    }
+
+    fn to(key: u64, to: Receiver, flow: Arc<FlowControl>) -> Self {
+        ChunkSink {
+            key,
+            to,
+            flow,
+            sent: Arc::default(),
+            pending: Arc::default(),
+            first_chunk: None,
+        }
+    }
+
+    /// Observes each upstream attempt's time to its first chunk in `histograms`, by provider.
+    pub fn timing_first_chunks(mut self, histograms: Family<ProviderLabel, Histogram>) -> Self {
+        self.first_chunk = Some(histograms);
+        self
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Chunks produced so far through this sink (and its clones).
     pub fn chunks_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
 
-    /// Sends one chunk, after waiting for room in the session's queue.
+    /// Adds one chunk to the batch; hands the batch over when it is full.
     pub async fn chunk(&self, kind: ChunkKind, text: String) -> Result<(), SessionClosed> {
-        self.flow.ready().await?;
-        if !self.session.connected() {
+        if self.flow.is_closed() {
             return Err(SessionClosed);
         }
-        let charge = text.len() + CHUNK_FRAME_OVERHEAD_BYTES;
-        self.flow.charge(charge);
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        self.session.do_send(StreamEvent {
-            key: self.key,
-            kind: StreamEventKind::Chunk {
+        let full = {
+            let mut p = self.pending();
+            if let Some((provider, began)) = p.attempt.take() {
+                if let Some(h) = &self.first_chunk {
+                    h.get_or_create(&ProviderLabel {
+                        provider: provider.to_string(),
+                    })
+                    .observe(began.elapsed().as_secs_f64());
+                }
+            }
+            let chunk = Chunk {
                 kind,
                 text,
-                charge,
-                produced_at: std::time::Instant::now(),
-            },
+                produced_at: Instant::now(),
+            };
+            p.charge += chunk.charge();
+            p.chunks.push(chunk);
+            p.charge >= MAX_BATCH_BYTES || p.chunks.len() >= MAX_BATCH_CHUNKS
+        };
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        if full {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Hands over the chunks gathered so far, after waiting for room at the receiver. A
+    /// provider calls it before it waits for anything.
+    pub async fn flush(&self) -> Result<(), SessionClosed> {
+        if self.pending().chunks.is_empty() {
+            return Ok(());
+        }
+        self.flow.ready().await?;
+        if !self.to.connected() {
+            return Err(SessionClosed);
+        }
+        let (provider, chunks, charge) = {
+            let mut p = self.pending();
+            (
+                p.provider.take(),
+                std::mem::take(&mut p.chunks),
+                std::mem::take(&mut p.charge),
+            )
+        };
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.flow.charge(charge);
+        self.to.deliver(StreamEvent {
+            key: self.key,
+            provider,
+            chunks,
+            charge,
+            end: None,
         });
         Ok(())
     }
 
-    pub(crate) fn started(&self, provider: &'static str) {
-        self.session.do_send(StreamEvent {
-            key: self.key,
-            kind: StreamEventKind::Started { provider },
-        });
+    /// An upstream attempt begins: `provider` (its configured name) answers from now on.
+    pub(crate) fn started(&self, provider: Arc<str>) {
+        let mut p = self.pending();
+        p.provider = Some(provider.clone());
+        p.attempt = Some((provider, Instant::now()));
     }
 
+    /// Hands over what is left, with the stream's end. Nothing goes to a receiver that left.
     pub(crate) fn end(&self, result: Result<Finish, ProviderError>) {
-        let kind = match result {
-            Ok(finish) => StreamEventKind::Done(finish),
-            Err(ProviderError::SessionClosed) => return,
-            Err(e) => StreamEventKind::Failed(e),
+        if matches!(result, Err(ProviderError::SessionClosed)) {
+            return;
+        }
+        let (provider, chunks, charge) = {
+            let mut p = self.pending();
+            (
+                p.provider.take(),
+                std::mem::take(&mut p.chunks),
+                std::mem::take(&mut p.charge),
+            )
         };
-        self.session.do_send(StreamEvent {
+        self.flow.charge(charge);
+        self.to.deliver(StreamEvent {
             key: self.key,
-            kind,
+            provider,
+            chunks,
+            charge,
+            end: Some(result),
         });
     }
 }

@@ -218,7 +218,7 @@ impl OpenAiProvider {
             http::open_events(NAME, self.settings.timeouts(), http, read_error).await?;
         let mut reason = None;
         let mut usage = Usage::default();
-        while let Some(event) = events.next().await? {
+        while let Some(event) = events.next(&sink).await? {
             if event.data.trim() == DONE {
                 return Ok(Finish {
                     reason: reason.unwrap_or(FinishReason::Stop),

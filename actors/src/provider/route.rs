@@ -13,13 +13,27 @@ use super::{breaker::Breaker, ChunkSink, Finish, Provider, ProviderError, Provid
 /// An upstream endpoint (one `[providers.NAME]`) and its breaker, shared by every model on it.
 #[derive(Clone)]
 pub struct Upstream {
+    /// The configured name (`NAME` in `[providers.NAME]`): two upstreams of one kind are two
+    /// names in metrics and usage records.
+    pub name: Arc<str>,
     pub provider: Arc<dyn Provider>,
     pub breaker: Arc<Breaker>,
 }
 
 impl Upstream {
+    /// An upstream named after its provider's kind.
     pub fn new(provider: Arc<dyn Provider>, breaker: Arc<Breaker>) -> Self {
-        Upstream { provider, breaker }
+        Upstream {
+            name: provider.name().into(),
+            provider,
+            breaker,
+        }
+    }
+
+    /// The same upstream under its configured name.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
     }
 }
 
@@ -107,7 +121,7 @@ impl Route {
         sink: ChunkSink,
     ) -> Result<Finish, ProviderError> {
         let mut last_error = None;
-        for (i, target) in self.targets.iter().enumerate() {
+        for target in &self.targets {
             let provider = &target.upstream.provider;
             let mut attempt = 0;
             loop {
@@ -121,9 +135,7 @@ impl Route {
                         break;
                     }
                 };
-                if i > 0 || attempt > 0 {
-                    sink.started(provider.name());
-                }
+                sink.started(target.upstream.name.clone());
                 let sent_before = sink.chunks_sent();
                 let request = ProviderRequest {
                     upstream_model: target.upstream_model.clone(),
@@ -132,7 +144,7 @@ impl Route {
                 let call = tracing::info_span!(
                     parent: &request.span,
                     "provider_call",
-                    provider = provider.name(),
+                    provider = %target.upstream.name,
                     upstream_model = %target.upstream_model,
                     attempt,
                     error = tracing::field::Empty,
@@ -162,7 +174,7 @@ impl Route {
                 if sink.chunks_sent() > sent_before {
                     return Err(error);
                 }
-                tracing::info!(provider = provider.name(), attempt, error = %error, "upstream attempt failed");
+                tracing::info!(provider = %target.upstream.name, attempt, error = %error, "upstream attempt failed");
                 attempt += 1;
                 let delay = self.retry.delay(attempt, &error);
                 let retry_here = error.is_retryable()

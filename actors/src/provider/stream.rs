@@ -40,7 +40,7 @@ impl ProviderStream {
     ) -> StreamHandle {
         let addr = ProviderStream::start_in_arbiter(arbiter, move |_| {
             let job = async move {
-                sink.started(provider.name());
+                sink.started(provider.name().into());
                 let result = provider.stream(request, sink.clone()).await;
                 sink.end(result);
             };

@@ -109,7 +109,7 @@ pub fn document() -> Value {
                 })), ("200", "{revoked: jti}")),
             },
             "/admin/providers": {
-                "get": op("Models served, their routes and each upstream's circuit breaker", &[], None, ("200", "{models: [{model, provider, upstream_model, targets: [{provider, upstream_model, breaker: closed|open|half_open}]}]}")),
+                "get": op("Models served, their routes and each upstream's circuit breaker", &[], None, ("200", "{models: [{model, provider, kind, upstream_model, targets: [{provider, kind, upstream_model, breaker: closed|open|half_open}]}]} (provider: the configured name; kind: openai, anthropic, gemini or mock)")),
             },
             "/admin/audit": {
                 "get": op("Recent admin actions, newest first", &[query("limit", "integer", "entries (default 100, at most 1000)")], None, ("200", "{entries: [{id, actor, action, target, detail, at}]}")),

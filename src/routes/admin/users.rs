@@ -264,7 +264,8 @@ pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
                 .iter()
                 .map(|t| {
                     json!({
-                        "provider": t.upstream.provider.name(),
+                        "provider": t.upstream.name,
+                        "kind": t.upstream.provider.name(),
                         "upstream_model": t.upstream_model,
                         "breaker": t.upstream.breaker.state(),
                     })
@@ -272,7 +273,8 @@ pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
                 .collect();
             json!({
                 "model": model,
-                "provider": route.primary().name(),
+                "provider": route.targets[0].upstream.name,
+                "kind": route.primary().name(),
                 "upstream_model": route.targets[0].upstream_model,
                 "targets": targets,
             })
