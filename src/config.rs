@@ -140,6 +140,9 @@ pub struct SessionSettings {
     pub heartbeat_interval_ms: u64,
     pub idle_timeout_ms: u64,
     pub close_grace_ms: u64,
+    /// How long an HTTP connection whose last exchange is complete waits for the client to
+    /// close it before the server does (a WebSocket whose client closed first ends at once).
+    pub client_disconnect_timeout_ms: u64,
 }
 
 /// The session directory in Redis.
@@ -207,6 +210,7 @@ impl Default for SessionSettings {
             heartbeat_interval_ms: 54_000,
             idle_timeout_ms: 120_000,
             close_grace_ms: 2_000,
+            client_disconnect_timeout_ms: 1_000,
         }
     }
 }

@@ -67,14 +67,28 @@ impl ConnSocket {
     }
 }
 
-impl ConnectionAbort for ConnSocket {
-    fn abort(&self) {
+impl ConnSocket {
+    /// `shutdown(2)` on the socket, if it still is this connection's.
+    fn shutdown(&self, how: libc::c_int) {
         // The session and its dispatcher share one worker thread, so the connection cannot be
         // closed between this check and the shutdown; the peer check guards against the fd
         // having been closed and reused for another connection earlier.
         if self.peer.is_some() && self.current_peer() == self.peer {
             // SAFETY: shutdown takes a plain descriptor and touches no memory of ours.
-            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+            unsafe { libc::shutdown(self.fd, how) };
         }
+    }
+}
+
+impl ConnectionAbort for ConnSocket {
+    fn abort(&self) {
+        self.shutdown(libc::SHUT_RDWR);
+    }
+
+    /// Shuts the read side: the dispatcher reads end-of-stream, writes what the response still
+    /// holds (the close frame), then closes the connection, instead of lingering for the
+    /// client's FIN up to `client_disconnect_timeout`.
+    fn end_after_writes(&self) {
+        self.shutdown(libc::SHUT_RD);
     }
 }

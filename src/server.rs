@@ -13,8 +13,8 @@ use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    Drain, Engine, KillSession, Metrics, MockProvider, NoDirectory, SessionCount, SessionDirectory,
-    SessionEnv, SessionRegistry, CLOSE_POLICY,
+    close_code, Drain, Engine, KillSession, Metrics, MockProvider, NoDirectory, SessionCount,
+    SessionDirectory, SessionEnv, SessionRegistry,
 };
 use rand::RngCore;
 
@@ -150,7 +150,7 @@ impl Gateway {
                     ClusterEvent::KillSession { session_id, reason } => {
                         local.do_send(KillSession {
                             session_id,
-                            code: CLOSE_POLICY,
+                            code: close_code::POLICY,
                             reason,
                         })
                     }
@@ -234,6 +234,9 @@ impl Gateway {
                 .configure(routes::configure)
         })
         .on_connect(move |conn, ext| conn::record_socket(&open, conn, ext))
+        .client_disconnect_timeout(Duration::from_millis(
+            config.session.client_disconnect_timeout_ms,
+        ))
         .disable_signals()
         .shutdown_timeout((drain_timeout + close_grace).as_secs() + 2)
         .bind(config.listen)?;

@@ -3,6 +3,7 @@
 //! answer them. `docs/ARCHITECTURE.md` shows how they fit.
 
 mod flow;
+pub mod frames;
 pub mod hooks;
 pub mod metrics;
 mod outbox;
@@ -13,6 +14,7 @@ pub mod session;
 pub mod trace;
 
 pub use flow::FlowControl;
+pub use frames::close_code;
 pub use hooks::{
     Admission, NoDirectory, Refusal, RequestHooks, RequestOutcome, RequestStart, SessionDirectory,
 };
@@ -30,6 +32,4 @@ pub use registry::{
     SessionRegistry, StartChat,
 };
 pub use request::{ChatRequest, Engine};
-pub use session::{
-    ConnectionAbort, SessionActor, SessionConfig, SessionEnv, CLOSE_POLICY, CLOSE_RESTART,
-};
+pub use session::{ConnectionAbort, SessionActor, SessionConfig, SessionEnv};

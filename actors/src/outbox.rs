@@ -18,7 +18,7 @@ use actix_ws::{CloseReason, Session};
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
-use crate::{FlowControl, Metrics};
+use crate::{ConnectionAbort, FlowControl, Metrics};
 
 /// When a chunk frame's chunk was produced, and (for a request's first chunk) when the request
 /// arrived.
@@ -36,7 +36,9 @@ pub(crate) enum Outgoing {
     },
     Ping,
     Pong(Vec<u8>),
-    Close(CloseReason),
+    /// The close frame; once it is handed over, `then_end` (when given) ends the connection
+    /// without waiting for the client to close it.
+    Close(CloseReason, Option<Rc<dyn ConnectionAbort>>),
 }
 
 #[derive(Clone)]
@@ -137,8 +139,11 @@ impl Outbox {
                 }
                 Some(Outgoing::Ping) => session.ping(b"").await,
                 Some(Outgoing::Pong(data)) => session.pong(&data).await,
-                Some(Outgoing::Close(reason)) => {
+                Some(Outgoing::Close(reason, then_end)) => {
                     let _ = session.close(Some(reason)).await;
+                    if let Some(connection) = then_end {
+                        connection.end_after_writes();
+                    }
                     break;
                 }
                 None if self.ended.get() => break,

@@ -253,7 +253,7 @@ impl Handler<CloseRevoked> for SessionRegistry {
             };
             if hit {
                 addr.do_send(CloseSession {
-                    code: crate::session::CLOSE_POLICY,
+                    code: crate::close_code::POLICY,
                     reason: msg.reason.clone(),
                 });
                 closed += 1;

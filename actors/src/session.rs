@@ -11,7 +11,7 @@ use std::{
 };
 
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
+use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use ai_gateway_proto::{
     decode_client_frame, ChatMessage, ChatPayload, ChunkPayload, ClientFrame, DoneMetadata,
     DonePayload, ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage, SessionLimits,
@@ -19,6 +19,7 @@ use ai_gateway_proto::{
 };
 
 use crate::{
+    frames::{close_code, Assembler, FrameError, Incoming},
     hooks::{Admission, Refusal, RequestStart},
     metrics::{Front, ReasonLabel},
     outbox::{ChunkTiming, Outbox, Outgoing},
@@ -28,12 +29,42 @@ use crate::{
     FlowControl, Metrics,
 };
 
-/// Close code sent when the node shuts down: the client should reconnect (to another node).
-pub const CLOSE_RESTART: u16 = 1012;
-/// Close code for a client that stops reading, or one killed by an operator.
-pub const CLOSE_POLICY: u16 = 1008;
-/// Close code for a client that went silent past the idle timeout.
-pub const CLOSE_IDLE: u16 = 1001;
+/// Why a session closes: the close code it sends and its label in
+/// `gateway_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The client sent a close frame (with this code); the gateway answers in kind.
+    ClientClosed(u16),
+    Idle,
+    Restart,
+    SlowConsumer,
+    /// An operator's kill or a revocation, with the code it asked for.
+    Policy(u16),
+    /// The client broke the protocol (1002, 1007, 1009).
+    Protocol(u16),
+}
+
+impl Why {
+    fn code(self) -> u16 {
+        match self {
+            Why::ClientClosed(code) | Why::Policy(code) | Why::Protocol(code) => code,
+            Why::Idle => close_code::GOING_AWAY,
+            Why::Restart => close_code::RESTART,
+            Why::SlowConsumer => close_code::POLICY,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Why::ClientClosed(_) => "client",
+            Why::Idle => "idle",
+            Why::Restart => "restart",
+            Why::SlowConsumer => "slow_consumer",
+            Why::Policy(_) => "policy",
+            Why::Protocol(_) => "protocol",
+        }
+    }
+}
 
 /// Limits and timings of every session on a node.
 #[derive(Debug, Clone)]
@@ -55,10 +86,16 @@ pub struct SessionConfig {
     pub close_grace: Duration,
 }
 
-/// Cuts the underlying connection at once, whatever is queued on it. Given by the HTTP layer,
-/// used when a client will not take its close frame.
+/// The session's hold on its TCP connection, given by the HTTP layer.
 pub trait ConnectionAbort: 'static {
+    /// Cuts the connection at once, whatever is queued on it: for a client that will not take
+    /// its close frame.
     fn abort(&self);
+
+    /// Ends the connection as soon as what is queued is written, without waiting for the
+    /// client to close it: for a completed close handshake, where RFC 6455 has the server
+    /// close TCP first.
+    fn end_after_writes(&self) {}
 }
 
 /// What every session of a node shares.
@@ -90,6 +127,7 @@ pub struct SessionActor {
     ws: Option<(actix_ws::Session, actix_ws::MessageStream)>,
     outbox: Option<Outbox>,
     incoming: Option<SpawnHandle>,
+    assembler: Assembler,
     requests: Vec<RunningRequest>,
     next_key: u64,
     last_heard: Instant,
@@ -106,6 +144,7 @@ impl SessionActor {
         ws: (actix_ws::Session, actix_ws::MessageStream),
         abort: Option<Rc<dyn ConnectionAbort>>,
     ) -> Self {
+        let max_frame_bytes = env.config.max_frame_bytes;
         SessionActor {
             info,
             span,
@@ -121,6 +160,7 @@ impl SessionActor {
             ws: Some(ws),
             outbox: None,
             incoming: None,
+            assembler: Assembler::new(max_frame_bytes),
             requests: Vec::new(),
             next_key: 0,
             last_heard: Instant::now(),
@@ -191,31 +231,33 @@ impl SessionActor {
                 "slow consumer: {queued} bytes queued, limit outbox_max_bytes={}",
                 self.config.outbox_max_bytes
             );
-            self.close(CLOSE_POLICY, &reason, ctx);
+            self.close(Why::SlowConsumer, &reason, ctx);
         }
     }
 
     /// Queues a close frame, stops the actor, and cuts the connection if the client has not
-    /// taken the close frame within `close_grace`.
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+    /// taken the close frame within `close_grace`. When the client closed first, the close
+    /// handshake is complete once the answer is written, and the connection ends at once.
+    fn close(&mut self, why: Why, reason: &str, ctx: &mut Context<Self>) {
         if self.closing {
             return;
         }
         self.closing = true;
-        self.close_label = Some(match code {
-            1000 => "client",
-            CLOSE_IDLE => "idle",
-            CLOSE_RESTART => "restart",
-            CLOSE_POLICY if reason.starts_with("slow consumer") => "slow_consumer",
-            CLOSE_POLICY => "policy",
-            _ => "protocol",
-        });
+        self.close_label = Some(why.label());
+        let code = why.code();
         tracing::debug!(session = %self.info.session_id, code, reason, "closing session");
         if let Some(outbox) = &self.outbox {
-            outbox.push(Outgoing::Close(CloseReason {
-                code: CloseCode::from(code),
-                description: Some(reason.to_owned()),
-            }));
+            let then_end = match why {
+                Why::ClientClosed(_) => self.abort.clone(),
+                _ => None,
+            };
+            outbox.push(Outgoing::Close(
+                CloseReason {
+                    code: CloseCode::from(code),
+                    description: Some(reason.to_owned()),
+                },
+                then_end,
+            ));
             outbox.end();
             if let Some(abort) = self.abort.take() {
                 let outbox = outbox.clone();
@@ -429,28 +471,20 @@ impl SessionActor {
 
     fn request_ended(&mut self, ctx: &mut Context<Self>) {
         if self.draining && self.requests.is_empty() {
-            self.close(CLOSE_RESTART, "server restarting", ctx);
+            self.close(Why::Restart, "server restarting", ctx);
         }
     }
 
-    fn on_protocol_error(&mut self, err: ProtocolError, ctx: &mut Context<Self>) {
+    fn on_frame_error(&mut self, err: FrameError, ctx: &mut Context<Self>) {
         // Stop reading: a broken frame leaves the input in an unknown state.
         if let Some(handle) = self.incoming.take() {
             ctx.cancel_future(handle);
         }
-        let (code, reason) = match &err {
-            ProtocolError::Overflow => (1009, self.too_big()),
-            ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                (1007, "text frame is not valid UTF-8".to_owned())
-            }
-            ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
-                (1009, self.too_big())
-            }
-            // The connection itself failed (reset, cut): nobody is left to tell.
-            ProtocolError::Io(_) => return ctx.stop(),
-            other => (1002, format!("protocol error: {other}")),
-        };
-        self.close(code, &reason, ctx);
+        match err.close_code() {
+            Some(code) => self.close(Why::Protocol(code), &err.to_string(), ctx),
+            // Nobody is left to tell.
+            None => ctx.stop(),
+        }
     }
 
     fn send_system(&mut self, event: SystemEvent, ctx: &mut Context<Self>) {
@@ -479,13 +513,6 @@ impl SessionActor {
         }
         self.check_outbox(ctx);
     }
-
-    fn too_big(&self) -> String {
-        format!(
-            "message exceeds max_frame_bytes={}",
-            self.config.max_frame_bytes
-        )
-    }
 }
 
 impl Actor for SessionActor {
@@ -498,12 +525,7 @@ impl Actor for SessionActor {
         self.outbox = Some(Outbox::spawn(ws, self.flow.clone(), self.metrics.clone()));
         self.metrics.connects.inc();
         self.metrics.sessions_live.inc();
-        let max = self.config.max_frame_bytes;
-        let incoming: AggregatedMessageStream = stream
-            .max_frame_size(max)
-            .aggregate_continuations()
-            .max_continuation_size(max);
-        self.incoming = Some(ctx.add_stream(incoming));
+        self.incoming = Some(ctx.add_stream(stream.max_frame_size(self.config.max_frame_bytes)));
 
         self.registry.do_send(Register {
             info: self.info.clone(),
@@ -521,7 +543,7 @@ impl Actor for SessionActor {
         ctx.run_interval(check_every, move |act, ctx| {
             if act.last_heard.elapsed() >= idle {
                 let reason = format!("idle timeout: nothing received for {} ms", idle.as_millis());
-                act.close(CLOSE_IDLE, &reason, ctx);
+                act.close(Why::Idle, &reason, ctx);
             }
         });
 
@@ -548,35 +570,38 @@ impl Actor for SessionActor {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SessionActor {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+impl StreamHandler<Result<Message, ProtocolError>> for SessionActor {
+    fn handle(&mut self, frame: Result<Message, ProtocolError>, ctx: &mut Context<Self>) {
         if self.closing {
             return;
         }
         self.last_heard = Instant::now();
-        if matches!(
-            item,
-            Ok(AggregatedMessage::Text(_) | AggregatedMessage::Binary(_))
-        ) {
+        let message = match self.assembler.push(frame) {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
+            Err(e) => return self.on_frame_error(e, ctx),
+        };
+        if matches!(message, Incoming::Text(_) | Incoming::Binary(_)) {
             self.metrics.frames_in.inc();
         }
-        match item {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
-            Ok(AggregatedMessage::Binary(_)) => {
+        match message {
+            Incoming::Text(text) => self.on_text(&text, ctx),
+            Incoming::Binary(_) => {
                 let msg = "binary frames are not supported; send JSON text frames";
                 self.send_error(None, ErrorReason::BinaryNotSupported, msg, ctx);
             }
-            Ok(AggregatedMessage::Ping(data)) => {
+            Incoming::Ping(data) => {
                 if let Some(outbox) = &self.outbox {
                     outbox.push(Outgoing::Pong(data.to_vec()));
                 }
             }
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(reason)) => {
-                let code = reason.as_ref().map_or(1000, |r| u16::from(r.code));
-                self.close(code, "bye", ctx);
+            Incoming::Pong => {}
+            Incoming::Close(reason) => {
+                let code = reason
+                    .as_ref()
+                    .map_or(close_code::NORMAL, |r| u16::from(r.code));
+                self.close(Why::ClientClosed(code), "bye", ctx);
             }
-            Err(e) => self.on_protocol_error(e, ctx),
         }
     }
 }
@@ -651,12 +676,16 @@ impl Handler<CloseSession> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Context<Self>) {
-        self.close(msg.code, &msg.reason, ctx);
+        let why = match msg.code {
+            close_code::RESTART => Why::Restart,
+            code => Why::Policy(code),
+        };
+        self.close(why, &msg.reason, ctx);
     }
 }
 
 /// The node is draining: refuse new requests, finish running ones within `timeout`, then close
-/// with [`CLOSE_RESTART`].
+/// with [`close_code::RESTART`].
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct DrainSession {
@@ -681,7 +710,7 @@ impl Handler<DrainSession> for SessionActor {
                 act.send_error(Some(&r.request.id), ErrorReason::ShuttingDown, msg, ctx);
                 act.finish(r.request, FinishReason::Error, Usage::default(), ctx);
             }
-            act.close(CLOSE_RESTART, "server restarting", ctx);
+            act.close(Why::Restart, "server restarting", ctx);
         });
     }
 }

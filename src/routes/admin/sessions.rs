@@ -7,7 +7,7 @@ use std::{
 };
 
 use actix_web::{http::StatusCode, web, HttpResponse};
-use ai_gateway_actors::{CloseRevoked, KillSession, ListSessions, Revoked, CLOSE_POLICY};
+use ai_gateway_actors::{close_code, CloseRevoked, KillSession, ListSessions, Revoked};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -128,7 +128,7 @@ async fn close(state: &AppState, session: &DirectoryEntry, reason: &str) -> Resu
         .registry
         .send(KillSession {
             session_id: session.session_id.clone(),
-            code: CLOSE_POLICY,
+            code: close_code::POLICY,
             reason: reason.to_owned(),
         })
         .await
