@@ -10,8 +10,8 @@ use actix_web::{
 use ai_gateway_actors::{ConnectionAbort, SessionActor};
 
 use super::{
-    account::client_ip,
-    caller::{bearer, session_of},
+    account::client_key,
+    caller::{authenticate_from, bearer, session_of},
     ApiError, AppState,
 };
 use crate::{auth::TokenError, conn::ConnSocket, limits::Rate};
@@ -40,8 +40,9 @@ pub(super) fn trace_headers(req: &HttpRequest) -> std::collections::HashMap<Stri
 }
 
 /// Browsers send `Origin`; other clients do not. A browser page may connect only from the
-/// gateway's own origin or one listed in `allowed_origins` (`*` allows any).
-fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+/// gateway's own origin or one listed in `allowed_origins` (`*` allows any). The gateway's own
+/// host is the `Host` header; `X-Forwarded-Host` and `Forwarded` count only from a trusted proxy.
+fn origin_allowed(req: &HttpRequest, allowed: &[String], trusted: &[ipnet::IpNet]) -> bool {
     let Some(origin) = req
         .headers()
         .get(header::ORIGIN)
@@ -55,7 +56,23 @@ fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
     {
         return true;
     }
-    let host = req.connection_info().host().to_owned();
+    let from_proxy = req
+        .peer_addr()
+        .is_some_and(|p| trusted.iter().any(|n| n.contains(&p.ip())));
+    let host = if from_proxy {
+        req.connection_info().host().to_owned()
+    } else {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        match host {
+            Some(host) => host,
+            None => return false,
+        }
+    };
     ["http://", "https://"].iter().any(|scheme| {
         origin
             .strip_prefix(scheme)
@@ -68,7 +85,7 @@ pub async fn upgrade(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !origin_allowed(&req, &state.allowed_origins) {
+    if !origin_allowed(&req, &state.allowed_origins, &state.trusted_proxies) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "Origin not allowed".to_owned(),
@@ -79,13 +96,14 @@ pub async fn upgrade(
             .limits
             .check(
                 Rate::HandshakePerIp,
-                &client_ip(&req, &state.trusted_proxies),
+                &client_key(&req, &state.trusted_proxies),
             )
             .await,
         "connection attempts",
     )?;
     let token = token_of(&req).ok_or(TokenError::Missing)?;
-    let principal = state.access.authenticate(&token).await?;
+    let from = client_key(&req, &state.trusted_proxies);
+    let principal = authenticate_from(&state, &from, &token).await?;
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
