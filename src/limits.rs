@@ -50,6 +50,8 @@ pub struct RateLimitSettings {
     /// the burst; past it that address's authenticated requests are refused (429) unchecked.
     pub failed_auth_per_ip_per_min: u32,
     pub failed_auth_burst: u32,
+    /// WebSocket sessions one user may hold open at once on one node.
+    pub sessions_per_user_per_node: u32,
 }
 
 impl Default for RateLimitSettings {
@@ -71,6 +73,7 @@ impl Default for RateLimitSettings {
             failed_login_account_burst: 10,
             failed_auth_per_ip_per_min: 30,
             failed_auth_burst: 30,
+            sessions_per_user_per_node: 50,
         }
     }
 }
@@ -112,6 +115,10 @@ impl RateLimitSettings {
                 self.failed_auth_per_ip_per_min,
             ),
             ("failed_auth_burst", self.failed_auth_burst),
+            (
+                "sessions_per_user_per_node",
+                self.sessions_per_user_per_node,
+            ),
             (
                 "concurrent_streams_per_user",
                 self.concurrent_streams_per_user,
@@ -306,6 +313,8 @@ struct LocalLimits {
     registrations: DefaultKeyedRateLimiter<String>,
     failures: LocalGcra,
     streams: Arc<Mutex<HashMap<String, u32>>>,
+    /// Open WebSocket sessions by user, on this node.
+    sessions: Arc<Mutex<HashMap<String, u32>>>,
     /// `(user, day)` → completion tokens.
     tokens: Mutex<HashMap<(String, String), u64>>,
 }
@@ -314,6 +323,35 @@ fn quota(per_min: u32, burst: u32) -> Quota {
     let per_min = NonZeroU32::new(per_min.max(1)).expect("at least 1");
     let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
     Quota::per_minute(per_min).allow_burst(burst)
+}
+
+/// One of `limit` places of `key` in an in-memory count, freed when the lease drops.
+fn counted_slot(
+    counts: &Arc<Mutex<HashMap<String, u32>>>,
+    key: &str,
+    limit: u32,
+) -> Option<StreamLease> {
+    {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.to_owned()).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+    }
+    let counts = counts.clone();
+    let key = key.to_owned();
+    Some(StreamLease {
+        release: Some(Box::new(move || {
+            let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        })),
+    })
 }
 
 fn local_key(failure: Failure, key: &str) -> String {
@@ -354,6 +392,7 @@ impl Limits {
             ),
             failures: LocalGcra::default(),
             streams: Arc::default(),
+            sessions: Arc::default(),
             tokens: Mutex::default(),
         };
         Arc::new(Limits {
@@ -573,27 +612,24 @@ impl Limits {
                 Err(e) => self.redis_failed("streams", &e),
             }
         }
-        let streams = self.local.streams.clone();
-        {
-            let mut map = streams.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(user_id.to_owned()).or_default();
-            if *n >= limit {
-                return None;
-            }
-            *n += 1;
+        counted_slot(&self.local.streams, user_id, limit)
+    }
+
+    /// Takes one of the user's WebSocket session places on this node, or says none is free. The
+    /// lease is held as long as the connection lives.
+    pub fn acquire_session(&self, user_id: &str) -> Option<StreamLease> {
+        if !self.settings.enabled {
+            return Some(StreamLease { release: None });
         }
-        let user = user_id.to_owned();
-        Some(StreamLease {
-            release: Some(Box::new(move || {
-                let mut map = streams.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(n) = map.get_mut(&user) {
-                    *n -= 1;
-                    if *n == 0 {
-                        map.remove(&user);
-                    }
-                }
-            })),
-        })
+        let lease = counted_slot(
+            &self.local.sessions,
+            user_id,
+            self.settings.sessions_per_user_per_node,
+        );
+        if lease.is_none() {
+            self.rejected("sessions");
+        }
+        lease
     }
 
     /// Whether the user has spent today's completion-token budget.

@@ -1,9 +1,15 @@
 //! `GET /chat`: authenticates, then upgrades to a WebSocket run by a [`SessionActor`].
 
-use std::{rc::Rc, sync::atomic::Ordering};
+use std::{
+    pin::Pin,
+    rc::Rc,
+    sync::atomic::Ordering,
+    task::{Context, Poll},
+};
 
 use actix::Actor;
 use actix_web::{
+    body::{BodySize, MessageBody},
     http::{header, StatusCode},
     web, HttpRequest, HttpResponse,
 };
@@ -14,7 +20,33 @@ use super::{
     caller::{authenticate_from, bearer, session_of},
     ApiError, AppState,
 };
-use crate::{auth::TokenError, conn::ConnSocket, limits::Rate};
+use crate::{
+    auth::TokenError,
+    conn::ConnSocket,
+    limits::{Rate, StreamLease},
+};
+
+/// The body of an upgraded connection, holding the user's session place: actix drops it when
+/// the connection ends, however it ends, and the place is free again.
+struct Leased<B> {
+    body: B,
+    _lease: StreamLease,
+}
+
+impl<B: MessageBody + Unpin> MessageBody for Leased<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<bytes::Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
 
 /// The token from `Authorization: Bearer ...`, or else from `?token=` (the seed's way).
 fn token_of(req: &HttpRequest) -> Option<String> {
@@ -110,8 +142,23 @@ pub async fn upgrade(
             "Server is shutting down".to_owned(),
         ));
     }
+    let lease = state
+        .limits
+        .acquire_session(&principal.user_id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many open connections for this user; close one first".to_owned(),
+            )
+        })?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let response = response
+        .map_body(|_, body| Leased {
+            body,
+            _lease: lease,
+        })
+        .map_into_boxed_body();
     let abort = req
         .conn_data::<ConnSocket>()
         .map(|s| Rc::new(*s) as Rc<dyn ConnectionAbort>);

@@ -647,3 +647,47 @@ async fn forwarded_host_headers_count_only_from_trusted_proxies() {
         "a trusted proxy names the public host"
     );
 }
+
+#[actix_rt::test]
+async fn websocket_sessions_per_user_are_capped() {
+    let t = start_with(|c| {
+        c.rate_limits = RateLimitSettings {
+            sessions_per_user_per_node: 2,
+            ..roomy_limits()
+        }
+    })
+    .await;
+    let (_, token) = t.new_user().await;
+    let first = t.connect(&token).await;
+    let _second = t.connect(&token).await;
+    let url = t.ws_url(&format!("?token={token}"));
+    let (status, body) = try_connect(&url, &[])
+        .await
+        .expect_err("a third is refused");
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Too many open connections"),
+        "{body}"
+    );
+    // Another user is not affected.
+    let (_, other) = t.new_user().await;
+    let _theirs = t.connect(&other).await;
+    // Closing one frees its place (once the server has let the connection go).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        match try_connect(&url, &[]).await {
+            Ok(ws) => {
+                Ws::after_welcome(ws).await;
+                break;
+            }
+            Err((429, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("the freed place was not given back: {other:?}"),
+        }
+    }
+}
