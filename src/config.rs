@@ -567,6 +567,41 @@ mod tests {
     }
 
     #[test]
+    fn abuse_settings_come_from_the_environment_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert!(c.open_registration);
+            assert_eq!(c.max_body_bytes, 20 * 1024 * 1024);
+            assert_eq!(c.max_api_keys_per_user, 100);
+            jail.set_env("GATEWAY_OPEN_REGISTRATION", "false");
+            jail.set_env("GATEWAY_MAX_API_KEYS_PER_USER", "5");
+            jail.set_env(
+                "GATEWAY_ALLOWED_ORIGINS",
+                "[\"https://app.example.com\", \"http://localhost:3000\"]",
+            );
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert!(!c.open_registration);
+            assert_eq!(c.max_api_keys_per_user, 5);
+            assert_eq!(c.allowed_origins.len(), 2);
+            jail.set_env(
+                "GATEWAY_ALLOWED_ORIGINS",
+                "[\"https://app.example.com/path\"]",
+            );
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("allowed_origins"), "{err}");
+            jail.set_env("GATEWAY_ALLOWED_ORIGINS", "[\"*\"]");
+            jail.set_env("GATEWAY_MAX_BODY_BYTES", "10");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_body_bytes"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gw.toml", "lisen = \"127.0.0.1:1\"\n")?;

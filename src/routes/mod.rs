@@ -99,24 +99,32 @@ fn json_error(err: JsonPayloadError) -> ApiError {
     }
 }
 
+/// Largest body of the sign-up, login and key endpoints, whose bodies are a few short strings
+/// (`max_body_bytes` when that is smaller): a credential endpoint has no reason to buffer 20 MiB
+/// for anyone who asks.
+pub const MAX_SMALL_BODY_BYTES: usize = 64 * 1024;
+
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _| json_error(err).into())
+}
+
 /// Every route, wrapped in CORS and the security headers, for the app state's settings.
 pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     let max_body = state.guards.max_body_bytes;
+    let small_body = max_body.min(MAX_SMALL_BODY_BYTES);
     let origins = state.allowed_origins.clone();
     move |cfg| {
         cfg.service(
             web::scope("")
-                .app_data(
-                    web::JsonConfig::default()
-                        .limit(max_body)
-                        .error_handler(|err, _| json_error(err).into()),
-                )
+                .app_data(json_config(max_body))
                 .app_data(web::QueryConfig::default().error_handler(|err, _| {
                     ApiError::new(StatusCode::BAD_REQUEST, err.to_string()).into()
                 }))
                 .wrap(pages::cors(&origins))
                 .wrap(middleware::from_fn(pages::security_headers))
-                .configure(configure)
+                .configure(|cfg| configure(cfg, small_body))
                 .default_service(web::to(|| async {
                     ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())
                 })),
@@ -124,16 +132,28 @@ pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-fn configure(cfg: &mut web::ServiceConfig) {
+fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
     cfg.route("/", web::get().to(pages::index))
         .route("/index.html", web::get().to(pages::index))
-        .route("/login", web::get().to(pages::index))
-        .route("/login", web::post().to(account::login))
-        .route("/register", web::post().to(account::register))
+        .service(
+            web::resource("/login")
+                .app_data(json_config(small_body))
+                .route(web::get().to(pages::index))
+                .route(web::post().to(account::login)),
+        )
+        .service(
+            web::resource("/register")
+                .app_data(json_config(small_body))
+                .route(web::post().to(account::register)),
+        )
         .route("/logout", web::post().to(account::logout))
         .route("/chat", web::get().to(chat::upgrade))
-        .route("/v1/keys", web::post().to(keys::create))
-        .route("/v1/keys", web::get().to(keys::list))
+        .service(
+            web::resource("/v1/keys")
+                .app_data(json_config(small_body))
+                .route(web::post().to(keys::create))
+                .route(web::get().to(keys::list)),
+        )
         .route("/v1/keys/{id}", web::delete().to(keys::revoke))
         .route("/v1/conversations", web::get().to(conversations::list))
         .route("/v1/conversations/{id}", web::get().to(conversations::show))

@@ -428,6 +428,34 @@ async fn oversized_bodies_are_413_with_a_json_error() {
     assert_refused(&answer(res).await, 400, "bad JSON");
 }
 
+#[actix_rt::test]
+async fn credential_endpoints_take_small_bodies_only() {
+    // The default max_body_bytes (20 MiB) is for chat requests; a login has no use for it.
+    let t = start().await;
+    let (_, token) = t.new_user().await;
+    let padding = "p".repeat(100 * 1024);
+    for path in ["/register", "/login", "/v1/keys"] {
+        let res = t
+            .http
+            .post(t.url(path))
+            .bearer_auth(&token)
+            .json(&json!({"username": "someone", "password": padding, "name": padding}))
+            .send()
+            .await
+            .unwrap();
+        assert_refused(&answer(res).await, 413, path);
+    }
+    let res = t
+        .http
+        .post(t.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": padding}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "a long prompt fits max_body_bytes");
+}
+
 // --- 4. browsers ---------------------------------------------------------------------------
 
 #[actix_rt::test]
