@@ -173,8 +173,13 @@ pub async fn login(
         "logins",
     )?;
     let creds = body.into_inner();
+    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "Invalid credentials".to_owned());
+    if !USERNAME_CHARS.contains(&creds.username.chars().count()) {
+        // No such user can exist: no lookup, no hash, and no limit key of any size.
+        return Err(invalid());
+    }
     // Wrong passwords for one name, from however many addresses, lock that name for a while.
-    let account = creds.username.trim().to_lowercase();
+    let account = creds.username.to_lowercase();
     if let Decision::Denied { retry_after } = state
         .limits
         .blocked(Failure::LoginPerAccount, &account)
@@ -200,10 +205,7 @@ pub async fn login(
                 .limits
                 .failed(Failure::LoginPerAccount, &account)
                 .await;
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Invalid credentials".to_owned(),
-            ));
+            return Err(invalid());
         }
     };
     if user.disabled {

@@ -602,6 +602,12 @@ async fn failed_logins_lock_the_account_from_every_address() {
         assert_refused(&got, 429, "even the right password, until the lock passes");
         let got = post_from(t, "203.0.113.1", "/login", signup(&bystander)).await;
         assert_eq!(got.0, 200, "other accounts are not locked: {got:?}");
+        let long = json!({"username": "n".repeat(5000), "password": "whatever"});
+        let got = post_from(t, "203.0.113.5", "/login", long).await;
+        assert_eq!(
+            got.0, 401,
+            "a name no one can have is simply refused: {got:?}"
+        );
     }
 }
 
