@@ -613,34 +613,53 @@ async fn failed_logins_lock_the_account_from_every_address() {
 
 #[actix_rt::test]
 async fn ipv6_clients_are_limited_by_their_64() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
     let limits = RateLimitSettings {
         logins_per_ip_per_min: 1,
         login_burst: 2,
+        handshakes_per_ip_per_min: 1,
+        handshake_burst: 2,
         ..roomy_limits()
     };
-    let t = start_with(|c| {
+    let with_redis = start_with(|c| {
+        shared(c, &db, &prefix);
         c.rate_limits = limits.clone();
         c.trusted_proxies = vec!["127.0.0.0/8".into()];
     })
     .await;
-    let (name, _) = t.new_user().await;
-    let mut statuses = Vec::new();
-    for client in [
-        "2001:db8:1:2::1",
-        "2001:db8:1:2::2",
-        "2001:db8:1:2:ffff:ffff:ffff:3",
-        "2001:db8:1:3::1",
-        "::ffff:192.0.2.1",
-        "192.0.2.1",
-        "192.0.2.1",
-    ] {
-        statuses.push(post_from(&t, client, "/login", signup(&name)).await.0);
+    let in_memory = start_with(|c| {
+        c.rate_limits = limits.clone();
+        c.trusted_proxies = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    for t in [&with_redis, &in_memory] {
+        let (name, token) = t.new_user().await;
+        let mut statuses = Vec::new();
+        for client in [
+            "2001:db8:1:2::1",
+            "2001:db8:1:2::2",
+            "2001:db8:1:2:ffff:ffff:ffff:3",
+            "2001:db8:1:3::1",
+            "::ffff:192.0.2.1",
+            "192.0.2.1",
+            "192.0.2.1",
+        ] {
+            statuses.push(post_from(t, client, "/login", signup(&name)).await.0);
+        }
+        assert_eq!(
+            statuses,
+            [200, 200, 429, 200, 200, 200, 429],
+            "one /64 shares one budget; an IPv4-mapped address is its IPv4 address"
+        );
+        let url = t.ws_url(&format!("?token={token}"));
+        let mut statuses = Vec::new();
+        for client in ["2001:db8:9:9::1", "2001:db8:9:9::2", "2001:db8:9:9::3"] {
+            let got = try_connect(&url, &[("X-Forwarded-For", client)]).await;
+            statuses.push(got.map_or_else(|e| e.0, |_| 101));
+        }
+        assert_eq!(statuses, [101, 101, 429], "handshakes count by /64 too");
     }
-    assert_eq!(
-        statuses,
-        [200, 200, 429, 200, 200, 200, 429],
-        "one /64 shares one budget; an IPv4-mapped address is its IPv4 address"
-    );
 }
 
 // --- 6. WebSocket origin -------------------------------------------------------------------
