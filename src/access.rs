@@ -22,12 +22,25 @@ use crate::{
     store::{ApiKey, IdentityStore, Role, StoreError},
 };
 
+/// `secs` after the Unix epoch, saturating instead of overflowing.
+pub fn unix_time(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2))
+}
+
 /// Every API key starts with this, so it can be told from a JWT at a glance.
 pub const API_KEY_PREFIX: &str = "agw_";
 
 /// How far back each periodic pull looks beyond the previous one, to cover clock skew between
 /// nodes and the database.
 const SYNC_OVERLAP: Duration = Duration::from_secs(5);
+
+/// How long an API key that matched nothing is answered from memory. Keys are random, so one
+/// that is unknown now will not become valid later; the TTL only bounds memory.
+const KEY_MISS_TTL: Duration = Duration::from_secs(60);
+/// Unknown keys remembered at most, per node.
+const KEY_MISS_CAPACITY: u64 = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
@@ -94,6 +107,8 @@ pub struct Access {
     cluster: Option<Arc<Cluster>>,
     users: moka::sync::Cache<String, UserStatus>,
     keys: moka::sync::Cache<Vec<u8>, ApiKey>,
+    /// Hashes of presented API keys that matched nothing: a repeated miss costs no store query.
+    key_misses: moka::sync::Cache<Vec<u8>, ()>,
     revoked: Mutex<RevokedSet>,
 }
 
@@ -140,8 +155,18 @@ impl Access {
                 .time_to_live(cache_ttl)
                 .max_capacity(1_000_000)
                 .build(),
+            key_misses: moka::sync::Cache::builder()
+                .time_to_live(KEY_MISS_TTL)
+                .max_capacity(KEY_MISS_CAPACITY)
+                .build(),
             revoked: Mutex::default(),
         }
+    }
+
+    /// Whether checking `presented` could cost a store lookup: an API key this node has not
+    /// validated lately. (A token costs one only when its signature is good.)
+    pub fn may_look_up(&self, presented: &str) -> bool {
+        presented.starts_with(API_KEY_PREFIX) && !self.keys.contains_key(&api_key_hash(presented))
     }
 
     pub fn tokens(&self) -> &TokenIssuer {
@@ -172,7 +197,7 @@ impl Access {
             role: user.role,
             credential: Credential::Token {
                 jti: claims.jti,
-                expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp),
+                expires_at: unix_time(claims.exp),
             },
         })
     }
@@ -182,12 +207,18 @@ impl Access {
         let key = match self.keys.get(&hash) {
             Some(key) => key,
             None => {
-                let key = self
+                if self.key_misses.contains_key(&hash) {
+                    return Err(TokenError::Invalid.into());
+                }
+                let Some(key) = self
                     .identity
                     .api_key_by_hash(&hash)
                     .await
                     .map_err(|_| AuthError::Unavailable)?
-                    .ok_or(TokenError::Invalid)?;
+                else {
+                    self.key_misses.insert(hash, ());
+                    return Err(TokenError::Invalid.into());
+                };
                 if key.usable_at(SystemTime::now()) {
                     self.keys.insert(hash, key.clone());
                 }
@@ -241,7 +272,7 @@ impl Access {
                 user_id,
                 expires_at_unix,
             } => {
-                let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(*expires_at_unix);
+                let exp = unix_time(*expires_at_unix);
                 self.identity.revoke_token(jti, user_id, exp).await?;
             }
             Revocation::ApiKey { id } => {
@@ -290,7 +321,7 @@ impl Access {
                 expires_at_unix,
                 ..
             } => {
-                let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(*expires_at_unix);
+                let exp = unix_time(*expires_at_unix);
                 self.revoked().tokens.insert(jti.clone(), exp);
                 (Revoked::Credential(jti.clone()), "token revoked")
             }

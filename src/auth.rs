@@ -30,6 +30,69 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Bounds the password hashing running at once: each argon2id hash or check takes 19 MiB and a
+/// core for tens of milliseconds, so without a bound a burst of sign-ups or logins fills the
+/// blocking pool (up to 512 threads) and memory. A call waits up to `wait` for a slot, then is
+/// refused with [`HashingBusy`].
+pub struct PasswordHashing {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
+}
+
+/// Every hashing slot stayed taken for the whole wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("password hashing is busy")]
+pub struct HashingBusy;
+
+impl PasswordHashing {
+    /// `concurrency` 0 means one slot per core.
+    pub fn new(concurrency: usize, wait: std::time::Duration) -> PasswordHashing {
+        let slots = match concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        PasswordHashing {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots)),
+            wait,
+        }
+    }
+
+    /// Runs `work` on the blocking pool once a slot is free. The slot stays taken until the
+    /// work is done, even if the caller gave up.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashingBusy> {
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| HashingBusy)?
+                .map_err(|_| HashingBusy)?,
+        };
+        actix_rt::task::spawn_blocking(move || {
+            let out = work();
+            drop(slot);
+            out
+        })
+        .await
+        .map_err(|_| HashingBusy)
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, HashingBusy> {
+        self.run(move || hash_password(&password)).await
+    }
+
+    /// Checks `password` against `phc`, or against [`decoy_hash`] when there is none.
+    pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, HashingBusy> {
+        self.run(move || {
+            let valid = verify_password(&password, phc.as_deref().unwrap_or(decoy_hash()));
+            valid && phc.is_some()
+        })
+        .await
+    }
+}
+
 /// A hash of no one's password, checked when the user does not exist so that a login takes
 /// as long for an unknown name as for a wrong password.
 pub fn decoy_hash() -> &'static str {
@@ -115,6 +178,30 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong horse", &h));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[actix_rt::test]
+    async fn hashing_refuses_when_every_slot_stays_taken() {
+        let hashing = PasswordHashing::new(1, std::time::Duration::from_millis(10));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let hashing = std::sync::Arc::new(hashing);
+        let held = {
+            let hashing = hashing.clone();
+            actix_rt::spawn(async move {
+                hashing
+                    .run(move || {
+                        started_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                    })
+                    .await
+            })
+        };
+        let _ = actix_rt::task::spawn_blocking(move || started_rx.recv().unwrap()).await;
+        assert_eq!(hashing.run(|| 1).await, Err(HashingBusy));
+        release_tx.send(()).unwrap();
+        assert_eq!(held.await.unwrap(), Ok(()));
+        assert_eq!(hashing.run(|| 2).await, Ok(2));
     }
 
     #[test]

@@ -65,6 +65,17 @@ pub struct Config {
     /// Static bearer token for the admin API, for bootstrapping (`GATEWAY_ADMIN_TOKEN`). Empty:
     /// none; only users with the `admin` role may use it. Never logged.
     pub admin_token: String,
+    // Abuse resistance (docs/SECURITY.md).
+    /// `POST /register` is open to anyone; false: 403, accounts come from the admin API only.
+    pub open_registration: bool,
+    /// Largest request body a JSON endpoint accepts; larger is 413.
+    pub max_body_bytes: usize,
+    /// Live (not revoked, not expired) API keys one user may hold.
+    pub max_api_keys_per_user: u32,
+    /// Password hashes and checks (argon2id, 19 MiB each) running at once; 0: one per core.
+    pub password_hash_concurrency: usize,
+    /// How long a login or sign-up waits for a hashing slot before it is refused with 503.
+    pub password_hash_wait_ms: u64,
 }
 
 /// One upstream endpoint.
@@ -196,6 +207,11 @@ impl Default for Config {
             models: BTreeMap::new(),
             resilience: ResilienceSettings::default(),
             admin_token: String::new(),
+            open_registration: true,
+            max_body_bytes: 20 * 1024 * 1024,
+            max_api_keys_per_user: 100,
+            password_hash_concurrency: 0,
+            password_hash_wait_ms: 1_000,
         }
     }
 }
@@ -337,6 +353,18 @@ impl Config {
         if let Err(problem) = self.trusted_proxy_nets() {
             return invalid("trusted_proxies", &problem);
         }
+        if let Some(o) = self.allowed_origins.iter().find(|o| !origin_ok(o)) {
+            return invalid(
+                "allowed_origins",
+                &format!("{o:?} is not \"*\" or an origin like \"https://app.example.com\""),
+            );
+        }
+        if self.max_body_bytes < 1024 {
+            return invalid("max_body_bytes", "must be at least 1024");
+        }
+        if self.max_api_keys_per_user == 0 {
+            return invalid("max_api_keys_per_user", "must be at least 1");
+        }
         if self.revocation_sync_ms == 0 {
             return invalid("revocation_sync_ms", "must be above 0");
         }
@@ -394,6 +422,24 @@ impl Config {
             close_grace: Duration::from_millis(s.close_grace_ms),
         })
     }
+}
+
+/// `*`, or `scheme://host[:port]` with nothing after it.
+fn origin_ok(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && !rest.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
 }
 
 #[cfg(test)]
@@ -520,6 +566,41 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("nowhere"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn abuse_settings_come_from_the_environment_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert!(c.open_registration);
+            assert_eq!(c.max_body_bytes, 20 * 1024 * 1024);
+            assert_eq!(c.max_api_keys_per_user, 100);
+            jail.set_env("GATEWAY_OPEN_REGISTRATION", "false");
+            jail.set_env("GATEWAY_MAX_API_KEYS_PER_USER", "5");
+            jail.set_env(
+                "GATEWAY_ALLOWED_ORIGINS",
+                "[\"https://app.example.com\", \"http://localhost:3000\"]",
+            );
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert!(!c.open_registration);
+            assert_eq!(c.max_api_keys_per_user, 5);
+            assert_eq!(c.allowed_origins.len(), 2);
+            jail.set_env(
+                "GATEWAY_ALLOWED_ORIGINS",
+                "[\"https://app.example.com/path\"]",
+            );
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("allowed_origins"), "{err}");
+            jail.set_env("GATEWAY_ALLOWED_ORIGINS", "[\"*\"]");
+            jail.set_env("GATEWAY_MAX_BODY_BYTES", "10");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_body_bytes"), "{err}");
             Ok(())
         });
     }

@@ -39,6 +39,19 @@ pub struct RateLimitSettings {
     pub completion_tokens_per_user_per_day: u64,
     /// A node that dies mid-stream leaves its streams counted until this expires.
     pub stream_lease_ttl_ms: u64,
+    /// Sign-ups (`POST /register`) per client address per hour, after the burst.
+    pub registrations_per_ip_per_hour: u32,
+    pub registration_burst: u32,
+    /// Failed logins per username per hour, after the burst; past it that name's logins are
+    /// refused (429) before any password is checked, whoever sends them.
+    pub failed_logins_per_account_per_hour: u32,
+    pub failed_login_account_burst: u32,
+    /// Presented tokens or API keys that match nothing, per client address per minute, after
+    /// the burst; past it that address's authenticated requests are refused (429) unchecked.
+    pub failed_auth_per_ip_per_min: u32,
+    pub failed_auth_burst: u32,
+    /// WebSocket sessions one user may hold open at once on one node.
+    pub sessions_per_user_per_node: u32,
 }
 
 impl Default for RateLimitSettings {
@@ -54,6 +67,13 @@ impl Default for RateLimitSettings {
             concurrent_streams_per_user: 16,
             completion_tokens_per_user_per_day: 2_000_000,
             stream_lease_ttl_ms: 600_000,
+            registrations_per_ip_per_hour: 10,
+            registration_burst: 5,
+            failed_logins_per_account_per_hour: 30,
+            failed_login_account_burst: 10,
+            failed_auth_per_ip_per_min: 30,
+            failed_auth_burst: 30,
+            sessions_per_user_per_node: 50,
         }
     }
 }
@@ -77,6 +97,28 @@ impl RateLimitSettings {
                 self.chat_requests_per_user_per_min,
             ),
             ("chat_request_burst", self.chat_request_burst),
+            (
+                "registrations_per_ip_per_hour",
+                self.registrations_per_ip_per_hour,
+            ),
+            ("registration_burst", self.registration_burst),
+            (
+                "failed_logins_per_account_per_hour",
+                self.failed_logins_per_account_per_hour,
+            ),
+            (
+                "failed_login_account_burst",
+                self.failed_login_account_burst,
+            ),
+            (
+                "failed_auth_per_ip_per_min",
+                self.failed_auth_per_ip_per_min,
+            ),
+            ("failed_auth_burst", self.failed_auth_burst),
+            (
+                "sessions_per_user_per_node",
+                self.sessions_per_user_per_node,
+            ),
             (
                 "concurrent_streams_per_user",
                 self.concurrent_streams_per_user,
@@ -116,12 +158,13 @@ pub enum Decision {
     Denied { retry_after: Duration },
 }
 
-/// The rate-based limits.
+/// The rate-based limits: every event counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rate {
     HandshakePerIp,
     LoginPerIp,
     ChatPerUser,
+    RegisterPerIp,
 }
 
 impl Rate {
@@ -130,7 +173,80 @@ impl Rate {
             Rate::HandshakePerIp => "handshake",
             Rate::LoginPerIp => "login",
             Rate::ChatPerUser => "chat",
+            Rate::RegisterPerIp => "register",
         }
+    }
+}
+
+/// Limits on failures: only failures count ([`Limits::failed`]), and once they are used up every
+/// attempt is refused ([`Limits::blocked`]) until the bucket refills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Wrong passwords, by username.
+    LoginPerAccount,
+    /// Tokens and API keys that matched nothing, by client address.
+    AuthPerIp,
+}
+
+impl Failure {
+    fn name(self) -> &'static str {
+        match self {
+            Failure::LoginPerAccount => "login_account",
+            Failure::AuthPerIp => "auth_failures",
+        }
+    }
+}
+
+/// `(milliseconds between events, burst)` of a limit.
+type Pace = (u64, u32);
+
+fn per_minute(n: u32) -> u64 {
+    60_000 / u64::from(n.max(1))
+}
+
+fn per_hour(n: u32) -> u64 {
+    3_600_000 / u64::from(n.max(1))
+}
+
+/// A GCRA over a map, for the failure limits when Redis is not there: unlike governor's, it can
+/// be asked without spending.
+#[derive(Default)]
+struct LocalGcra {
+    /// key → theoretical arrival time, in ms since `start`.
+    tats: Mutex<HashMap<String, u64>>,
+}
+
+fn local_now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl LocalGcra {
+    /// 0 when allowed, else milliseconds to wait; `spend` counts the event when allowed.
+    fn decide(&self, key: &str, (interval, burst): Pace, spend: bool) -> u64 {
+        let tolerance = interval * u64::from(burst.max(1) - 1);
+        let now = local_now_ms();
+        let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
+        let tat = tats.get(key).copied().unwrap_or(now).max(now);
+        let allow_at = tat.saturating_sub(tolerance);
+        if now < allow_at {
+            return allow_at - now;
+        }
+        if spend {
+            tats.insert(key.to_owned(), tat + interval);
+        }
+        0
+    }
+
+    fn prune(&self) {
+        let now = local_now_ms();
+        self.tats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, tat| *tat > now);
     }
 }
 
@@ -157,6 +273,7 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local allow_at = tat - tolerance
 if now < allow_at then return allow_at - now end
+if ARGV[3] == '1' then return 0 end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
 return 0
@@ -193,7 +310,11 @@ struct LocalLimits {
     handshakes: DefaultKeyedRateLimiter<String>,
     logins: DefaultKeyedRateLimiter<String>,
     chats: DefaultKeyedRateLimiter<String>,
+    registrations: DefaultKeyedRateLimiter<String>,
+    failures: LocalGcra,
     streams: Arc<Mutex<HashMap<String, u32>>>,
+    /// Open WebSocket sessions by user, on this node.
+    sessions: Arc<Mutex<HashMap<String, u32>>>,
     /// `(user, day)` → completion tokens.
     tokens: Mutex<HashMap<(String, String), u64>>,
 }
@@ -202,6 +323,39 @@ fn quota(per_min: u32, burst: u32) -> Quota {
     let per_min = NonZeroU32::new(per_min.max(1)).expect("at least 1");
     let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
     Quota::per_minute(per_min).allow_burst(burst)
+}
+
+/// One of `limit` places of `key` in an in-memory count, freed when the lease drops.
+fn counted_slot(
+    counts: &Arc<Mutex<HashMap<String, u32>>>,
+    key: &str,
+    limit: u32,
+) -> Option<StreamLease> {
+    {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.to_owned()).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+    }
+    let counts = counts.clone();
+    let key = key.to_owned();
+    Some(StreamLease {
+        release: Some(Box::new(move || {
+            let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        })),
+    })
+}
+
+fn local_key(failure: Failure, key: &str) -> String {
+    format!("{}:{key}", failure.name())
 }
 
 fn now_unix() -> u64 {
@@ -229,7 +383,16 @@ impl Limits {
                 s.chat_requests_per_user_per_min,
                 s.chat_request_burst,
             )),
+            registrations: RateLimiter::keyed(
+                Quota::with_period(Duration::from_millis(per_hour(
+                    s.registrations_per_ip_per_hour,
+                )))
+                .expect("a period of at least 360 ms")
+                .allow_burst(NonZeroU32::new(s.registration_burst.max(1)).expect("at least 1")),
+            ),
+            failures: LocalGcra::default(),
             streams: Arc::default(),
+            sessions: Arc::default(),
             tokens: Mutex::default(),
         };
         Arc::new(Limits {
@@ -276,40 +439,26 @@ impl Limits {
             return Decision::Allowed;
         }
         let s = &self.settings;
-        let (per_min, burst) = match rate {
-            Rate::HandshakePerIp => (s.handshakes_per_ip_per_min, s.handshake_burst),
-            Rate::LoginPerIp => (s.logins_per_ip_per_min, s.login_burst),
-            Rate::ChatPerUser => (s.chat_requests_per_user_per_min, s.chat_request_burst),
+        let pace = match rate {
+            Rate::HandshakePerIp => (per_minute(s.handshakes_per_ip_per_min), s.handshake_burst),
+            Rate::LoginPerIp => (per_minute(s.logins_per_ip_per_min), s.login_burst),
+            Rate::ChatPerUser => (
+                per_minute(s.chat_requests_per_user_per_min),
+                s.chat_request_burst,
+            ),
+            Rate::RegisterPerIp => (
+                per_hour(s.registrations_per_ip_per_hour),
+                s.registration_burst,
+            ),
         };
-        if let Some(cluster) = &self.cluster {
-            let interval_ms = 60_000 / u64::from(per_min.max(1));
-            let tolerance_ms = interval_ms * u64::from(burst.max(1) - 1);
-            let key = cluster.key(&format!("rl:{}:{key}", rate.name()));
-            let result: Result<u64, _> = async {
-                let mut conn = cluster.conn().await?;
-                let wait: u64 = redis::Script::new(GCRA)
-                    .key(key)
-                    .arg(interval_ms)
-                    .arg(tolerance_ms)
-                    .invoke_async(&mut conn)
-                    .await?;
-                Ok::<_, crate::cluster::ClusterError>(wait)
-            }
-            .await;
-            match result {
-                Ok(0) => return Decision::Allowed,
-                Ok(wait_ms) => {
-                    return Decision::Denied {
-                        retry_after: Duration::from_millis(wait_ms),
-                    }
-                }
-                Err(e) => self.redis_failed(rate.name(), &e),
-            }
+        if let Some(decision) = self.redis_gcra(rate.name(), key, pace, true).await {
+            return decision;
         }
         let limiter = match rate {
             Rate::HandshakePerIp => &self.local.handshakes,
             Rate::LoginPerIp => &self.local.logins,
             Rate::ChatPerUser => &self.local.chats,
+            Rate::RegisterPerIp => &self.local.registrations,
         };
         match limiter.check_key(&key.to_owned()) {
             Ok(()) => Decision::Allowed,
@@ -317,6 +466,98 @@ impl Limits {
                 retry_after: not_until
                     .wait_time_from(governor::clock::DefaultClock::default().now()),
             },
+        }
+    }
+
+    /// One GCRA decision in Redis; `None` without Redis or when it failed (then the caller
+    /// decides in memory).
+    async fn redis_gcra(
+        &self,
+        name: &'static str,
+        key: &str,
+        (interval_ms, burst): Pace,
+        spend: bool,
+    ) -> Option<Decision> {
+        let cluster = self.cluster.as_ref()?;
+        let tolerance_ms = interval_ms * u64::from(burst.max(1) - 1);
+        let key = cluster.key(&format!("rl:{name}:{key}"));
+        let result: Result<u64, _> = async {
+            let mut conn = cluster.conn().await?;
+            let wait: u64 = redis::Script::new(GCRA)
+                .key(key)
+                .arg(interval_ms)
+                .arg(tolerance_ms)
+                .arg(if spend { "0" } else { "1" })
+                .invoke_async(&mut conn)
+                .await?;
+            Ok::<_, crate::cluster::ClusterError>(wait)
+        }
+        .await;
+        match result {
+            Ok(0) => Some(Decision::Allowed),
+            Ok(wait_ms) => Some(Decision::Denied {
+                retry_after: Duration::from_millis(wait_ms),
+            }),
+            Err(e) => {
+                self.redis_failed(name, &e);
+                None
+            }
+        }
+    }
+
+    fn failure_pace(&self, failure: Failure) -> Pace {
+        let s = &self.settings;
+        match failure {
+            Failure::LoginPerAccount => (
+                per_hour(s.failed_logins_per_account_per_hour),
+                s.failed_login_account_burst,
+            ),
+            Failure::AuthPerIp => (
+                per_minute(s.failed_auth_per_ip_per_min),
+                s.failed_auth_burst,
+            ),
+        }
+    }
+
+    /// Whether `key` has used up its allowance of `failure`s; asking spends nothing.
+    pub async fn blocked(&self, failure: Failure, key: &str) -> Decision {
+        if !self.settings.enabled {
+            return Decision::Allowed;
+        }
+        let pace = self.failure_pace(failure);
+        let decision = match self.redis_gcra(failure.name(), key, pace, false).await {
+            Some(d) => d,
+            None => match self
+                .local
+                .failures
+                .decide(&local_key(failure, key), pace, false)
+            {
+                0 => Decision::Allowed,
+                ms => Decision::Denied {
+                    retry_after: Duration::from_millis(ms),
+                },
+            },
+        };
+        if decision != Decision::Allowed {
+            self.rejected(failure.name());
+        }
+        decision
+    }
+
+    /// Counts one `failure` of `key`.
+    pub async fn failed(&self, failure: Failure, key: &str) {
+        if !self.settings.enabled {
+            return;
+        }
+        let pace = self.failure_pace(failure);
+        if self
+            .redis_gcra(failure.name(), key, pace, true)
+            .await
+            .is_none()
+        {
+            self.local
+                .failures
+                .decide(&local_key(failure, key), pace, true);
         }
     }
 
@@ -371,27 +612,24 @@ impl Limits {
                 Err(e) => self.redis_failed("streams", &e),
             }
         }
-        let streams = self.local.streams.clone();
-        {
-            let mut map = streams.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(user_id.to_owned()).or_default();
-            if *n >= limit {
-                return None;
-            }
-            *n += 1;
+        counted_slot(&self.local.streams, user_id, limit)
+    }
+
+    /// Takes one of the user's WebSocket session places on this node, or says none is free. The
+    /// lease is held as long as the connection lives.
+    pub fn acquire_session(&self, user_id: &str) -> Option<StreamLease> {
+        if !self.settings.enabled {
+            return Some(StreamLease { release: None });
         }
-        let user = user_id.to_owned();
-        Some(StreamLease {
-            release: Some(Box::new(move || {
-                let mut map = streams.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(n) = map.get_mut(&user) {
-                    *n -= 1;
-                    if *n == 0 {
-                        map.remove(&user);
-                    }
-                }
-            })),
-        })
+        let lease = counted_slot(
+            &self.local.sessions,
+            user_id,
+            self.settings.sessions_per_user_per_node,
+        );
+        if lease.is_none() {
+            self.rejected("sessions");
+        }
+        lease
     }
 
     /// Whether the user has spent today's completion-token budget.
@@ -466,6 +704,8 @@ impl Limits {
         self.local.handshakes.retain_recent();
         self.local.logins.retain_recent();
         self.local.chats.retain_recent();
+        self.local.registrations.retain_recent();
+        self.local.failures.prune();
     }
 }
 
@@ -515,6 +755,35 @@ mod tests {
         assert!(limits.acquire_stream("u").await.is_none());
         drop(lease);
         assert!(limits.acquire_stream("u").await.is_some());
+    }
+
+    #[actix_rt::test]
+    async fn local_failures_count_only_when_reported_and_asking_is_free() {
+        let limits = Limits::new(
+            RateLimitSettings {
+                failed_logins_per_account_per_hour: 1,
+                failed_login_account_burst: 2,
+                ..Default::default()
+            },
+            None,
+        );
+        let f = Failure::LoginPerAccount;
+        for _ in 0..10 {
+            assert_eq!(limits.blocked(f, "ann").await, Decision::Allowed);
+        }
+        limits.failed(f, "ann").await;
+        assert_eq!(limits.blocked(f, "ann").await, Decision::Allowed);
+        limits.failed(f, "ann").await;
+        let Decision::Denied { retry_after } = limits.blocked(f, "ann").await else {
+            panic!("two failures of two allowed, yet not blocked");
+        };
+        assert!(retry_after > Duration::from_secs(60), "{retry_after:?}");
+        assert_eq!(limits.blocked(f, "bob").await, Decision::Allowed);
+        assert_eq!(
+            limits.blocked(Failure::AuthPerIp, "ann").await,
+            Decision::Allowed,
+            "each kind of failure counts apart"
+        );
     }
 
     #[actix_rt::test]

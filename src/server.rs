@@ -220,6 +220,7 @@ impl Gateway {
                 token: config.admin_token.clone(),
                 node_id: node_id.clone(),
             },
+            guards: routes::Guards::new(&config),
         });
 
         let drain_timeout = Duration::from_millis(config.shutdown.drain_timeout_ms);
@@ -231,7 +232,7 @@ impl Gateway {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(actix_web::middleware::from_fn(log_request))
-                .configure(routes::configure)
+                .configure(routes::configure_for(&app_state))
         })
         .on_connect(move |conn, ext| conn::record_socket(&open, conn, ext))
         .client_disconnect_timeout(Duration::from_millis(

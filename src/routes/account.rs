@@ -1,6 +1,9 @@
 //! `POST /register` and `POST /login`, with the seed's bodies and answers.
 
-use std::time::SystemTime;
+use std::{
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -10,7 +13,7 @@ use super::{ApiError, AppState, Caller};
 use crate::{
     access::{Credential, Revocation},
     auth,
-    limits::Rate,
+    limits::{Decision, Failure, Rate},
     store::Role,
 };
 
@@ -43,22 +46,66 @@ pub(super) fn validate(c: &Credentials) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(f)
+/// How long a client refused for busy password hashing is asked to wait.
+const HASHING_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+fn hashing_busy(_: auth::HashingBusy) -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: "Server busy; retry later".to_owned(),
+        retry_after: Some(HASHING_RETRY_AFTER),
+    }
+}
+
+/// Hashes a password in one of the node's few hashing slots (503 when none frees up in time).
+pub(super) async fn hash_password(state: &AppState, password: String) -> Result<String, ApiError> {
+    state
+        .guards
+        .hashing
+        .hash(password)
         .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Server busy".to_owned()))
+        .map_err(hashing_busy)
+}
+
+/// Checks a password against a user's hash, or a decoy when there is no such user (so both take
+/// as long), in a hashing slot.
+async fn verify_password(
+    state: &AppState,
+    password: String,
+    phc: Option<String>,
+) -> Result<bool, ApiError> {
+    state
+        .guards
+        .hashing
+        .verify(password, phc)
+        .await
+        .map_err(hashing_busy)
 }
 
 pub async fn register(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
+    if !state.guards.open_registration {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Registration is closed; ask an administrator for an account".to_owned(),
+        ));
+    }
+    ApiError::check(
+        state
+            .limits
+            .check(
+                Rate::RegisterPerIp,
+                &client_key(&req, &state.trusted_proxies),
+            )
+            .await,
+        "sign-ups",
+    )?;
     let creds = body.into_inner();
     validate(&creds)?;
-    let password = creds.password;
-    let hash = blocking(move || auth::hash_password(&password)).await?;
+    let hash = hash_password(&state, creds.password).await?;
     let user = state
         .access
         .identity()
@@ -71,15 +118,30 @@ pub async fn register(
     })))
 }
 
-/// The client's address, for per-address limits: the TCP peer, unless that is a trusted proxy;
-/// then the nearest address in `X-Forwarded-For` that is not one.
-pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> String {
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
-        return String::new();
-    };
-    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+/// The key per-address limits count by: an IPv4 address, or the /64 network of an IPv6 one
+/// (one subscriber usually holds a whole /64, so counting single addresses would let one client
+/// rotate through 2^64 of them).
+pub fn client_key(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> String {
+    client_addr(req, trusted).map_or_else(String::new, limit_key)
+}
+
+/// An address as a limit key: IPv4 (and IPv4-mapped IPv6) as is, IPv6 as its /64.
+pub fn limit_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
+            .map(|n| n.trunc().to_string())
+            .unwrap_or_else(|_| v6.to_string()),
+    }
+}
+
+/// The client's address: the TCP peer, unless that is a trusted proxy; then the nearest address
+/// in `X-Forwarded-For` that is not one.
+pub fn client_addr(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
-        return peer.to_string();
+        return Some(peer);
     }
     let hops: Vec<&str> = req
         .headers()
@@ -89,13 +151,13 @@ pub fn client_ip(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> String {
         .map(str::trim)
         .collect();
     for hop in hops.iter().rev() {
-        match hop.parse::<std::net::IpAddr>() {
+        match hop.parse::<IpAddr>() {
             Ok(ip) if is_trusted(&ip) => continue,
-            Ok(ip) => return ip.to_string(),
+            Ok(ip) => return Some(ip),
             Err(_) => break,
         }
     }
-    peer.to_string()
+    Some(peer)
 }
 
 pub async fn login(
@@ -106,29 +168,44 @@ pub async fn login(
     ApiError::check(
         state
             .limits
-            .check(Rate::LoginPerIp, &client_ip(&req, &state.trusted_proxies))
+            .check(Rate::LoginPerIp, &client_key(&req, &state.trusted_proxies))
             .await,
         "logins",
     )?;
     let creds = body.into_inner();
+    let invalid = || ApiError::new(StatusCode::UNAUTHORIZED, "Invalid credentials".to_owned());
+    if !USERNAME_CHARS.contains(&creds.username.chars().count()) {
+        // No such user can exist: no lookup, no hash, and no limit key of any size.
+        return Err(invalid());
+    }
+    // Wrong passwords for one name, from however many addresses, lock that name for a while.
+    let account = creds.username.to_lowercase();
+    if let Decision::Denied { retry_after } = state
+        .limits
+        .blocked(Failure::LoginPerAccount, &account)
+        .await
+    {
+        return Err(ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "Too many failed logins for this account; retry later".to_owned(),
+            retry_after: Some(retry_after),
+        });
+    }
     let user = state
         .access
         .identity()
         .user_by_name(&creds.username)
         .await?;
-    let hash = user.as_ref().map_or_else(
-        || auth::decoy_hash().to_owned(),
-        |u| u.password_hash.clone(),
-    );
-    let password = creds.password;
-    let valid = blocking(move || auth::verify_password(&password, &hash)).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let valid = verify_password(&state, creds.password, hash).await?;
     let user = match user {
         Some(user) if valid => user,
         _ => {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Invalid credentials".to_owned(),
-            ))
+            state
+                .limits
+                .failed(Failure::LoginPerAccount, &account)
+                .await;
+            return Err(invalid());
         }
     };
     if user.disabled {

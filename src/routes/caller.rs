@@ -4,10 +4,11 @@ use std::{future::Future, pin::Pin};
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 
-use super::{ApiError, AppState};
+use super::{account::client_key, ApiError, AppState};
 use crate::{
-    access::{Credential, Principal},
+    access::{AuthError, Credential, Principal},
     auth::TokenError,
+    limits::{Decision, Failure},
 };
 
 /// What the registry and the hooks know of a caller's session (a WebSocket connection, or one
@@ -53,10 +54,45 @@ impl FromRequest for Caller {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let presented = bearer(req).map(str::to_owned);
+        let req = req.clone();
         Box::pin(async move {
-            let state = state.expect("AppState is configured");
+            let Some(state) = state else {
+                return Err(ApiError::new(
+                    actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "AppState is not configured".to_owned(),
+                ));
+            };
             let presented = presented.ok_or(TokenError::Missing)?;
-            Ok(Caller(state.access.authenticate(&presented).await?))
+            let from = client_key(&req, &state.trusted_proxies);
+            Ok(Caller(authenticate_from(&state, &from, &presented).await?))
         })
+    }
+}
+
+/// Checks a presented token or API key for a client at address key `from`. Credentials that
+/// match nothing count against the address; once it has used up `failed_auth_*`, its API keys
+/// are refused (429) without a store lookup until the allowance refills.
+pub async fn authenticate_from(
+    state: &AppState,
+    from: &str,
+    presented: &str,
+) -> Result<Principal, ApiError> {
+    if state.access.may_look_up(presented) {
+        if let Decision::Denied { retry_after } =
+            state.limits.blocked(Failure::AuthPerIp, from).await
+        {
+            return Err(ApiError {
+                status: actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                message: "Too many failed authentication attempts; retry later".to_owned(),
+                retry_after: Some(retry_after),
+            });
+        }
+    }
+    match state.access.authenticate(presented).await {
+        Err(AuthError::Token(TokenError::Invalid)) => {
+            state.limits.failed(Failure::AuthPerIp, from).await;
+            Err(TokenError::Invalid.into())
+        }
+        other => Ok(other?),
     }
 }

@@ -1,20 +1,52 @@
 //! `GET /chat`: authenticates, then upgrades to a WebSocket run by a [`SessionActor`].
 
-use std::{rc::Rc, sync::atomic::Ordering};
+use std::{
+    pin::Pin,
+    rc::Rc,
+    sync::atomic::Ordering,
+    task::{Context, Poll},
+};
 
 use actix::Actor;
 use actix_web::{
+    body::{BodySize, MessageBody},
     http::{header, StatusCode},
     web, HttpRequest, HttpResponse,
 };
 use ai_gateway_actors::{ConnectionAbort, SessionActor};
 
 use super::{
-    account::client_ip,
-    caller::{bearer, session_of},
+    account::client_key,
+    caller::{authenticate_from, bearer, session_of},
     ApiError, AppState,
 };
-use crate::{auth::TokenError, conn::ConnSocket, limits::Rate};
+use crate::{
+    auth::TokenError,
+    conn::ConnSocket,
+    limits::{Rate, StreamLease},
+};
+
+/// The body of an upgraded connection, holding the user's session place: actix drops it when
+/// the connection ends, however it ends, and the place is free again.
+struct Leased<B> {
+    body: B,
+    _lease: StreamLease,
+}
+
+impl<B: MessageBody + Unpin> MessageBody for Leased<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<bytes::Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
 
 /// The token from `Authorization: Bearer ...`, or else from `?token=` (the seed's way).
 fn token_of(req: &HttpRequest) -> Option<String> {
@@ -40,8 +72,9 @@ pub(super) fn trace_headers(req: &HttpRequest) -> std::collections::HashMap<Stri
 }
 
 /// Browsers send `Origin`; other clients do not. A browser page may connect only from the
-/// gateway's own origin or one listed in `allowed_origins` (`*` allows any).
-fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+/// gateway's own origin or one listed in `allowed_origins` (`*` allows any). The gateway's own
+/// host is the `Host` header; `X-Forwarded-Host` and `Forwarded` count only from a trusted proxy.
+fn origin_allowed(req: &HttpRequest, allowed: &[String], trusted: &[ipnet::IpNet]) -> bool {
     let Some(origin) = req
         .headers()
         .get(header::ORIGIN)
@@ -55,7 +88,23 @@ fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
     {
         return true;
     }
-    let host = req.connection_info().host().to_owned();
+    let from_proxy = req
+        .peer_addr()
+        .is_some_and(|p| trusted.iter().any(|n| n.contains(&p.ip())));
+    let host = if from_proxy {
+        req.connection_info().host().to_owned()
+    } else {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        match host {
+            Some(host) => host,
+            None => return false,
+        }
+    };
     ["http://", "https://"].iter().any(|scheme| {
         origin
             .strip_prefix(scheme)
@@ -68,7 +117,7 @@ pub async fn upgrade(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if !origin_allowed(&req, &state.allowed_origins) {
+    if !origin_allowed(&req, &state.allowed_origins, &state.trusted_proxies) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "Origin not allowed".to_owned(),
@@ -79,21 +128,37 @@ pub async fn upgrade(
             .limits
             .check(
                 Rate::HandshakePerIp,
-                &client_ip(&req, &state.trusted_proxies),
+                &client_key(&req, &state.trusted_proxies),
             )
             .await,
         "connection attempts",
     )?;
     let token = token_of(&req).ok_or(TokenError::Missing)?;
-    let principal = state.access.authenticate(&token).await?;
+    let from = client_key(&req, &state.trusted_proxies);
+    let principal = authenticate_from(&state, &from, &token).await?;
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server is shutting down".to_owned(),
         ));
     }
+    let lease = state
+        .limits
+        .acquire_session(&principal.user_id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many open connections for this user; close one first".to_owned(),
+            )
+        })?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let response = response
+        .map_body(|_, body| Leased {
+            body,
+            _lease: lease,
+        })
+        .map_into_boxed_body();
     let abort = req
         .conn_data::<ConnSocket>()
         .map(|s| Rc::new(*s) as Rc<dyn ConnectionAbort>);

@@ -70,7 +70,9 @@ pub async fn usage(
     query: web::Query<UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let days = query.days.clamp(1, MAX_USAGE_DAYS);
-    let since = SystemTime::now() - Duration::from_secs((days - 1) * 86_400);
+    let since = SystemTime::now()
+        .checked_sub(Duration::from_secs((days - 1) * 86_400))
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let totals = state
         .stores
         .usage

@@ -16,6 +16,13 @@ use crate::{
 /// Longest name a key may have.
 const MAX_KEY_NAME_CHARS: usize = 100;
 
+/// Longest lifetime a key may be given: ten years.
+pub const MAX_KEY_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Keys listed per page by default, and at most (as in the admin API).
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
@@ -23,6 +30,23 @@ pub struct NewKey {
     /// Seconds from now; absent means the key does not expire.
     #[serde(default)]
     expires_in_secs: Option<u64>,
+}
+
+fn bad_request(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message.to_owned())
+}
+
+/// When a key asked to live `secs` from `now` expires: 1 second to ten years, else 400.
+fn expiry(now: SystemTime, secs: Option<u64>) -> Result<Option<SystemTime>, ApiError> {
+    let Some(secs) = secs else { return Ok(None) };
+    if !(1..=MAX_KEY_LIFETIME_SECS).contains(&secs) {
+        return Err(bad_request(&format!(
+            "expires_in_secs must be 1 to {MAX_KEY_LIFETIME_SECS} (ten years), or absent for a key that does not expire"
+        )));
+    }
+    now.checked_add(Duration::from_secs(secs))
+        .map(Some)
+        .ok_or_else(|| bad_request("expires_in_secs is too large"))
 }
 
 pub async fn create(
@@ -33,11 +57,10 @@ pub async fn create(
     let body = body.into_inner();
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > MAX_KEY_NAME_CHARS {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "name must be 1 to 100 characters".to_owned(),
-        ));
+        return Err(bad_request("name must be 1 to 100 characters"));
     }
+    let now = SystemTime::now();
+    let expires_at = expiry(now, body.expires_in_secs)?;
     let (secret, prefix) = new_api_key();
     let key = ApiKey {
         id: uuid::Uuid::new_v4().to_string(),
@@ -45,26 +68,56 @@ pub async fn create(
         name: name.to_owned(),
         prefix,
         key_hash: api_key_hash(&secret),
-        created_at: SystemTime::now(),
-        expires_at: body
-            .expires_in_secs
-            .map(|s| SystemTime::now() + Duration::from_secs(s)),
+        created_at: now,
+        expires_at,
         revoked_at: None,
     };
-    let key = state.access.identity().create_api_key(key).await?;
-    let mut body = serde_json::to_value(&key).expect("keys serialize");
+    let key = state
+        .access
+        .identity()
+        .create_api_key(key, state.guards.max_api_keys_per_user)
+        .await?;
+    let mut body = serde_json::to_value(&key).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not show the key: {e}"),
+        )
+    })?;
     // The only time the key itself is shown.
     body["key"] = json!(secret);
     Ok(HttpResponse::Created().json(body))
 }
 
-pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let keys = state
+/// `?offset=&limit=`, as in the admin API.
+#[derive(Deserialize)]
+pub struct KeyPage {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/keys?offset=&limit=`: the caller's keys, oldest first, `limit` (default 100, at
+/// most 1000) from `offset`. `next_offset` is where the next page starts, or null.
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    page: web::Query<KeyPage>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let mut keys = state
         .access
         .identity()
-        .api_keys_of(&caller.0.user_id)
+        .api_keys_page(&caller.0.user_id, page.offset, limit + 1)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "keys": keys })))
+    let more = keys.len() > limit;
+    keys.truncate(limit);
+    let next_offset = more.then(|| page.offset.saturating_add(limit));
+    Ok(HttpResponse::Ok().json(json!({
+        "keys": keys,
+        "offset": page.offset,
+        "limit": limit,
+        "next_offset": next_offset,
+    })))
 }
 
 pub async fn revoke(
@@ -85,4 +138,25 @@ pub async fn revoke(
         .revoke(Revocation::ApiKey { id: key.id.clone() })
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "id": key.id, "revoked": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_refuses_what_time_cannot_hold() {
+        let now = SystemTime::now();
+        assert_eq!(expiry(now, None), Ok(None));
+        assert_eq!(
+            expiry(now, Some(60)),
+            Ok(Some(now + Duration::from_secs(60)))
+        );
+        for bad in [0, MAX_KEY_LIFETIME_SECS + 1, u64::MAX] {
+            assert_eq!(
+                expiry(now, Some(bad)).unwrap_err().status,
+                StatusCode::BAD_REQUEST
+            );
+        }
+    }
 }

@@ -17,7 +17,11 @@ use std::{
 };
 
 use actix::Addr;
-use actix_web::{http::StatusCode, web, HttpResponse, ResponseError};
+use actix_web::{
+    error::{JsonPayloadError, PayloadError},
+    http::StatusCode,
+    middleware, web, HttpResponse, ResponseError,
+};
 use ai_gateway_actors::{Router, SessionEnv, SessionRegistry};
 use serde_json::json;
 
@@ -27,8 +31,9 @@ pub use health::Telemetry;
 
 use crate::{
     access::{Access, AuthError},
-    auth::TokenError,
+    auth::{PasswordHashing, TokenError},
     cluster::Cluster,
+    config::Config,
     limits::{Decision, Limits},
     store::{StoreError, Stores},
 };
@@ -50,43 +55,119 @@ pub struct AppState {
     /// For the readiness probe.
     pub postgres: Option<Arc<crate::store::postgres::PgStore>>,
     pub admin: AdminContext,
+    pub guards: Guards,
 }
 
-/// Largest JSON body the REST endpoints accept.
-pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
+/// What defends the gateway against abuse beyond the rate limits (docs/SECURITY.md).
+pub struct Guards {
+    pub open_registration: bool,
+    pub max_body_bytes: usize,
+    pub max_api_keys_per_user: u32,
+    /// The node's few password-hashing slots.
+    pub hashing: PasswordHashing,
+}
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(MAX_JSON_BODY_BYTES)
-            .error_handler(|err, _| ApiError::new(StatusCode::BAD_REQUEST, err.to_string()).into()),
-    )
-    .route("/", web::get().to(pages::index))
-    .route("/index.html", web::get().to(pages::index))
-    .route("/login", web::get().to(pages::index))
-    .route("/login", web::post().to(account::login))
-    .route("/register", web::post().to(account::register))
-    .route("/logout", web::post().to(account::logout))
-    .route("/chat", web::get().to(chat::upgrade))
-    .route("/v1/keys", web::post().to(keys::create))
-    .route("/v1/keys", web::get().to(keys::list))
-    .route("/v1/keys/{id}", web::delete().to(keys::revoke))
-    .route("/v1/conversations", web::get().to(conversations::list))
-    .route("/v1/conversations/{id}", web::get().to(conversations::show))
-    .route(
-        "/v1/conversations/{id}",
-        web::delete().to(conversations::delete),
-    )
-    .route("/v1/usage", web::get().to(conversations::usage))
-    .route("/v1/models", web::get().to(openai::models))
-    .route("/v1/chat/completions", web::post().to(openai::completions))
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(health::metrics))
-    .configure(admin::configure)
-    .default_service(web::to(|| async {
-        ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())
-    }));
+impl Guards {
+    pub fn new(config: &Config) -> Guards {
+        Guards {
+            open_registration: config.open_registration,
+            max_body_bytes: config.max_body_bytes,
+            max_api_keys_per_user: config.max_api_keys_per_user,
+            hashing: PasswordHashing::new(
+                config.password_hash_concurrency,
+                Duration::from_millis(config.password_hash_wait_ms),
+            ),
+        }
+    }
+}
+
+/// A body past `max_body_bytes` is 413; any other unreadable JSON body is 400.
+fn json_error(err: JsonPayloadError) -> ApiError {
+    let too_large = matches!(
+        err,
+        JsonPayloadError::Overflow { .. }
+            | JsonPayloadError::OverflowKnownLength { .. }
+            | JsonPayloadError::Payload(PayloadError::Overflow)
+    );
+    if too_large {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large".to_owned(),
+        )
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, err.to_string())
+    }
+}
+
+/// Largest body of the sign-up, login and key endpoints, whose bodies are a few short strings
+/// (`max_body_bytes` when that is smaller): a credential endpoint has no reason to buffer 20 MiB
+/// for anyone who asks.
+pub const MAX_SMALL_BODY_BYTES: usize = 64 * 1024;
+
+fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _| json_error(err).into())
+}
+
+/// Every route, wrapped in CORS and the security headers, for the app state's settings.
+pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
+    let max_body = state.guards.max_body_bytes;
+    let small_body = max_body.min(MAX_SMALL_BODY_BYTES);
+    let origins = state.allowed_origins.clone();
+    move |cfg| {
+        cfg.service(
+            web::scope("")
+                .app_data(json_config(max_body))
+                .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                    ApiError::new(StatusCode::BAD_REQUEST, err.to_string()).into()
+                }))
+                .wrap(pages::cors(&origins))
+                .wrap(middleware::from_fn(pages::security_headers))
+                .configure(|cfg| configure(cfg, small_body))
+                .default_service(web::to(|| async {
+                    ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())
+                })),
+        );
+    }
+}
+
+fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
+    cfg.route("/", web::get().to(pages::index))
+        .route("/index.html", web::get().to(pages::index))
+        .service(
+            web::resource("/login")
+                .app_data(json_config(small_body))
+                .route(web::get().to(pages::index))
+                .route(web::post().to(account::login)),
+        )
+        .service(
+            web::resource("/register")
+                .app_data(json_config(small_body))
+                .route(web::post().to(account::register)),
+        )
+        .route("/logout", web::post().to(account::logout))
+        .route("/chat", web::get().to(chat::upgrade))
+        .service(
+            web::resource("/v1/keys")
+                .app_data(json_config(small_body))
+                .route(web::post().to(keys::create))
+                .route(web::get().to(keys::list)),
+        )
+        .route("/v1/keys/{id}", web::delete().to(keys::revoke))
+        .route("/v1/conversations", web::get().to(conversations::list))
+        .route("/v1/conversations/{id}", web::get().to(conversations::show))
+        .route(
+            "/v1/conversations/{id}",
+            web::delete().to(conversations::delete),
+        )
+        .route("/v1/usage", web::get().to(conversations::usage))
+        .route("/v1/models", web::get().to(openai::models))
+        .route("/v1/chat/completions", web::post().to(openai::completions))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .configure(admin::configure);
 }
 
 /// An HTTP error answered as `{"error": message}`, the seed's shape.

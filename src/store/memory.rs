@@ -121,8 +121,18 @@ impl IdentityStore for MemoryStore {
         Ok(())
     }
 
-    async fn create_api_key(&self, key: ApiKey) -> StoreResult<ApiKey> {
-        self.state().api_keys.insert(key.id.clone(), key.clone());
+    async fn create_api_key(&self, key: ApiKey, max_live: u32) -> StoreResult<ApiKey> {
+        let now = SystemTime::now();
+        let mut s = self.state();
+        let live = s
+            .api_keys
+            .values()
+            .filter(|k| k.user_id == key.user_id && k.usable_at(now))
+            .count();
+        if live >= max_live as usize {
+            return Err(super::key_limit_reached(max_live));
+        }
+        s.api_keys.insert(key.id.clone(), key.clone());
         Ok(key)
     }
 

@@ -158,6 +158,13 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// What a user is told when they hold as many live API keys as they may.
+pub fn key_limit_reached(max_live: u32) -> StoreError {
+    StoreError::Conflict(format!(
+        "API key limit reached: at most {max_live} live keys per user; revoke one first"
+    ))
+}
+
 #[async_trait]
 pub trait IdentityStore: Send + Sync + 'static {
     /// Creates a user; a taken name is a [`StoreError::Conflict`].
@@ -183,10 +190,28 @@ pub trait IdentityStore: Send + Sync + 'static {
         expires_at: SystemTime,
     ) -> StoreResult<()>;
 
-    async fn create_api_key(&self, key: ApiKey) -> StoreResult<ApiKey>;
+    /// Stores a new key unless its user already holds `max_live` usable (not revoked, not
+    /// expired) keys: then a [`StoreError::Conflict`] saying so. Atomic per user.
+    async fn create_api_key(&self, key: ApiKey, max_live: u32) -> StoreResult<ApiKey>;
     async fn api_key_by_hash(&self, key_hash: &[u8]) -> StoreResult<Option<ApiKey>>;
     async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKey>>;
+    /// Every key of a user, oldest first.
     async fn api_keys_of(&self, user_id: &str) -> StoreResult<Vec<ApiKey>>;
+    /// One page of a user's keys, oldest first.
+    async fn api_keys_page(
+        &self,
+        user_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Vec<ApiKey>> {
+        Ok(self
+            .api_keys_of(user_id)
+            .await?
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .collect())
+    }
     /// Answers whether a live key was revoked.
     async fn revoke_api_key(&self, id: &str) -> StoreResult<bool>;
 

@@ -102,6 +102,11 @@ fn user_of(row: &Row) -> User {
     }
 }
 
+/// An offset or limit as PostgreSQL takes it: a huge one saturates instead of wrapping negative.
+fn pg_count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 fn key_of(row: &Row) -> ApiKey {
     ApiKey {
         id: row.get::<_, Uuid>("id").to_string(),
@@ -219,7 +224,7 @@ impl IdentityStore for PgStore {
         let rows = self
             .client()
             .await?
-            .query(&sql, &[&(offset as i64), &(limit as i64)])
+            .query(&sql, &[&pg_count(offset), &pg_count(limit)])
             .await
             .map_err(unavailable)?;
         Ok(rows.iter().map(user_of).collect())
@@ -262,17 +267,34 @@ impl IdentityStore for PgStore {
         Ok(())
     }
 
-    async fn create_api_key(&self, key: ApiKey) -> StoreResult<ApiKey> {
+    async fn create_api_key(&self, key: ApiKey, max_live: u32) -> StoreResult<ApiKey> {
         let (Some(id), Some(user)) = (uuid(&key.id), uuid(&key.user_id)) else {
             return Err(StoreError::Conflict("bad key or user id".into()));
         };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        // The user's row lock makes count-then-insert atomic against the same user's other
+        // requests, on any node.
+        tx.query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user])
+            .await
+            .map_err(unavailable)?;
+        let live: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > now())",
+                &[&user],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        if live >= i64::from(max_live) {
+            return Err(super::key_limit_reached(max_live));
+        }
         let sql = format!(
             "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING {KEY_COLUMNS}"
         );
-        let row = self
-            .client()
-            .await?
+        let row = tx
             .query_one(
                 &sql,
                 &[
@@ -286,6 +308,7 @@ impl IdentityStore for PgStore {
             )
             .await
             .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
         Ok(key_of(&row))
     }
 
@@ -322,6 +345,29 @@ impl IdentityStore for PgStore {
             .client()
             .await?
             .query(&sql, &[&user])
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(key_of).collect())
+    }
+
+    async fn api_keys_page(
+        &self,
+        user_id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Vec<ApiKey>> {
+        let Some(user) = uuid(user_id) else {
+            return Ok(vec![]);
+        };
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 \
+             ORDER BY created_at, id OFFSET $2 LIMIT $3"
+        );
+        let (offset, limit) = (pg_count(offset), pg_count(limit));
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&user, &offset, &limit])
             .await
             .map_err(unavailable)?;
         Ok(rows.iter().map(key_of).collect())

@@ -1,5 +1,6 @@
 //! Integration tests: a real gateway on a loopback port, real WebSocket and HTTP clients.
 
+mod abuse;
 mod admin;
 mod auth;
 mod backpressure;

@@ -9,7 +9,6 @@ use serde_json::json;
 use super::{Admin, Paging};
 use crate::{
     access::Revocation,
-    auth,
     routes::{
         account::{self, Credentials},
         ApiError, AppState,
@@ -121,8 +120,7 @@ pub async fn create(
             json!({"role": role.as_str()}),
         )
         .await?;
-    let password = creds.password;
-    let hash = account::blocking(move || auth::hash_password(&password)).await?;
+    let hash = account::hash_password(&state, creds.password).await?;
     let user = state
         .stores
         .identity
