@@ -52,6 +52,8 @@ pub struct Config {
     #[serde(deserialize_with = "crate::limits::deserialize_settings")]
     pub rate_limits: RateLimitSettings,
     pub session: SessionSettings,
+    /// Resumable answers: how long they are kept, how long one waits for its client.
+    pub resume: ResumeSettings,
     pub shutdown: ShutdownSettings,
     /// The built-in `mock` provider (model `mock`).
     pub mock: MockSettings,
@@ -156,6 +158,44 @@ pub struct SessionSettings {
     pub client_disconnect_timeout_ms: u64,
 }
 
+/// Resumable answers (docs/PROTOCOL.md, "Resuming an answer").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResumeSettings {
+    /// How long a finished answer can still be resumed.
+    pub retention_ms: u64,
+    /// How long an answer whose connection went away runs on, waiting for a resume; 0 cancels
+    /// it at once, as before resumable answers.
+    pub grace_ms: u64,
+    /// Largest journal kept for one answer; a longer answer streams on but cannot be resumed.
+    pub max_answer_bytes: usize,
+    /// Largest total of every journal on a node; the oldest finished answers go first.
+    pub max_journal_bytes: usize,
+}
+
+impl Default for ResumeSettings {
+    fn default() -> Self {
+        let d = ai_gateway_actors::ResumeSettings::default();
+        ResumeSettings {
+            retention_ms: d.retention.as_millis() as u64,
+            grace_ms: d.grace.as_millis() as u64,
+            max_answer_bytes: d.max_answer_bytes,
+            max_journal_bytes: d.max_journal_bytes,
+        }
+    }
+}
+
+impl ResumeSettings {
+    pub fn to_actors(&self) -> ai_gateway_actors::ResumeSettings {
+        ai_gateway_actors::ResumeSettings {
+            retention: Duration::from_millis(self.retention_ms),
+            grace: Duration::from_millis(self.grace_ms),
+            max_answer_bytes: self.max_answer_bytes,
+            max_journal_bytes: self.max_journal_bytes,
+        }
+    }
+}
+
 /// The session directory in Redis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -201,6 +241,7 @@ impl Default for Config {
             directory: DirectorySettings::default(),
             rate_limits: RateLimitSettings::default(),
             session: SessionSettings::default(),
+            resume: ResumeSettings::default(),
             shutdown: ShutdownSettings::default(),
             mock: MockSettings::default(),
             providers: BTreeMap::new(),

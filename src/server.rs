@@ -13,8 +13,8 @@ use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    close_code, Drain, Engine, KillSession, Metrics, MockProvider, NoDirectory, SessionCount,
-    SessionDirectory, SessionEnv, SessionRegistry,
+    close_code, AnswerHub, Drain, Engine, KillSession, Metrics, MockProvider, NoDirectory,
+    SessionCount, SessionDirectory, SessionEnv, SessionRegistry,
 };
 use rand::RngCore;
 
@@ -191,6 +191,21 @@ impl Gateway {
             writes: writes.clone(),
         });
 
+        let answers = AnswerHub::new(config.resume.to_actors(), metrics.journal.clone());
+        let swept = Arc::downgrade(&answers);
+        let sweep_every = (Duration::from_millis(config.resume.retention_ms) / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        actix_rt::spawn(async move {
+            let mut tick = actix_rt::time::interval(sweep_every);
+            loop {
+                tick.tick().await;
+                match swept.upgrade() {
+                    Some(hub) => hub.sweep(),
+                    None => return,
+                }
+            }
+        });
+
         let state = web::Data::new(AppState {
             router: router.clone(),
             access,
@@ -208,6 +223,7 @@ impl Gateway {
                 }),
                 registry,
                 metrics: metrics.clone(),
+                answers: answers.clone(),
             },
             telemetry: crate::routes::Telemetry::new(metrics),
             postgres: postgres_store,

@@ -2,6 +2,7 @@
 //! that knows every live session and forwards chat requests, and the provider streams that
 //! answer them. `docs/ARCHITECTURE.md` shows how they fit.
 
+pub mod answer;
 mod flow;
 pub mod frames;
 pub mod hooks;
@@ -9,10 +10,12 @@ pub mod metrics;
 mod outbox;
 pub mod provider;
 pub mod registry;
+mod relay;
 pub mod request;
 pub mod session;
 pub mod trace;
 
+pub use answer::{AnswerHub, ResumeSettings};
 pub use flow::FlowControl;
 pub use frames::close_code;
 pub use hooks::{

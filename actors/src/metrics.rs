@@ -146,6 +146,10 @@ pub struct Metrics {
     /// From an upstream attempt's start to its first chunk, by provider.
     pub upstream_first_chunk: Family<ProviderLabel, Histogram>,
     pub build_info: Family<BuildLabels, Gauge>,
+    /// The node's journals of answers, for `resume`.
+    pub journal: crate::answer::JournalMetrics,
+    pub resumes: Counter,
+    pub resumes_unavailable: Counter,
 }
 
 impl Metrics {
@@ -187,6 +191,9 @@ impl Metrics {
                 .set(1);
                 info
             },
+            journal: crate::answer::JournalMetrics::default(),
+            resumes: Counter::default(),
+            resumes_unavailable: Counter::default(),
         })
     }
 
@@ -256,6 +263,36 @@ impl Metrics {
             "upstream_ttfb_seconds",
             "From sending a request upstream to the upstream's first piece of the answer, by provider",
             self.upstream_first_chunk.clone(),
+        );
+        registry.register(
+            "resume_journal_bytes",
+            "Bytes kept by the journals of answers, for resume",
+            self.journal.bytes.clone(),
+        );
+        registry.register(
+            "resume_journal_answers",
+            "Answers whose journal is kept (running and finished within the retention time)",
+            self.journal.answers.clone(),
+        );
+        registry.register(
+            "resume_journal_dropped_too_large",
+            "Answers no longer kept for resume because they outgrew resume.max_answer_bytes",
+            self.journal.lost_too_large.clone(),
+        );
+        registry.register(
+            "resume_journal_dropped_budget",
+            "Answers no longer kept for resume because the node's resume.max_journal_bytes ran out",
+            self.journal.lost_budget.clone(),
+        );
+        registry.register(
+            "resumes",
+            "Resume requests that found their answer",
+            self.resumes.clone(),
+        );
+        registry.register(
+            "resumes_unavailable",
+            "Resume requests for an unknown, expired or foreign answer",
+            self.resumes_unavailable.clone(),
         );
         registry.register(
             "build_info",

@@ -162,7 +162,8 @@ impl Outbox {
                 self.flow.release(charge);
             }
         }
-        self.flow.close();
+        // The flow stays open: a running answer may outlive its connection (resume), its
+        // frames now dropped as they come, their bytes freed at once.
         self.writer_finished.set(true);
     }
 }

@@ -13,18 +13,22 @@ use std::{
 use actix::prelude::*;
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use ai_gateway_proto::{
-    decode_client_frame, ChatMessage, ChatPayload, ChunkPayload, ClientFrame, DoneMetadata,
-    DonePayload, ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage, SessionLimits,
-    SystemEvent, SystemPayload, Usage, PROTOCOL_VERSION,
+    decode_client_frame, ChatMessage, ChatPayload, ClientFrame, DonePayload, ErrorPayload,
+    ErrorReason, FinishReason, Role, ServerMessage, SessionLimits, SystemEvent, SystemPayload,
+    Usage, PROTOCOL_VERSION,
 };
 
+use tokio::sync::mpsc::UnboundedReceiver;
+
 use crate::{
+    answer::{AnswerHub, Cancel, Journal},
     frames::{close_code, Assembler, FrameError, Incoming},
     hooks::{Admission, Refusal, RequestStart},
     metrics::{Front, ReasonLabel},
-    outbox::{ChunkTiming, Outbox, Outgoing},
-    provider::{ChunkSink, ProviderRequest, StreamEvent},
+    outbox::{Outbox, Outgoing},
+    provider::{ChunkSink, ProviderRequest, StreamEvent, StreamHandle},
     registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, Unregister},
+    relay::{replay, Reader, Relay, RelayNews},
     request::{ChatRequest, Engine},
     FlowControl, Metrics,
 };
@@ -105,12 +109,25 @@ pub struct SessionEnv {
     pub registry: Addr<SessionRegistry>,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
+    /// The node's journals of answers, for `resume`.
+    pub answers: Arc<AnswerHub>,
 }
 
 /// A request running on this connection, under the session's private key.
 struct RunningRequest {
     key: u64,
-    request: ChatRequest,
+    /// The client's id for it.
+    id: String,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Being admitted, or its stream being started.
+    Admitting(Box<ChatRequest>),
+    /// Its answer streams, relayed by its own task.
+    Answering(Arc<Journal>),
+    /// A `resume`: a journal read back to this client.
+    Replaying(Arc<Journal>),
 }
 
 pub struct SessionActor {
@@ -121,6 +138,7 @@ pub struct SessionActor {
     registry: Addr<SessionRegistry>,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    answers: Arc<AnswerHub>,
     /// Why the session closed, for the disconnect metric; unset when the client just left.
     close_label: Option<&'static str>,
     flow: Arc<FlowControl>,
@@ -156,6 +174,7 @@ impl SessionActor {
             registry: env.registry,
             engine: env.engine,
             metrics: env.metrics,
+            answers: env.answers,
             close_label: None,
             ws: Some(ws),
             outbox: None,
@@ -195,29 +214,18 @@ impl SessionActor {
         self.send(&msg, ctx);
     }
 
-    fn send_done(
-        &mut self,
-        r: &ChatRequest,
-        finish_reason: FinishReason,
-        usage: Usage,
-        ctx: &mut Context<Self>,
-    ) {
-        let chunks = r.chunks();
-        let added = r.added_latency();
-        let metadata = (chunks > 0).then(|| DoneMetadata {
-            gateway_first_chunk_us: added.first_us,
-            gateway_mean_chunk_us: added.sum_us / chunks,
-            gateway_max_chunk_us: added.max_us,
-        });
+    /// `done` for a request that ended before its answer started (no stream id).
+    fn send_early_done(&mut self, r: &ChatRequest, reason: FinishReason, ctx: &mut Context<Self>) {
         let msg = ServerMessage::Done {
             id: r.id.as_str().into(),
-            metadata,
+            metadata: None,
             payload: DonePayload {
-                finish_reason,
+                finish_reason: reason,
                 model: r.model.as_str().into(),
-                usage,
-                chunks,
+                usage: Usage::default(),
+                chunks: 0,
                 conversation_id: r.conversation_id.as_deref().map(Into::into),
+                stream_id: None,
             },
         };
         self.send(&msg, ctx);
@@ -284,6 +292,11 @@ impl SessionActor {
                 self.send(&msg, ctx);
             }
             Ok(ClientFrame::Cancel { id }) => self.cancel(&id, ctx),
+            Ok(ClientFrame::Resume {
+                id,
+                stream_id,
+                after_seq,
+            }) => self.resume(id, &stream_id, after_seq, ctx),
             Ok(ClientFrame::Chat {
                 id,
                 payload,
@@ -315,7 +328,7 @@ impl SessionActor {
                 self.config.max_concurrent_requests
             );
             Some((ErrorReason::TooManyRequests, msg))
-        } else if self.requests.iter().any(|r| r.request.id == id) {
+        } else if self.requests.iter().any(|r| r.id == id) {
             let msg = format!("request {id:?} is still running");
             Some((ErrorReason::DuplicateRequestId, msg))
         } else {
@@ -381,7 +394,11 @@ impl SessionActor {
             conversation_id,
             question,
         );
-        self.requests.push(RunningRequest { key, request });
+        self.requests.push(RunningRequest {
+            key,
+            id: request.id.clone(),
+            phase: Phase::Admitting(Box::new(request)),
+        });
         self.requests_changed();
         self.engine
             .clone()
@@ -394,42 +411,104 @@ impl SessionActor {
             .spawn(ctx);
     }
 
+    fn admitting(&mut self, key: u64) -> Option<&mut ChatRequest> {
+        match self.requests.iter_mut().find(|r| r.key == key) {
+            Some(RunningRequest {
+                phase: Phase::Admitting(request),
+                ..
+            }) => Some(&mut **request),
+            _ => None,
+        }
+    }
+
     /// The hooks let the request through: have its provider stream started.
     fn admitted(&mut self, key: u64, admission: Admission, ctx: &mut Context<Self>) {
         // Cancelled while being admitted: dropping the admission releases its lease.
-        let Some(r) = self.requests.iter_mut().find(|r| r.key == key) else {
+        let Some(request) = self.admitting(key) else {
             return;
         };
-        r.request.admitted(admission.lease);
-        let sink = ChunkSink::new(key, ctx.address().recipient(), self.flow.clone());
+        request.admitted(admission.lease);
+        let (sink, events) = ChunkSink::channel(key, self.flow.clone());
         self.engine
             .clone()
             .start(admission.request, sink)
             .into_actor(self)
             .map(move |started, act, ctx| match started {
-                Ok(stream) => match act.requests.iter_mut().find(|r| r.key == key) {
-                    Some(r) => r.request.streaming(stream),
-                    // Cancelled or closed while the stream was starting.
-                    None => stream.cancel(),
-                },
+                Ok(stream) => act.answering(key, stream, events, ctx),
                 Err(refusal) => act.refused(key, refusal, ctx),
             })
             .spawn(ctx);
     }
 
+    /// The answer's stream runs: its relay takes it from here.
+    fn answering(
+        &mut self,
+        key: u64,
+        stream: StreamHandle,
+        events: UnboundedReceiver<StreamEvent>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(i) = self.requests.iter().position(|r| r.key == key) else {
+            // Cancelled or closed while the stream was starting.
+            return stream.cancel();
+        };
+        let (Some(outbox), Phase::Admitting(_)) = (self.outbox.clone(), &self.requests[i].phase)
+        else {
+            return stream.cancel();
+        };
+        let RunningRequest { id, phase, .. } = self.requests.remove(i);
+        let Phase::Admitting(mut request) = phase else {
+            return stream.cancel();
+        };
+        request.streaming(stream);
+        let journal = self.answers.open(
+            &self.info.user_id,
+            &request.model,
+            request.conversation_id.clone(),
+        );
+        self.requests.insert(
+            i,
+            RunningRequest {
+                key,
+                id,
+                phase: Phase::Answering(journal.clone()),
+            },
+        );
+        let relay = Relay {
+            key,
+            request: *request,
+            events,
+            journal,
+            outbox,
+            flow: self.flow.clone(),
+            outbox_max_bytes: self.config.outbox_max_bytes,
+            session: ctx.address().recipient(),
+        };
+        actix_rt::spawn(relay.run());
+    }
+
     fn refused(&mut self, key: u64, refusal: Refusal, ctx: &mut Context<Self>) {
-        if let Some(request) = self.take_request(key) {
+        if let Some(request) = self.take_admitting(key) {
             self.send_error(Some(&request.id), refusal.reason, &refusal.message, ctx);
             request.refused();
             self.request_ended(ctx);
         }
     }
 
-    fn take_request(&mut self, key: u64) -> Option<ChatRequest> {
+    /// Removes the entry under `key`; its request when it was still being admitted.
+    fn take(&mut self, key: u64) -> Option<Phase> {
         let i = self.requests.iter().position(|r| r.key == key)?;
         let r = self.requests.remove(i);
         self.requests_changed();
-        Some(r.request)
+        Some(r.phase)
+    }
+
+    fn take_admitting(&mut self, key: u64) -> Option<ChatRequest> {
+        self.admitting(key)?;
+        match self.take(key) {
+            Some(Phase::Admitting(request)) => Some(*request),
+            _ => None,
+        }
     }
 
     fn requests_changed(&self) {
@@ -440,33 +519,69 @@ impl SessionActor {
         });
     }
 
-    /// Ends a request: its `done` frame, then its stream and its record.
-    fn finish(
-        &mut self,
-        mut r: ChatRequest,
-        reason: FinishReason,
-        usage: Usage,
-        ctx: &mut Context<Self>,
-    ) {
-        self.send_done(&r, reason, usage, ctx);
-        r.finish(reason, usage);
-    }
-
     fn cancel(&mut self, id: &str, ctx: &mut Context<Self>) {
-        let Some(key) = self
-            .requests
-            .iter()
-            .find(|r| r.request.id == id)
-            .map(|r| r.key)
-        else {
+        let Some(key) = self.requests.iter().find(|r| r.id == id).map(|r| r.key) else {
             let msg = format!("no running request with id {id:?}");
             return self.send_error(Some(id), ErrorReason::UnknownRequest, &msg, ctx);
         };
-        if let Some(r) = self.take_request(key) {
-            let usage = r.partial_usage();
-            self.finish(r, FinishReason::Cancelled, usage, ctx);
+        if let Some(mut request) = self.take_admitting(key) {
+            self.send_early_done(&request, FinishReason::Cancelled, ctx);
+            let usage = request.partial_usage();
+            request.finish(FinishReason::Cancelled, usage);
+            return self.request_ended(ctx);
         }
-        self.request_ended(ctx);
+        // A running answer (or the one a resume reads) stops now; its `done` comes from the
+        // relay or the replay.
+        if let Some(r) = self.requests.iter().find(|r| r.key == key) {
+            if let Phase::Answering(journal) | Phase::Replaying(journal) = &r.phase {
+                journal.cancel(Cancel::ByClient);
+            }
+        }
+    }
+
+    /// `resume`: the answer's missed chunks, then the rest live, then its end.
+    fn resume(
+        &mut self,
+        id: Option<String>,
+        stream_id: &str,
+        after_seq: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let id = id.unwrap_or_else(|| format!("req-{key}"));
+        if self.requests.iter().any(|r| r.id == id) {
+            let msg = format!("request {id:?} is still running");
+            return self.send_error(Some(&id), ErrorReason::DuplicateRequestId, &msg, ctx);
+        }
+        let Some(journal) = self.answers.find(stream_id, &self.info.user_id) else {
+            self.metrics.resumes_unavailable.inc();
+            let msg = format!("no answer {stream_id:?} to resume: unknown, expired or not yours");
+            return self.send_error(Some(&id), ErrorReason::ResumeUnavailable, &msg, ctx);
+        };
+        let Some(outbox) = self.outbox.clone() else {
+            return;
+        };
+        self.metrics.resumes.inc();
+        journal.attach();
+        let reader = Reader {
+            journal: journal.clone(),
+            grace: self.answers.settings().grace,
+        };
+        self.requests.push(RunningRequest {
+            key,
+            id: id.clone(),
+            phase: Phase::Replaying(journal),
+        });
+        self.requests_changed();
+        replay(reader, id, after_seq, outbox, self.flow.clone())
+            .into_actor(self)
+            .map(move |(), act, ctx| {
+                act.take(key);
+                act.check_outbox(ctx);
+                act.request_ended(ctx);
+            })
+            .spawn(ctx);
     }
 
     fn request_ended(&mut self, ctx: &mut Context<Self>) {
@@ -557,9 +672,19 @@ impl Actor for SessionActor {
             .disconnects
             .get_or_create(&ReasonLabel { reason })
             .inc();
-        // Dropping a request cancels its stream and records it as cancelled.
-        self.requests.clear();
-        self.flow.close();
+        // A request still being admitted is dropped: cancelled and recorded. A running answer
+        // waits `grace` for a resume (or stops now without one); a replay's reader goes with
+        // this actor's futures.
+        let grace = self.answers.settings().grace;
+        for r in self.requests.drain(..) {
+            if let Phase::Answering(journal) = r.phase {
+                if grace.is_zero() {
+                    journal.cancel(Cancel::ByClient);
+                } else {
+                    journal.orphan(grace);
+                }
+            }
+        }
         if let Some(outbox) = &self.outbox {
             outbox.end();
         }
@@ -606,60 +731,17 @@ impl StreamHandler<Result<Message, ProtocolError>> for SessionActor {
     }
 }
 
-impl Handler<StreamEvent> for SessionActor {
+impl Handler<RelayNews> for SessionActor {
     type Result = ();
 
-    fn handle(&mut self, ev: StreamEvent, ctx: &mut Context<Self>) {
-        let Some(i) = self.requests.iter().position(|r| r.key == ev.key) else {
-            // The request was cancelled; its stream is stopping.
-            self.flow.release(ev.charge);
-            return;
-        };
-        let r = &mut self.requests[i].request;
-        if let Some(provider) = ev.provider {
-            r.provider_started(provider);
-        }
-        if let Some(outbox) = &self.outbox {
-            for chunk in &ev.chunks {
-                let seq = r.chunk(chunk);
-                let frame = ServerMessage::Chat {
-                    id: r.id.as_str().into(),
-                    payload: ChunkPayload {
-                        content: chunk.text.as_str().into(),
-                        kind: chunk.kind,
-                        model: r.model.as_str().into(),
-                        seq,
-                    },
+    fn handle(&mut self, news: RelayNews, ctx: &mut Context<Self>) {
+        match news {
+            RelayNews::Ended { key } => {
+                if self.take(key).is_some() {
+                    self.request_ended(ctx);
                 }
-                .to_json();
-                let timing = ChunkTiming {
-                    produced_at: chunk.produced_at,
-                    request_started: (seq == 0).then_some(r.started()),
-                };
-                outbox.push_chunk(frame, chunk.charge(), timing);
             }
-        } else {
-            self.flow.release(ev.charge);
-        }
-        if !ev.chunks.is_empty() {
-            self.check_outbox(ctx);
-        }
-        match ev.end {
-            None => {}
-            Some(Ok(finish)) => {
-                if let Some(r) = self.take_request(ev.key) {
-                    self.finish(r, finish.reason, finish.usage, ctx);
-                }
-                self.request_ended(ctx);
-            }
-            Some(Err(err)) => {
-                if let Some(mut r) = self.take_request(ev.key) {
-                    self.send_error(Some(&r.id), err.reason(), &err.to_string(), ctx);
-                    r.failed(&err);
-                    self.send_done(&r, FinishReason::Error, Usage::default(), ctx);
-                }
-                self.request_ended(ctx);
-            }
+            RelayNews::Backlog => self.check_outbox(ctx),
         }
     }
 }
@@ -703,14 +785,31 @@ impl Handler<DrainSession> for SessionActor {
         self.send_system(SystemEvent::Draining, ctx);
         self.request_ended(ctx);
         ctx.run_later(msg.timeout, |act, ctx| {
-            let left: Vec<RunningRequest> = act.requests.drain(..).collect();
-            act.requests_changed();
-            for r in left {
-                let msg = "the node shut down before this answer finished; retry elsewhere";
-                act.send_error(Some(&r.request.id), ErrorReason::ShuttingDown, msg, ctx);
-                act.finish(r.request, FinishReason::Error, Usage::default(), ctx);
+            // Answers still running end with an error (their relays queue it, then the session
+            // closes once the last one reported); replays end with the connection.
+            let msg = "the node shut down before this answer finished; retry elsewhere";
+            let mut left = Vec::new();
+            for r in std::mem::take(&mut act.requests) {
+                match r.phase {
+                    Phase::Admitting(mut request) => {
+                        act.send_error(Some(&r.id), ErrorReason::ShuttingDown, msg, ctx);
+                        act.send_early_done(&request, FinishReason::Error, ctx);
+                        request.finish(FinishReason::Error, Usage::default());
+                    }
+                    Phase::Answering(ref journal) => {
+                        journal.cancel(Cancel::Failed(ErrorReason::ShuttingDown, msg.into()));
+                        left.push(r);
+                    }
+                    Phase::Replaying(_) => {}
+                }
             }
-            act.close(Why::Restart, "server restarting", ctx);
+            act.requests = left;
+            act.requests_changed();
+            act.request_ended(ctx);
+            // A relay that never reports must not keep the node from stopping.
+            ctx.run_later(act.config.close_grace, |act, ctx| {
+                act.close(Why::Restart, "server restarting", ctx);
+            });
         });
     }
 }

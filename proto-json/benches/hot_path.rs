@@ -24,6 +24,7 @@ fn encode(c: &mut Criterion) {
                     content: black_box("H").into(),
                     kind: ChunkKind::Text,
                     model: black_box("mock").into(),
+                    stream_id: None,
                     seq: black_box(17),
                 },
             }

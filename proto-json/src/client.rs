@@ -36,6 +36,23 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// Picks up an answer by its `stream_id` (from its first `chat` frame or its `done`), on
+    /// this connection or a new one: its `chat` frames after `after_seq` come again with their
+    /// own `seq`, under this `id`, then the rest live, then `done`.
+    Resume {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        payload: ResumePayload,
+    },
+}
+
+/// The payload of `resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResumePayload {
+    pub stream_id: String,
+    /// The last `seq` the client has; absent: from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
 }
 
 /// The payload of a `chat` request. Only `content` is required (the seed's shape).
@@ -97,6 +114,11 @@ pub enum ClientFrame {
     },
     Ping {
         id: Option<String>,
+    },
+    Resume {
+        id: Option<String>,
+        stream_id: String,
+        after_seq: Option<u64>,
     },
 }
 
@@ -205,6 +227,19 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, (Option<String>, D
             }
         }
         "ping" => Ok(ClientFrame::Ping { id }),
+        "resume" => {
+            let Some(raw) = payload else {
+                return Err((id, DecodeError::InvalidPayload("payload is missing".into())));
+            };
+            match serde_json::from_str::<ResumePayload>(raw) {
+                Ok(p) => Ok(ClientFrame::Resume {
+                    id,
+                    stream_id: p.stream_id,
+                    after_seq: p.after_seq,
+                }),
+                Err(e) => Err((id, DecodeError::InvalidPayload(e.to_string()))),
+            }
+        }
         other => Err((id, DecodeError::UnknownType(other.to_owned()))),
     }
 }
@@ -212,6 +247,26 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, (Option<String>, D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_decodes() {
+        assert_eq!(
+            decode_client_frame(
+                r#"{"type":"resume","id":"r2","payload":{"stream_id":"ab","after_seq":4}}"#
+            ),
+            Ok(ClientFrame::Resume {
+                id: Some("r2".into()),
+                stream_id: "ab".into(),
+                after_seq: Some(4),
+            })
+        );
+        let (id, e) =
+            decode_client_frame(r#"{"type":"resume","id":"r3","payload":{}}"#).unwrap_err();
+        assert_eq!(
+            (id.as_deref(), e.reason()),
+            (Some("r3"), ErrorReason::InvalidPayload)
+        );
+    }
 
     #[test]
     fn seed_chat_decodes() {

@@ -13,7 +13,7 @@ mod server;
 
 pub use client::{
     decode_client_frame, CancelPayload, ChatMessage, ChatPayload, ClientFrame, ClientMessage,
-    DecodeError, Role, MAX_REQUEST_ID_BYTES,
+    DecodeError, ResumePayload, Role, MAX_REQUEST_ID_BYTES,
 };
 pub use server::{
     ChunkKind, ChunkPayload, DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason,

@@ -47,6 +47,9 @@ pub struct ChunkPayload<'a> {
     pub model: Cow<'a, str>,
     /// 0 for the first chunk of a request, then +1 for each chunk.
     pub seq: u64,
+    /// The answer's id for `resume`: on its first frame (`seq` 0) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -66,6 +69,9 @@ pub struct DonePayload<'a> {
     /// The stored conversation this exchange was added to, when the request named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<Cow<'a, str>>,
+    /// The answer's id for `resume`, when it had one (every answer that reached a provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<Cow<'a, str>>,
 }
 
 /// What the gateway itself added to this request: from a provider producing a chunk to the
@@ -125,6 +131,8 @@ pub enum ErrorReason {
     ProviderUnavailable,
     ShuttingDown,
     StorageUnavailable,
+    /// `resume` named a stream that is unknown, expired, too large to keep, or not the user's.
+    ResumeUnavailable,
     Internal,
 }
 
@@ -134,7 +142,8 @@ impl ErrorReason {
         use ErrorReason::*;
         match self {
             InvalidJson | InvalidPayload => 400,
-            UnknownType | UnknownModel | UnknownRequest | UnknownConversation => 404,
+            UnknownType | UnknownModel | UnknownRequest | UnknownConversation
+            | ResumeUnavailable => 404,
             DuplicateRequestId => 409,
             BinaryNotSupported => 415,
             TooManyRequests | RateLimited => 429,
@@ -194,6 +203,7 @@ mod tests {
                 kind: ChunkKind::Reasoning,
                 model: "mock".into(),
                 seq: 0,
+                stream_id: None,
             },
         };
         assert_eq!(

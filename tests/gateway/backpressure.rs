@@ -37,6 +37,8 @@ async fn stalled_reader_is_closed_and_the_provider_held_back() {
         c.session.close_grace_ms = 300;
         c.session.outbox_high_watermark_bytes = 16 * 1024;
         c.session.outbox_max_bytes = 64 * 1024;
+        // Without a grace time for resume, closing the session cancels its answer.
+        c.resume.grace_ms = 0;
     })
     .await;
     let mut ws = tight_client(&t).await;

@@ -11,6 +11,7 @@ mod observability;
 mod openai_front;
 mod protocol;
 mod proxy;
+mod resume;
 mod seed_flow;
 mod shared_state;
 mod streaming;

@@ -101,8 +101,12 @@ async fn cancel_ends_the_request_and_stops_the_provider() {
 }
 
 #[actix_rt::test]
-async fn disconnect_stops_the_provider() {
-    let t = start_with(|c| c.mock = slow_mock()).await;
+async fn disconnect_stops_the_provider_without_resume_grace() {
+    let t = start_with(|c| {
+        c.mock = slow_mock();
+        c.resume.grace_ms = 0;
+    })
+    .await;
     let mut ws = t.client().await;
     ws.send_json(chat("x", "talk")).await;
     for _ in 0..3 {

@@ -1,0 +1,312 @@
+//! The task that relays one WebSocket answer: it takes its stream's batches, keeps them in the
+//! answer's journal, writes their frames to the session's outbox, and ends the answer's
+//! [`ChatRequest`]. It runs on the session's arbiter but does not depend on the session: when
+//! the connection goes, it runs on (its frames going nowhere) until the answer ends, a resumed
+//! client keeps it going, or the grace time runs out and it cancels the answer upstream.
+//!
+//! A resumed client reads the journal instead ([`replay`]), on any connection of the node.
+
+use std::{future::pending, sync::Arc, time::Instant};
+
+use actix::prelude::*;
+use ai_gateway_proto::{
+    ChunkPayload, DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason,
+    ServerMessage, Usage,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::{
+    answer::{Cancel, Ending, Journal},
+    outbox::{ChunkTiming, Outbox},
+    provider::{Finish, ProviderError, StreamEvent},
+    request::ChatRequest,
+    FlowControl,
+};
+
+/// What a relay tells its session.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) enum RelayNews {
+    /// The answer under this key ended (its `done` is queued).
+    Ended { key: u64 },
+    /// More than the session's `outbox_max_bytes` may be waiting for the client.
+    Backlog,
+}
+
+/// Frames go here while the session lives (an ended outbox drops them and frees their bytes).
+pub(crate) struct Relay {
+    pub key: u64,
+    pub request: ChatRequest,
+    pub events: UnboundedReceiver<StreamEvent>,
+    pub journal: Arc<Journal>,
+    pub outbox: Outbox,
+    pub flow: Arc<FlowControl>,
+    pub outbox_max_bytes: usize,
+    pub session: Recipient<RelayNews>,
+}
+
+impl Relay {
+    pub(crate) async fn run(mut self) {
+        loop {
+            let orders = self.journal.orders();
+            if let Some(cancel) = orders.cancel {
+                return self.cancelled(cancel);
+            }
+            let deadline = orders.deadline;
+            // Nobody can resume an answer that is no longer kept: waiting would waste its upstream.
+            if deadline.is_some() && self.journal.is_lost() {
+                return self.abandoned();
+            }
+            let grace_over = async {
+                match deadline {
+                    Some(at) => actix_rt::time::sleep_until(at.into()).await,
+                    None => pending().await,
+                }
+            };
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => {
+                        if self.batch(event) {
+                            return;
+                        }
+                    }
+                    None => return self.broken(),
+                },
+                () = self.journal.order_changed() => {}
+                () = grace_over => return self.abandoned(),
+            }
+        }
+    }
+
+    /// Relays one batch; answers whether the answer ended with it.
+    fn batch(&mut self, event: StreamEvent) -> bool {
+        if let Some(provider) = event.provider {
+            self.request.provider_started(provider);
+        }
+        self.journal
+            .append(event.chunks.iter().map(|c| (c.kind, c.text.as_str())));
+        for chunk in &event.chunks {
+            let seq = self.request.chunk(chunk);
+            let frame = chunk_frame(
+                &self.request.id,
+                &self.request.model,
+                &self.journal.stream_id,
+                seq,
+                chunk.kind,
+                &chunk.text,
+            );
+            let timing = ChunkTiming {
+                produced_at: chunk.produced_at,
+                request_started: (seq == 0).then_some(self.request.started()),
+            };
+            self.outbox.push_chunk(frame, chunk.charge(), timing);
+        }
+        if self.flow.queued_bytes() > self.outbox_max_bytes {
+            self.session.do_send(RelayNews::Backlog);
+        }
+        match event.end {
+            None => false,
+            Some(Ok(Finish { reason, usage })) => {
+                self.end(reason, usage, None);
+                true
+            }
+            Some(Err(e)) => {
+                self.failed(&e);
+                true
+            }
+        }
+    }
+
+    fn failed(&mut self, e: &ProviderError) {
+        self.request.failed(e);
+        let error = (e.reason(), e.to_string());
+        self.end(FinishReason::Error, Usage::default(), Some(error));
+    }
+
+    /// Queues the answer's last frames, ends its request and its journal, tells the session.
+    fn end(&mut self, reason: FinishReason, usage: Usage, error: Option<(ErrorReason, String)>) {
+        if let Some((why, message)) = &error {
+            self.outbox
+                .push_text(error_frame(&self.request.id, *why, message));
+        }
+        let r = &self.request;
+        let chunks = r.chunks();
+        let added = r.added_latency();
+        let metadata = (chunks > 0).then(|| DoneMetadata {
+            gateway_first_chunk_us: added.first_us,
+            gateway_mean_chunk_us: added.sum_us / chunks,
+            gateway_max_chunk_us: added.max_us,
+        });
+        let done = done_frame(&r.id, &self.journal, reason, usage, chunks, metadata);
+        self.outbox.push_text(done);
+        self.request.finish(reason, usage);
+        self.journal.end(Ending {
+            finish_reason: reason,
+            usage,
+            error,
+        });
+        self.session.do_send(RelayNews::Ended { key: self.key });
+    }
+
+    fn cancelled(mut self, why: Cancel) {
+        match why {
+            Cancel::ByClient => {
+                let usage = self.request.partial_usage();
+                self.end(FinishReason::Cancelled, usage, None);
+            }
+            Cancel::Failed(reason, message) => {
+                self.end(
+                    FinishReason::Error,
+                    Usage::default(),
+                    Some((reason, message)),
+                );
+            }
+        }
+    }
+
+    /// Nobody resumed within the grace time: the answer is cancelled upstream and recorded.
+    fn abandoned(mut self) {
+        tracing::debug!(stream_id = %self.journal.stream_id, "nobody resumed the answer; cancelling it");
+        let usage = self.request.partial_usage();
+        self.end(FinishReason::Cancelled, usage, None);
+    }
+
+    /// The stream stopped without saying how it ended.
+    fn broken(mut self) {
+        let message = "the answer's stream ended early".to_owned();
+        self.end(
+            FinishReason::Error,
+            Usage::default(),
+            Some((ErrorReason::Internal, message)),
+        );
+    }
+}
+
+pub(crate) fn chunk_frame(
+    id: &str,
+    model: &str,
+    stream_id: &str,
+    seq: u64,
+    kind: ai_gateway_proto::ChunkKind,
+    text: &str,
+) -> String {
+    ServerMessage::Chat {
+        id: id.into(),
+        payload: ChunkPayload {
+            content: text.into(),
+            kind,
+            model: model.into(),
+            seq,
+            stream_id: (seq == 0).then_some(stream_id.into()),
+        },
+    }
+    .to_json()
+}
+
+pub(crate) fn error_frame(id: &str, reason: ErrorReason, message: &str) -> String {
+    ServerMessage::Error {
+        id: Some(id.into()),
+        payload: ErrorPayload {
+            code: reason.status_code(),
+            reason,
+            message: message.into(),
+        },
+    }
+    .to_json()
+}
+
+pub(crate) fn done_frame(
+    id: &str,
+    journal: &Journal,
+    finish_reason: FinishReason,
+    usage: Usage,
+    chunks: u64,
+    metadata: Option<DoneMetadata>,
+) -> String {
+    ServerMessage::Done {
+        id: id.into(),
+        metadata,
+        payload: DonePayload {
+            finish_reason,
+            model: journal.model.as_str().into(),
+            usage,
+            chunks,
+            conversation_id: journal.conversation_id.as_deref().map(Into::into),
+            stream_id: Some(journal.stream_id.as_ref().into()),
+        },
+    }
+    .to_json()
+}
+
+/// Frames a replay hands over before it waits for room at the client.
+const REPLAY_BATCH_FRAMES: usize = 64;
+
+/// Keeps a journal's answer running while a resumed client reads it; when the reader goes, the
+/// answer waits `grace` for another.
+pub(crate) struct Reader {
+    pub journal: Arc<Journal>,
+    pub grace: std::time::Duration,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.journal.detach_reader(self.grace);
+    }
+}
+
+/// Sends a journal's chunks after `after_seq` under `id`, then the rest as they come, then its
+/// end; waits for room at the client between batches.
+pub(crate) async fn replay(
+    reader: Reader,
+    id: String,
+    after_seq: Option<u64>,
+    outbox: Outbox,
+    flow: Arc<FlowControl>,
+) {
+    let journal = &reader.journal;
+    let mut cursor = after_seq;
+    let started = Instant::now();
+    loop {
+        let changed = journal.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let read = journal.read(cursor);
+        if read.lost {
+            let message = "the answer outgrew what the gateway keeps; it cannot be resumed";
+            outbox.push_text(error_frame(&id, ErrorReason::ResumeUnavailable, message));
+            return;
+        }
+        for batch in read.chunks.chunks(REPLAY_BATCH_FRAMES) {
+            if flow.ready().await.is_err() {
+                return;
+            }
+            for (seq, kind, text) in batch {
+                outbox.push_text(chunk_frame(
+                    &id,
+                    &journal.model,
+                    &journal.stream_id,
+                    *seq,
+                    *kind,
+                    text,
+                ));
+                cursor = Some(*seq);
+            }
+        }
+        if let Some(ending) = read.ending {
+            if let Some((reason, message)) = &ending.error {
+                outbox.push_text(error_frame(&id, *reason, message));
+            }
+            outbox.push_text(done_frame(
+                &id,
+                journal,
+                ending.finish_reason,
+                ending.usage,
+                read.total,
+                None,
+            ));
+            tracing::debug!(stream_id = %journal.stream_id, ms = started.elapsed().as_millis() as u64, "resumed answer replayed");
+            return;
+        }
+        changed.await;
+    }
+}
