@@ -13,15 +13,15 @@ use actix::{Actor, Addr};
 use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    close_code, AnswerHub, Drain, Engine, KillSession, Metrics, MockProvider, NoDirectory,
-    SessionCount, SessionDirectory, SessionEnv, SessionRegistry,
+    answer::SharedJournals, close_code, AnswerHub, Drain, Engine, KillSession, Metrics,
+    MockProvider, NoDirectory, SessionCount, SessionDirectory, SessionEnv, SessionRegistry,
 };
 use rand::RngCore;
 
 use crate::{
     access::Access,
     auth::TokenIssuer,
-    cluster::{Cluster, ClusterEvent, RedisDirectory},
+    cluster::{Cluster, ClusterEvent, RedisDirectory, RedisJournals},
     config::Config,
     conn,
     limits::Limits,
@@ -191,7 +191,18 @@ impl Gateway {
             writes: writes.clone(),
         });
 
-        let answers = AnswerHub::new(config.resume.to_actors(), metrics.journal.clone());
+        let shared_journals = cluster.as_ref().map(|c| {
+            Arc::new(RedisJournals::new(
+                c.clone(),
+                node_id.clone(),
+                Duration::from_millis(config.resume.retention_ms),
+            )) as Arc<dyn SharedJournals>
+        });
+        let answers = AnswerHub::sharing(
+            config.resume.to_actors(),
+            metrics.journal.clone(),
+            shared_journals,
+        );
         let swept = Arc::downgrade(&answers);
         let sweep_every = (Duration::from_millis(config.resume.retention_ms) / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(10));

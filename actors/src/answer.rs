@@ -114,6 +114,8 @@ pub struct Journal {
     /// Wakes the answer's task when it is cancelled, detached or attached.
     control: Notify,
     hub: Arc<HubCounters>,
+    /// Where the other nodes read it, when nodes share journals.
+    shared: std::sync::OnceLock<Box<dyn SharedWriter>>,
 }
 
 impl Journal {
@@ -129,10 +131,18 @@ impl Journal {
                 return;
             }
             let before = k.bytes();
+            let first_seq = k.marks.len() as u64;
+            let mut copies = Vec::new();
             for (kind, text) in chunks {
                 k.text.push_str(text);
                 let end = u32::try_from(k.text.len()).unwrap_or(u32::MAX);
                 k.marks.push((end, kind));
+                if self.shared.get().is_some() {
+                    copies.push((kind, text.to_owned()));
+                }
+            }
+            if let Some(shared) = self.shared.get() {
+                shared.append(first_seq, copies);
             }
             let after = k.bytes();
             let too_large = after > self.hub.max_answer_bytes;
@@ -159,6 +169,9 @@ impl Journal {
     pub fn end(&self, ending: Ending) {
         {
             let mut k = self.kept();
+            if let Some(shared) = self.shared.get() {
+                shared.end(&ending, k.marks.len() as u64);
+            }
             k.ending = Some(ending);
             k.ended_at = Some(Instant::now());
             k.deadline = None;
@@ -272,6 +285,46 @@ pub struct Orders {
     pub deadline: Option<Instant>,
 }
 
+/// One piece of an answer journaled by another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    Chunk(u64, ChunkKind, String),
+    /// The answer ended; `total` chunks in all.
+    End(Ending, u64),
+    /// The journal cannot be followed any further (its node stopped, or it expired); why.
+    Lost(String),
+}
+
+/// An answer journaled by another node, as it is followed.
+pub struct RemoteAnswer {
+    pub model: String,
+    pub conversation_id: Option<String>,
+    pub pieces: futures_util::stream::LocalBoxStream<'static, Remote>,
+}
+
+/// Journals shared with the other nodes (Redis in the gateway binary), so that a client can
+/// resume on any node.
+pub trait SharedJournals: Send + Sync + 'static {
+    /// Starts sharing a new answer's journal.
+    fn open(&self, journal: &Journal) -> Box<dyn SharedWriter>;
+    /// Follows an answer journaled by another node: its chunks after `after_seq`, then the rest
+    /// as they come, then its end. `None` when there is no such answer of `user_id`.
+    fn follow(
+        &self,
+        stream_id: &str,
+        user_id: &str,
+        after_seq: Option<u64>,
+    ) -> futures_util::future::LocalBoxFuture<'static, Option<RemoteAnswer>>;
+    /// Whether a client on another node follows this answer now (so it must not be cancelled).
+    fn followed(&self, stream_id: &str) -> futures_util::future::LocalBoxFuture<'static, bool>;
+}
+
+/// Writes one answer's journal where the other nodes can read it.
+pub trait SharedWriter: Send + Sync {
+    fn append(&self, first_seq: u64, chunks: Vec<(ChunkKind, String)>);
+    fn end(&self, ending: &Ending, total: u64);
+}
+
 /// The node's totals, shared by its journals.
 struct HubCounters {
     bytes: AtomicUsize,
@@ -326,6 +379,7 @@ pub struct JournalMetrics {
 /// Every journal of a node, by `stream_id`.
 pub struct AnswerHub {
     settings: ResumeSettings,
+    shared: Option<Arc<dyn SharedJournals>>,
     journals: Mutex<HashMap<Arc<str>, Arc<Journal>>>,
     counters: Arc<HubCounters>,
     answers_gauge: Gauge,
@@ -333,8 +387,18 @@ pub struct AnswerHub {
 
 impl AnswerHub {
     pub fn new(settings: ResumeSettings, metrics: JournalMetrics) -> Arc<Self> {
+        Self::sharing(settings, metrics, None)
+    }
+
+    /// A hub whose journals are also shared with the other nodes through `shared`.
+    pub fn sharing(
+        settings: ResumeSettings,
+        metrics: JournalMetrics,
+        shared: Option<Arc<dyn SharedJournals>>,
+    ) -> Arc<Self> {
         Arc::new(AnswerHub {
             settings,
+            shared,
             journals: Mutex::default(),
             counters: Arc::new(HubCounters {
                 bytes: AtomicUsize::new(0),
@@ -350,6 +414,10 @@ impl AnswerHub {
 
     pub fn settings(&self) -> &ResumeSettings {
         &self.settings
+    }
+
+    pub fn shared(&self) -> Option<&Arc<dyn SharedJournals>> {
+        self.shared.as_ref()
     }
 
     fn journals(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Journal>>> {
@@ -372,7 +440,11 @@ impl AnswerHub {
             changed: Notify::new(),
             control: Notify::new(),
             hub: self.counters.clone(),
+            shared: std::sync::OnceLock::new(),
         });
+        if let Some(shared) = &self.shared {
+            let _ = journal.shared.set(shared.open(&journal));
+        }
         let mut journals = self.journals();
         journals.insert(journal.stream_id.clone(), journal.clone());
         self.answers_gauge.set(journals.len() as i64);

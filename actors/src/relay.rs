@@ -16,12 +16,15 @@ use ai_gateway_proto::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    answer::{Cancel, Ending, Journal},
+    answer::{Cancel, Ending, Journal, Remote, RemoteAnswer, SharedJournals},
     outbox::{ChunkTiming, Outbox},
     provider::{Finish, ProviderError, StreamEvent},
     request::ChatRequest,
     FlowControl,
 };
+
+/// How often an orphaned answer that a client on another node follows checks that it still does.
+const FOLLOWED_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a relay tells its session.
 #[derive(Debug, Message)]
@@ -43,6 +46,8 @@ pub(crate) struct Relay {
     pub flow: Arc<FlowControl>,
     pub outbox_max_bytes: usize,
     pub session: Recipient<RelayNews>,
+    /// The journals other nodes read, to learn whether one of their clients follows this answer.
+    pub shared: Option<Arc<dyn SharedJournals>>,
 }
 
 impl Relay {
@@ -73,7 +78,16 @@ impl Relay {
                     None => return self.broken(),
                 },
                 () = self.journal.order_changed() => {}
-                () = grace_over => return self.abandoned(),
+                () = grace_over => {
+                    if let Some(shared) = &self.shared {
+                        if shared.followed(&self.journal.stream_id).await {
+                            // A client on another node reads it: look again a little later.
+                            self.journal.orphan(FOLLOWED_RECHECK);
+                            continue;
+                        }
+                    }
+                    return self.abandoned();
+                }
             }
         }
     }
@@ -308,5 +322,66 @@ pub(crate) async fn replay(
             return;
         }
         changed.await;
+    }
+}
+
+/// Like [`replay`], for an answer journaled by another node.
+pub(crate) async fn replay_remote(
+    remote: RemoteAnswer,
+    id: String,
+    stream_id: String,
+    outbox: Outbox,
+    flow: Arc<FlowControl>,
+) {
+    use futures_util::StreamExt;
+    let RemoteAnswer {
+        model: journal_model,
+        conversation_id,
+        mut pieces,
+    } = remote;
+    let mut since_ready = 0;
+    while let Some(item) = pieces.next().await {
+        match item {
+            Remote::Chunk(seq, kind, text) => {
+                if since_ready == REPLAY_BATCH_FRAMES {
+                    since_ready = 0;
+                    if flow.ready().await.is_err() {
+                        return;
+                    }
+                }
+                since_ready += 1;
+                outbox.push_text(chunk_frame(
+                    &id,
+                    &journal_model,
+                    &stream_id,
+                    seq,
+                    kind,
+                    &text,
+                ));
+            }
+            Remote::End(ending, total) => {
+                if let Some((reason, message)) = &ending.error {
+                    outbox.push_text(error_frame(&id, *reason, message));
+                }
+                let done = ServerMessage::Done {
+                    id: id.as_str().into(),
+                    metadata: None,
+                    payload: DonePayload {
+                        finish_reason: ending.finish_reason,
+                        model: journal_model.as_str().into(),
+                        usage: ending.usage,
+                        chunks: total,
+                        conversation_id: conversation_id.as_deref().map(Into::into),
+                        stream_id: Some(stream_id.as_str().into()),
+                    },
+                };
+                outbox.push_text(done.to_json());
+                return;
+            }
+            Remote::Lost(why) => {
+                outbox.push_text(error_frame(&id, ErrorReason::ResumeUnavailable, &why));
+                return;
+            }
+        }
     }
 }

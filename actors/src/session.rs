@@ -21,14 +21,14 @@ use ai_gateway_proto::{
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    answer::{AnswerHub, Cancel, Journal},
+    answer::{AnswerHub, Cancel, Journal, SharedJournals},
     frames::{close_code, Assembler, FrameError, Incoming},
     hooks::{Admission, Refusal, RequestStart},
     metrics::{Front, ReasonLabel},
     outbox::{Outbox, Outgoing},
     provider::{ChunkSink, ProviderRequest, StreamEvent, StreamHandle},
     registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, Unregister},
-    relay::{replay, Reader, Relay, RelayNews},
+    relay::{error_frame, replay, replay_remote, Reader, Relay, RelayNews},
     request::{ChatRequest, Engine},
     FlowControl, Metrics,
 };
@@ -128,6 +128,12 @@ enum Phase {
     Answering(Arc<Journal>),
     /// A `resume`: a journal read back to this client.
     Replaying(Arc<Journal>),
+    /// A `resume` of an answer journaled by another node.
+    Following,
+}
+
+fn unavailable(stream_id: &str) -> String {
+    format!("no answer {stream_id:?} to resume: unknown, expired or not yours")
 }
 
 pub struct SessionActor {
@@ -483,6 +489,7 @@ impl SessionActor {
             flow: self.flow.clone(),
             outbox_max_bytes: self.config.outbox_max_bytes,
             session: ctx.address().recipient(),
+            shared: self.answers.shared().cloned(),
         };
         actix_rt::spawn(relay.run());
     }
@@ -532,10 +539,23 @@ impl SessionActor {
         }
         // A running answer (or the one a resume reads) stops now; its `done` comes from the
         // relay or the replay.
-        if let Some(r) = self.requests.iter().find(|r| r.key == key) {
-            if let Phase::Answering(journal) | Phase::Replaying(journal) = &r.phase {
+        let following = match self
+            .requests
+            .iter()
+            .find(|r| r.key == key)
+            .map(|r| &r.phase)
+        {
+            Some(Phase::Answering(journal) | Phase::Replaying(journal)) => {
                 journal.cancel(Cancel::ByClient);
+                false
             }
+            Some(Phase::Following) => true,
+            _ => false,
+        };
+        if following {
+            let msg = "this answer runs on another node: it stops once nobody follows it \
+                       (resume.grace_ms after this connection closes)";
+            self.send_error(Some(id), ErrorReason::UnknownRequest, msg, ctx);
         }
     }
 
@@ -555,9 +575,16 @@ impl SessionActor {
             return self.send_error(Some(&id), ErrorReason::DuplicateRequestId, &msg, ctx);
         }
         let Some(journal) = self.answers.find(stream_id, &self.info.user_id) else {
+            if let Some(shared) = self.answers.shared().cloned() {
+                return self.follow(shared, key, id, stream_id, after_seq, ctx);
+            }
             self.metrics.resumes_unavailable.inc();
-            let msg = format!("no answer {stream_id:?} to resume: unknown, expired or not yours");
-            return self.send_error(Some(&id), ErrorReason::ResumeUnavailable, &msg, ctx);
+            return self.send_error(
+                Some(&id),
+                ErrorReason::ResumeUnavailable,
+                &unavailable(stream_id),
+                ctx,
+            );
         };
         let Some(outbox) = self.outbox.clone() else {
             return;
@@ -582,6 +609,49 @@ impl SessionActor {
                 act.request_ended(ctx);
             })
             .spawn(ctx);
+    }
+
+    /// `resume` of an answer that another node journaled (and may still be running).
+    fn follow(
+        &mut self,
+        shared: Arc<dyn SharedJournals>,
+        key: u64,
+        id: String,
+        stream_id: &str,
+        after_seq: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(outbox) = self.outbox.clone() else {
+            return;
+        };
+        self.requests.push(RunningRequest {
+            key,
+            id: id.clone(),
+            phase: Phase::Following,
+        });
+        self.requests_changed();
+        let (flow, metrics) = (self.flow.clone(), self.metrics.clone());
+        let (user, stream_id) = (self.info.user_id.clone(), stream_id.to_owned());
+        async move {
+            match shared.follow(&stream_id, &user, after_seq).await {
+                Some(remote) => {
+                    metrics.resumes.inc();
+                    replay_remote(remote, id, stream_id, outbox, flow).await;
+                }
+                None => {
+                    metrics.resumes_unavailable.inc();
+                    let reason = ErrorReason::ResumeUnavailable;
+                    outbox.push_text(error_frame(&id, reason, &unavailable(&stream_id)));
+                }
+            }
+        }
+        .into_actor(self)
+        .map(move |(), act, ctx| {
+            act.take(key);
+            act.check_outbox(ctx);
+            act.request_ended(ctx);
+        })
+        .spawn(ctx);
     }
 
     fn request_ended(&mut self, ctx: &mut Context<Self>) {
@@ -800,7 +870,7 @@ impl Handler<DrainSession> for SessionActor {
                         journal.cancel(Cancel::Failed(ErrorReason::ShuttingDown, msg.into()));
                         left.push(r);
                     }
-                    Phase::Replaying(_) => {}
+                    Phase::Replaying(_) | Phase::Following => {}
                 }
             }
             act.requests = left;

@@ -3,6 +3,7 @@
 //! Redis.
 
 mod directory;
+mod journal;
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,6 +12,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub use directory::{list_nodes, list_sessions, DirectoryEntry, NodeEntry, RedisDirectory};
+pub use journal::RedisJournals;
 
 use crate::access::Revocation;
 

@@ -255,3 +255,93 @@ async fn an_answer_that_ends_with_nobody_connected_is_still_stored() {
     assert_eq!(stored["messages"][0]["content"], "remember me", "{stored}");
     assert_eq!(stored["messages"][1]["content"], MOCK_ANSWER, "{stored}");
 }
+
+/// Two nodes sharing PostgreSQL and Redis, with the paced mock.
+async fn two_nodes() -> (TestDatabase, TestGateway, TestGateway) {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let tweak = |c: &mut ai_gateway::Config| {
+        shared(c, &db, &prefix);
+        c.mock = paced_mock();
+    };
+    let a = start_with(tweak).await;
+    let b = start_with(tweak).await;
+    (db, a, b)
+}
+
+#[actix_rt::test]
+async fn an_answer_cut_on_one_node_resumes_on_another() {
+    let (_db, a, b) = two_nodes().await;
+    let (_, token) = a.new_user().await;
+    let mut ws = a.connect(&token).await;
+    ws.send_json(chat("a1")).await;
+    let (before, stream_id) = first_chunks(&mut ws, "a1", 10).await;
+    drop(ws);
+
+    // Node B has no such answer of its own: it follows A's journal in Redis, live.
+    let mut ws = b.connect(&token).await;
+    ws.send_json(resume("r1", &stream_id, Some(9))).await;
+    let after = ws.answer("r1").await;
+    let mut all = before;
+    all.extend(after.chunks.iter().cloned());
+    assert_eq!(
+        seqs(&all),
+        (0..all.len() as u64).collect::<Vec<_>>(),
+        "no gap, no double"
+    );
+    assert_eq!(text_of(&all, "text"), MOCK_ANSWER);
+    assert_eq!(after.finish_reason(), "stop");
+    assert_eq!(after.done["payload"]["chunks"], all.len() as u64);
+
+    // Finished, it replays from B too; another user cannot have it.
+    ws.send_json(resume("r2", &stream_id, None)).await;
+    let replay = ws.answer("r2").await;
+    assert_eq!(text_of(&replay.chunks, "text"), MOCK_ANSWER);
+    let mut stranger = b.client().await;
+    unavailable(&mut stranger, "x", &stream_id).await;
+}
+
+#[actix_rt::test]
+async fn a_node_killed_mid_answer_leaves_the_journaled_part_and_a_clear_error() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let b = start_with(|c| shared(c, &db, &prefix)).await;
+    let (_, token) = b.new_user().await;
+    // The spawned node runs the seed's pacing: an answer takes seconds.
+    let (mut child, base) = spawn_node(&db, &prefix, "doomed", 1_000).await;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{base}/chat?token={token}"))
+        .await
+        .unwrap();
+    let mut ws = Ws::after_welcome(ws).await;
+    ws.send_json(chat("a1")).await;
+    let (before, stream_id) = first_chunks(&mut ws, "a1", 5).await;
+    child.start_kill().unwrap(); // SIGKILL: no draining, no goodbye.
+    child.wait().await.unwrap();
+
+    let mut ws = b.connect(&token).await;
+    ws.send_json(resume("r", &stream_id, None)).await;
+    let mut chunks = Vec::new();
+    let error = loop {
+        let f = ws.next_json().await;
+        match f["type"].as_str() {
+            Some("chat") => chunks.push(f),
+            _ => break f,
+        }
+    };
+    // What reached Redis before the kill: the start of what the client saw (the last batch
+    // or two may have died with the node), in order.
+    assert!(!chunks.is_empty(), "the journaled part");
+    assert_eq!(seqs(&chunks), (0..chunks.len() as u64).collect::<Vec<_>>());
+    for (kept, seen) in chunks.iter().zip(&before) {
+        assert_eq!(kept["payload"]["content"], seen["payload"]["content"]);
+    }
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["payload"]["reason"], "resume_unavailable", "{error}");
+    assert!(
+        error["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped"),
+        "{error}"
+    );
+}
