@@ -348,9 +348,21 @@ impl Gateway {
                 timeout: self.drain_timeout,
             })
             .await;
-        let deadline =
-            Instant::now() + self.drain_timeout + self.close_grace + Duration::from_secs(1);
-        while self.session_count().await > 0 && Instant::now() < deadline {
+        // Answers run on until they end, also those whose clients went to resume them on
+        // another node; what is still running at the drain timeout ends with an error there.
+        let answers = &self.state.session_env.answers;
+        let drained = Instant::now() + self.drain_timeout;
+        while (self.session_count().await > 0 || answers.running() > 0) && Instant::now() < drained
+        {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        if answers.running() > 0 {
+            let msg = "the node shut down before this answer finished; retry elsewhere";
+            answers.fail_running(ai_gateway_proto::ErrorReason::ShuttingDown, msg);
+        }
+        let deadline = Instant::now() + self.close_grace + Duration::from_secs(1);
+        while (self.session_count().await > 0 || answers.running() > 0) && Instant::now() < deadline
+        {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
         stopped.await;

@@ -462,6 +462,19 @@ impl AnswerHub {
         (journal.user_id == user_id && !expired).then_some(journal)
     }
 
+    /// Answers still running on this node.
+    pub fn running(&self) -> usize {
+        self.journals().values().filter(|j| j.is_running()).count()
+    }
+
+    /// Ends every answer still running on this node with an error (a drain that ran out of
+    /// time); their relays send it to whoever follows them.
+    pub fn fail_running(&self, reason: ErrorReason, message: &str) {
+        for journal in self.journals().values().filter(|j| j.is_running()) {
+            journal.cancel(Cancel::Failed(reason, message.to_owned()));
+        }
+    }
+
     /// Forgets finished answers past the retention time and, while the node's journals are over
     /// budget, the oldest finished ones.
     pub fn sweep(&self) {

@@ -345,3 +345,50 @@ async fn a_node_killed_mid_answer_leaves_the_journaled_part_and_a_clear_error() 
         "{error}"
     );
 }
+
+#[actix_rt::test]
+async fn a_draining_node_finishes_answers_that_resume_on_another_node() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let a = start_with(|c| {
+        shared(c, &db, &prefix);
+        c.mock = paced_mock();
+        c.shutdown.drain_timeout_ms = 10_000;
+    })
+    .await;
+    let b = start_with(|c| shared(c, &db, &prefix)).await;
+    let (_, token) = a.new_user().await;
+    let mut ws = a.connect(&token).await;
+    ws.send_json(chat("a1")).await;
+    let (mut seen, stream_id) = first_chunks(&mut ws, "a1", 5).await;
+
+    let TestGateway { gw, .. } = a;
+    let stopping = actix_rt::spawn(gw.shutdown());
+    // The node says it drains; the client leaves at once for another node.
+    loop {
+        let f = ws.next_json().await;
+        if f["type"] == "system" {
+            assert_eq!(f["payload"]["event"], "draining");
+            break;
+        }
+        seen.push(f);
+    }
+    drop(ws);
+
+    let mut ws = b.connect(&token).await;
+    let last = seen.len() as u64 - 1;
+    ws.send_json(resume("r", &stream_id, Some(last))).await;
+    let rest = ws.answer("r").await;
+    seen.extend(rest.chunks.iter().cloned());
+    assert_eq!(seqs(&seen), (0..seen.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        text_of(&seen, "text"),
+        MOCK_ANSWER,
+        "the draining node finished it"
+    );
+    assert_eq!(rest.finish_reason(), "stop");
+    tokio::time::timeout(Duration::from_secs(15), stopping)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+}
