@@ -135,6 +135,8 @@ pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
 fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
     cfg.route("/", web::get().to(pages::index))
         .route("/index.html", web::get().to(pages::index))
+        .route("/gateway-client.js", web::get().to(pages::client_js))
+        .route("/gateway-client.d.ts", web::get().to(pages::client_dts))
         .service(
             web::resource("/login")
                 .app_data(json_config(small_body))

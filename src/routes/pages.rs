@@ -30,6 +30,25 @@ pub async fn index() -> HttpResponse {
         .body(INDEX_HTML)
 }
 
+/// `web/gateway-client.js`, the browser client library (reconnect and resume).
+const CLIENT_JS: &str = include_str!("../../web/gateway-client.js");
+/// Its TypeScript declarations.
+const CLIENT_DTS: &str = include_str!("../../web/gateway-client.d.ts");
+
+pub async fn client_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(CLIENT_JS)
+}
+
+pub async fn client_dts() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/typescript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(CLIENT_DTS)
+}
+
 /// The `'sha256-…'` sources of every inline `<tag>…</tag>` block of the pages.
 fn inline_hashes(tag: &str) -> String {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod backpressure;
 mod browser;
+mod client_library;
 mod lifecycle;
 mod limits_and_outages;
 mod observability;

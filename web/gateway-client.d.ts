@@ -1,0 +1,146 @@
+// Types of gateway-client.js and of the wire messages it handles (docs/PROTOCOL.md). The wire
+// types follow proto-json/schema/*.schema.json; tests/gateway/client_library.rs checks that
+// every field here is in the schema, with the same optionality, and the other way round.
+
+export type Role = 'system' | 'user' | 'assistant';
+export type ChunkKind = 'reasoning' | 'text';
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+
+export interface ChatMessage {
+  role: Role;
+  content: string;
+}
+
+/** The payload of a `chat` request. */
+export interface ChatPayload {
+  content: string;
+  model?: string | null;
+  system?: string | null;
+  messages?: ChatMessage[];
+  temperature?: number | null;
+  max_tokens?: number | null;
+  conversation_id?: string | null;
+}
+
+/** The payload of a `resume` request. */
+export interface ResumePayload {
+  stream_id: string;
+  after_seq?: number | null;
+}
+
+/** The payload of a `chat` frame: one piece of an answer. */
+export interface ChunkPayload {
+  content: string;
+  type: ChunkKind;
+  model: string;
+  seq: number;
+  stream_id?: string | null;
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+/** The payload of a `done` frame. */
+export interface DonePayload {
+  finish_reason: FinishReason;
+  model: string;
+  usage: Usage;
+  chunks: number;
+  conversation_id?: string | null;
+  stream_id?: string | null;
+}
+
+/** The payload of an `error` frame. */
+export interface ErrorPayload {
+  code: number;
+  reason: string;
+  message: string;
+}
+
+export interface SessionLimits {
+  max_frame_bytes: number;
+  max_concurrent_requests: number;
+  heartbeat_interval_ms: number;
+  idle_timeout_ms: number;
+}
+
+/** The payload of a `system` frame. */
+export interface SystemPayload {
+  event: 'welcome' | 'draining';
+  session_id: string;
+  node_id: string;
+  protocol_version: number;
+  limits: SessionLimits;
+}
+
+export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'draining' | 'closed';
+
+export interface StatusDetail {
+  code?: number;
+  reason?: string;
+  delayMs?: number;
+  attempt?: number;
+}
+
+export interface ClientOptions {
+  /** ws:// or wss:// address of /chat. */
+  url: string;
+  /** A session token or API key, or a function that gets a fresh one for each connection. */
+  token: string | (() => string | Promise<string>);
+  /** First reconnect delay (default 250 ms). */
+  minDelayMs?: number;
+  /** Longest reconnect delay (default 10 s). */
+  maxDelayMs?: number;
+  /** The WebSocket class; the global one by default. */
+  WebSocket?: typeof WebSocket;
+}
+
+export interface Chunk {
+  type: ChunkKind;
+  content: string;
+  seq: number;
+  model: string;
+}
+
+export interface AnswerHandlers {
+  /** The request id; one is made up when absent. */
+  id?: string;
+  onChunk?: (chunk: Chunk) => void;
+  onError?: (error: ErrorPayload) => void;
+}
+
+export interface Answer {
+  readonly id: string;
+  /** Known once the first chunk came. */
+  readonly streamId: string | null;
+  /** The last `seq` received, -1 before any. */
+  readonly lastSeq: number;
+  /** Resolves with the `done` payload; rejects with a GatewayError. */
+  readonly done: Promise<DonePayload>;
+  cancel(): void;
+}
+
+export class GatewayError extends Error {
+  readonly code?: number;
+  readonly reason?: string;
+}
+
+export function backoffDelay(
+  attempt: number,
+  minDelayMs: number,
+  maxDelayMs: number,
+  random?: () => number,
+): number;
+
+export class GatewayClient {
+  constructor(options: ClientOptions);
+  readonly state: ConnectionState;
+  connect(): void;
+  close(): void;
+  chat(payload: ChatPayload, handlers?: AnswerHandlers): Answer;
+  onStatus(fn: (state: ConnectionState, detail?: StatusDetail | SystemPayload) => void): () => void;
+  onSystem(fn: (payload: SystemPayload) => void): () => void;
+}
