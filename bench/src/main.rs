@@ -10,6 +10,7 @@ use gateway_bench::{
     idle::{self, IdleOptions},
     overhead::{self, OverheadOptions},
     process::{self, SpawnedGateway},
+    resume::{self, ResumeOptions},
     stream::{self, StreamOptions},
     upstream::LocalUpstream,
     BenchError, Report, Target,
@@ -92,6 +93,27 @@ enum Scenario {
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
         secs: u64,
+    },
+    /// Answers cut at a random chunk and resumed on another node: lost and duplicated chunks,
+    /// resume latency, Redis cost per chunk. Spawns two nodes sharing PostgreSQL and Redis.
+    Resume {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 50)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1000)]
+        cuts: usize,
+        /// A cut comes after 1 to this many chunks.
+        #[arg(long, default_value_t = 40)]
+        max_chunks_before_cut: u64,
+        /// The mock's pause between chunks, in ms (an answer is about 80 chunks).
+        #[arg(long, default_value_t = 2)]
+        chunk_delay_ms: u64,
+        #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+        redis_url: String,
+        /// A PostgreSQL database both nodes share (created beforehand, e.g. `createdb agw_bench`).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/agw_bench")]
+        database_url: String,
     },
     /// Streaming POST /v1/chat/completions per second, direct to the fake and through the gateway.
     Http {
@@ -221,6 +243,49 @@ async fn run(scenario: Scenario) -> Result<(), BenchError> {
             };
             let r = stream::run(&t, &opts).await;
             stop(gw).await;
+            emit(&common, &[r?])
+        }
+        Scenario::Resume {
+            common,
+            sessions,
+            cuts,
+            max_chunks_before_cut,
+            chunk_delay_ms,
+            redis_url,
+            database_url,
+        } => {
+            if common.spawn.is_none() {
+                return Err(BenchError::Io(
+                    "resume needs --spawn (it starts two nodes)".into(),
+                ));
+            }
+            let prefix = format!("bench-{:08x}:", rand::random::<u32>());
+            let secret = format!("bench-secret-{:032x}", rand::random::<u128>());
+            let delay = format!("[{chunk_delay_ms},{chunk_delay_ms}]");
+            let mut env = process::bench_env(1);
+            env.extend(
+                [
+                    ("REDIS_URL", redis_url.clone()),
+                    ("DATABASE_URL", database_url),
+                    ("GATEWAY_REDIS_PREFIX", prefix.clone()),
+                    ("GATEWAY_JWT_SECRET", secret),
+                    ("GATEWAY_MOCK__TEXT_DELAY_MS", delay.clone()),
+                    ("GATEWAY_MOCK__REASONING_DELAY_MS", delay),
+                ]
+                .map(|(k, v)| (k.to_owned(), v)),
+            );
+            let (a, gw_a) = target(&common, env.clone()).await?;
+            let (b, gw_b) = target(&common, env).await?;
+            let opts = ResumeOptions {
+                sessions,
+                cuts,
+                max_chunks_before_cut,
+                redis_url,
+                redis_prefix: prefix,
+            };
+            let r = resume::run([&a, &b], &opts).await;
+            stop(gw_a).await;
+            stop(gw_b).await;
             emit(&common, &[r?])
         }
         Scenario::Handshake {

@@ -11,6 +11,7 @@ use gateway_bench::{
     http::{self, HttpOptions},
     idle::{self, IdleOptions},
     overhead::{self, OverheadOptions},
+    resume::{self, ResumeOptions},
     stream::{self, StreamOptions},
     upstream::LocalUpstream,
     Report, Target,
@@ -177,5 +178,74 @@ fn every_scenario_runs_at_a_tiny_size() {
         check(&r, "direct rate", |v| v > 0.0);
         check(&r, "direct chunks per answer", |v| v >= 20.0);
         gateway_half_ran_or_skipped(&r, "gateway rate");
+    });
+}
+
+/// A database of its own for the resume scenario's two nodes.
+async fn fresh_database() -> String {
+    let (client, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("PostgreSQL at 127.0.0.1:5432");
+    tokio::spawn(conn);
+    let name = format!("agw_bench_tiny_{:016x}", rand::random::<u64>());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    format!("postgres://postgres@127.0.0.1:5432/{name}")
+}
+
+#[test]
+fn the_resume_scenario_runs_at_a_tiny_size() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let database_url = rt.block_on(fresh_database());
+    let prefix = format!("agw_bench_tiny:{:016x}:", rand::random::<u64>());
+    let node = || {
+        let mut c = config("http://127.0.0.1:9/v1");
+        c.database_url = database_url.clone();
+        c.redis_url = "redis://127.0.0.1:6379/".into();
+        c.redis_prefix = prefix.clone();
+        c.jwt_secret = "tiny-bench-secret-of-sufficient-length".into();
+        c.mock = MockSettings {
+            text_delay_ms: [2, 2],
+            reasoning_delay_ms: [2, 2],
+            ..MockSettings::instant()
+        };
+        c
+    };
+    let a = Target {
+        addr: start_gateway(node()),
+        pid: None,
+    };
+    let b = Target {
+        addr: start_gateway(node()),
+        pid: None,
+    };
+    rt.block_on(async {
+        let r = resume::run(
+            [&a, &b],
+            &ResumeOptions {
+                sessions: 3,
+                cuts: 9,
+                max_chunks_before_cut: 30,
+                redis_url: "redis://127.0.0.1:6379/".into(),
+                redis_prefix: prefix.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        print!("{}", r.table());
+        check(&r, "cuts, each resumed on the other node", |v| v == 9.0);
+        for zero in ["lost", "duplicated", "errors"] {
+            check(&r, zero, |v| v == 0.0);
+        }
+        check(&r, "answers journaled", |v| v >= 9.0);
+        check(&r, "Redis XADD+PEXPIRE per chunk", |v| v > 0.0);
     });
 }
