@@ -49,13 +49,18 @@ pub async fn client_dts() -> HttpResponse {
         .body(CLIENT_DTS)
 }
 
-/// The `'sha256-…'` sources of every inline `<tag>…</tag>` block of the pages.
+/// The `'sha256-…'` sources of every inline `<tag>…</tag>` block of the pages (also
+/// `<script type="module">`).
 fn inline_hashes(tag: &str) -> String {
-    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let close = format!("</{tag}>");
+    let opens = [format!("<{tag}>"), format!("<{tag} type=\"module\">")];
     let mut sources = Vec::new();
-    for page in [INDEX_HTML, ADMIN_HTML] {
+    for (page, open) in [INDEX_HTML, ADMIN_HTML]
+        .into_iter()
+        .flat_map(|p| opens.iter().map(move |o| (p, o)))
+    {
         let mut rest = page;
-        while let Some(start) = rest.find(&open) {
+        while let Some(start) = rest.find(open.as_str()) {
             let body = &rest[start + open.len()..];
             let Some(end) = body.find(&close) else { break };
             let digest = Sha256::digest(&body.as_bytes()[..end]);
@@ -70,12 +75,13 @@ fn inline_hashes(tag: &str) -> String {
 }
 
 /// The policy of the built-in pages: their own inline script and style (by hash, so no other
-/// inline code runs), requests to this origin only (WebSocket included), no framing.
+/// inline code runs) and scripts of this origin (the client library), requests to this origin
+/// only (WebSocket included), no framing.
 pub fn page_csp() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
         format!(
-            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+            "default-src 'none'; script-src 'self' {}; style-src {}; connect-src 'self'; \
              img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
             inline_hashes("script"),
             inline_hashes("style"),

@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import net from 'node:net';
 import { chromium } from 'playwright-core';
 
 const [base, adminToken] = process.argv.slice(2);
@@ -156,4 +157,58 @@ test('admin panel: a session appears, is killed, and the chat page shows the clo
   await admin.locator('#audit tr', { hasText: 'kill_session' }).first().waitFor();
   assert.deepEqual(chatErrors, []);
   assert.deepEqual(adminErrors, []);
+});
+
+/** A TCP proxy to the gateway whose `cut()` drops every open connection (new ones are served). */
+function proxy() {
+  const upstream = new URL(base);
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const remote = net.connect(Number(upstream.port), upstream.hostname);
+    for (const s of [client, remote]) sockets.add(s);
+    client.pipe(remote);
+    remote.pipe(client);
+    const drop = () => { client.destroy(); remote.destroy(); sockets.delete(client); sockets.delete(remote); };
+    for (const s of [client, remote]) { s.on('error', drop); s.on('close', drop); }
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    base: `http://127.0.0.1:${server.address().port}`,
+    cut() { for (const s of sockets) s.destroy(); sockets.clear(); },
+    close() { this.cut(); server.close(); },
+  })));
+}
+
+test('chat demo: the network drops mid-answer, the answer on screen ends up whole', async () => {
+  const p = await proxy();
+  const page = await context.newPage();
+  const errors = watchErrors(page);
+  await page.goto(p.base + '/');
+  const username = name();
+  await page.fill('#username', username);
+  await page.fill('#password', 'correct horse battery');
+  await page.click('#register');
+  await page.waitForFunction(() => /created/i.test(document.getElementById('auth-msg').textContent));
+  await logIn(page, username);
+
+  await page.fill('#message', 'Hello AI');
+  await page.click('#send');
+  const r1 = '.answer[data-request-id="r1"]';
+  await grows(page, `${r1} .text`, 3);
+  // The network goes away mid-answer, then comes back.
+  await context.setOffline(true);
+  p.cut();
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'reconnecting…');
+  await new Promise((r) => setTimeout(r, 500));
+  await context.setOffline(false);
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'connected');
+  await page.waitForFunction((s) => /stop/.test(document.querySelector(s)?.textContent || ''), `${r1} .footer`);
+  // Everything once, in order: what was shown before the cut and what the resume brought.
+  assert.equal(await textOf(page, `${r1} .text`), '\nOkay, here is the answer: [Mock Output]');
+  assert.equal(await textOf(page, `${r1} .reasoning`), 'Hmm... let me think about Hello AI...');
+  assert.match(await textOf(page, `${r1} .footer`), /stop · \d+ chunks/);
+  await page.screenshot({ path: join(tmpdir(), 'agw-chat-after-network-cut.png') });
+  assert.deepEqual(errors, []);
+  assert.equal(await textOf(page, '#errors'), '');
+  await page.close();
+  p.close();
 });

@@ -481,7 +481,7 @@ async fn pages_and_answers_carry_security_headers() {
         assert!(csp.starts_with("default-src 'none'"), "{path}: {csp}");
         assert!(!csp.contains("unsafe"), "{path}: {csp}");
         if path == "/" || path == "/admin" {
-            assert!(csp.contains("script-src 'sha256-"), "{path}: {csp}");
+            assert!(csp.contains("script-src 'self' 'sha256-"), "{path}: {csp}");
             assert!(csp.contains("connect-src 'self'"), "{path}: {csp}");
         }
     }

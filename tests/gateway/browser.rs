@@ -50,7 +50,7 @@ async fn the_pages_work_in_headless_chromium() {
     );
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(
-        report.contains("# pass 2") && report.contains("# fail 0"),
-        "both browser tests ran:\n{report}"
+        report.contains("# pass 3") && report.contains("# fail 0"),
+        "all three browser tests ran:\n{report}"
     );
 }
