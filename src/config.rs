@@ -153,6 +153,9 @@ pub struct SessionSettings {
     pub heartbeat_interval_ms: u64,
     pub idle_timeout_ms: u64,
     pub close_grace_ms: u64,
+    /// A client that takes no frame for this long (it stopped reading) is closed with 1008,
+    /// freeing its streams.
+    pub write_timeout_ms: u64,
     /// How long an HTTP connection whose last exchange is complete waits for the client to
     /// close it before the server does (a WebSocket whose client closed first ends at once).
     pub client_disconnect_timeout_ms: u64,
@@ -267,6 +270,7 @@ impl Default for SessionSettings {
             heartbeat_interval_ms: 54_000,
             idle_timeout_ms: 120_000,
             close_grace_ms: 2_000,
+            write_timeout_ms: 30_000,
             client_disconnect_timeout_ms: 1_000,
         }
     }
@@ -461,6 +465,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms),
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
             close_grace: Duration::from_millis(s.close_grace_ms),
+            write_timeout: Duration::from_millis(s.write_timeout_ms.max(1)),
         })
     }
 }

@@ -35,7 +35,8 @@ pub(crate) enum Outgoing {
         chunk: Option<ChunkTiming>,
     },
     Ping,
-    Pong(Vec<u8>),
+    /// Answers the client's latest ping; its data is in `Outbox::pong`.
+    Pong,
     /// The close frame; once it is handed over, `then_end` (when given) ends the connection
     /// without waiting for the client to close it.
     Close(CloseReason, Option<Rc<dyn ConnectionAbort>>),
@@ -47,6 +48,11 @@ pub(crate) struct Outbox {
     wake: Rc<Notify>,
     ended: Rc<Cell<bool>>,
     writer_finished: Rc<Cell<bool>>,
+    /// The data of the latest ping not answered yet: only the latest is answered (RFC 6455
+    /// 5.5.3), so a flood of pings from a client that does not read costs one pong.
+    pong: Rc<RefCell<Option<Vec<u8>>>>,
+    /// Since when the writer waits for the socket to take a frame.
+    writing_since: Rc<Cell<Option<Instant>>>,
     flow: Arc<FlowControl>,
     metrics: Arc<Metrics>,
 }
@@ -59,6 +65,8 @@ impl Outbox {
             wake: Rc::default(),
             ended: Rc::default(),
             writer_finished: Rc::default(),
+            pong: Rc::default(),
+            writing_since: Rc::default(),
             flow,
             metrics,
         };
@@ -97,6 +105,21 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// Answers a ping: replaces the data of a pong still waiting, or queues one.
+    pub(crate) fn pong(&self, data: &[u8]) {
+        let waiting = self.pong.borrow_mut().replace(data.to_vec()).is_some();
+        if !waiting {
+            self.push(Outgoing::Pong);
+        }
+    }
+
+    /// How long the writer has waited for the socket to take its current frame.
+    pub(crate) fn stalled_for(&self) -> std::time::Duration {
+        self.writing_since
+            .get()
+            .map_or(std::time::Duration::ZERO, |since| since.elapsed())
+    }
+
     /// Lets the writer finish what is queued, then drop the socket's sender.
     pub(crate) fn end(&self) {
         self.ended.set(true);
@@ -123,6 +146,9 @@ impl Outbox {
     async fn write_all(self, mut session: Session) {
         loop {
             let next = self.queue.borrow_mut().pop_front();
+            if next.is_some() {
+                self.writing_since.set(Some(Instant::now()));
+            }
             let written = match next {
                 Some(Outgoing::Text {
                     frame,
@@ -138,7 +164,10 @@ impl Outbox {
                     res
                 }
                 Some(Outgoing::Ping) => session.ping(b"").await,
-                Some(Outgoing::Pong(data)) => session.pong(&data).await,
+                Some(Outgoing::Pong) => {
+                    let data = self.pong.borrow_mut().take().unwrap_or_default();
+                    session.pong(&data).await
+                }
                 Some(Outgoing::Close(reason, then_end)) => {
                     let _ = session.close(Some(reason)).await;
                     if let Some(connection) = then_end {
@@ -152,6 +181,7 @@ impl Outbox {
                     Ok(())
                 }
             };
+            self.writing_since.set(None);
             if written.is_err() {
                 break;
             }

@@ -88,6 +88,8 @@ pub struct SessionConfig {
     /// After a close frame is queued, how long the client has to take it before the connection
     /// is cut.
     pub close_grace: Duration,
+    /// How long a frame may wait for a client that does not read before the client is closed.
+    pub write_timeout: Duration,
 }
 
 /// The session's hold on its TCP connection, given by the HTTP layer.
@@ -723,6 +725,24 @@ impl Actor for SessionActor {
                 outbox.push(Outgoing::Ping);
             }
         });
+        // A client that stops reading holds its answers at the watermark, never growing past
+        // outbox_max_bytes: it is closed once a frame has waited write_timeout for the socket.
+        let write_timeout = self.config.write_timeout;
+        let check_writes = (write_timeout / 4).max(Duration::from_millis(10));
+        ctx.run_interval(check_writes, move |act, ctx| {
+            let stalled = act
+                .outbox
+                .as_ref()
+                .map_or(Duration::ZERO, Outbox::stalled_for);
+            if stalled >= write_timeout {
+                let reason = format!(
+                    "slow consumer: nothing read for {} ms, limit write_timeout_ms={}",
+                    stalled.as_millis(),
+                    write_timeout.as_millis()
+                );
+                act.close(Why::SlowConsumer, &reason, ctx);
+            }
+        });
         let idle = self.config.idle_timeout;
         let check_every = (idle / 4).max(Duration::from_millis(10));
         ctx.run_interval(check_every, move |act, ctx| {
@@ -787,7 +807,7 @@ impl StreamHandler<Result<Message, ProtocolError>> for SessionActor {
             }
             Incoming::Ping(data) => {
                 if let Some(outbox) = &self.outbox {
-                    outbox.push(Outgoing::Pong(data.to_vec()));
+                    outbox.pong(&data);
                 }
             }
             Incoming::Pong => {}

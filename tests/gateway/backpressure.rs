@@ -124,3 +124,76 @@ async fn heartbeats_keep_a_reading_client_alive() {
     // The client answered each ping (tungstenite does), so the idle timeout never fired.
     assert_eq!(ws.chat("alive", "still?").await.finish_reason(), "stop");
 }
+
+/// RFC 6455 control frames from a client that reads nothing: every ping used to queue a pong
+/// (uncounted) and reset the idle timer, so the connection lived and its memory grew. Now only
+/// the latest ping is answered, and a writer stuck on a client that reads nothing closes it.
+#[actix_rt::test]
+async fn a_ping_flood_from_a_client_that_never_reads_is_closed() {
+    let t = start_with(|c| {
+        c.session.close_grace_ms = 200;
+        c.session.write_timeout_ms = 300;
+    })
+    .await;
+    let mut ws = tight_client(&t).await;
+    let flood = async {
+        for _ in 0..2_000_000 {
+            let ping = Message::Ping(vec![7u8; 125].into());
+            if futures_util::SinkExt::send(&mut ws.inner, ping)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), flood).await;
+    t.wait_sessions(0, Duration::from_secs(5)).await;
+    eventually(Duration::from_secs(2), "the connection to be cut", || {
+        t.gw.open_connections() == 0
+    })
+    .await;
+}
+
+/// A client that stops reading mid-answer but pings now and then: the provider pauses at the
+/// watermark, so the outbox never overflows, and pings keep the idle timer from firing. The
+/// write timeout closes it and frees its stream.
+#[actix_rt::test]
+async fn a_reader_that_stalls_mid_answer_but_pings_is_closed_and_its_stream_freed() {
+    let t = start_with(|c| {
+        c.mock = MockSettings {
+            text_repeat: 100_000,
+            ..MockSettings::instant()
+        };
+        c.session.close_grace_ms = 200;
+        c.session.write_timeout_ms = 400;
+        c.session.outbox_high_watermark_bytes = 16 * 1024;
+        c.resume.grace_ms = 0;
+    })
+    .await;
+    let mut ws = tight_client(&t).await;
+    ws.send_json(json!({"type": "chat", "id": "big", "payload": {"content": "all of it"}}))
+        .await;
+    let pinging = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let ping = Message::Ping(vec![1u8; 8].into());
+            if futures_util::SinkExt::send(&mut ws.inner, ping)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), pinging).await;
+    t.wait_sessions(0, Duration::from_secs(5)).await;
+    let produced = t.gw.mock().chunks_produced();
+    assert!(produced < 100_000, "the answer ran ahead: {produced}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        t.gw.mock().chunks_produced(),
+        produced,
+        "its stream was freed"
+    );
+}
