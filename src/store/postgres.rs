@@ -42,6 +42,16 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Opens a connection and runs `SELECT 1`: whether the server is there and lets us in.
+pub async fn probe(config: &tokio_postgres::Config) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    let conn = tokio::spawn(connection);
+    let answered = client.simple_query("SELECT 1").await.map(drop);
+    drop(client);
+    let _ = conn.await;
+    answered
+}
+
 pub struct PgStore {
     pool: Pool,
 }

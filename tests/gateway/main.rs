@@ -12,6 +12,7 @@ mod protocol;
 mod proxy;
 mod seed_flow;
 mod shared_state;
+mod startup;
 mod streaming;
 mod support;
 mod upstreams;
