@@ -587,3 +587,199 @@ fn substitution_takes_the_defaults() {
     assert_eq!(duration_ms("1m30s"), 90_000);
     assert_eq!(duration_ms("300s"), 300_000);
 }
+
+/// Cargo.toml's `[workspace] members`.
+fn workspace_members() -> Vec<String> {
+    use figment::providers::Format;
+    figment::Figment::from(figment::providers::Toml::file(root().join("Cargo.toml")))
+        .extract_inner("workspace.members")
+        .expect("Cargo.toml has [workspace] members")
+}
+
+/// The stages of a Dockerfile: the lines after each `FROM`, joined where they end in `\`.
+fn stages(dockerfile: &str) -> Vec<Vec<String>> {
+    let mut stages: Vec<Vec<String>> = Vec::new();
+    let mut line = String::new();
+    for raw in dockerfile.lines() {
+        let raw = raw.trim();
+        if raw.starts_with('#') && line.is_empty() {
+            continue;
+        }
+        match raw.strip_suffix('\\') {
+            Some(part) => line.push_str(part),
+            None => {
+                line.push_str(raw);
+                let done = std::mem::take(&mut line);
+                if done.starts_with("FROM ") {
+                    stages.push(Vec::new());
+                }
+                if let Some(stage) = stages.last_mut() {
+                    stage.push(done);
+                }
+            }
+        }
+    }
+    stages
+}
+
+/// `*` within one path segment, `**` across segments, `?` one character (`.dockerignore`).
+fn glob(pattern: &str, path: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) if p.get(1) == Some(&b'*') => {
+                let rest = p[2..].strip_prefix(b"/").unwrap_or(&p[2..]);
+                (0..=s.len()).any(|i| go(rest, &s[i..]))
+            }
+            (Some(b'*'), _) => (0..=s.len())
+                .take_while(|&i| i == 0 || s[i - 1] != b'/')
+                .any(|i| go(&p[1..], &s[i..])),
+            (Some(b'?'), Some(c)) if *c != b'/' => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), path.as_bytes())
+}
+
+/// Whether `.dockerignore` keeps `path` (or a folder above it) out of the build context.
+fn ignored(dockerignore: &str, path: &str) -> bool {
+    let mut out = false;
+    for pattern in dockerignore.lines().map(str::trim) {
+        if pattern.is_empty() || pattern.starts_with('#') {
+            continue;
+        }
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pattern),
+        };
+        let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
+        let mut prefix = String::new();
+        let hit = path.split('/').any(|segment| {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(segment);
+            glob(pattern, &prefix)
+        });
+        if hit {
+            out = !negated;
+        }
+    }
+    out
+}
+
+/// Workspace members whose manifest or sources the Dockerfile's build stage would not have:
+/// not copied by a `COPY` of the stage, or dropped by `.dockerignore`.
+fn members_missing_from_build(dockerfile: &str, dockerignore: &str) -> Vec<String> {
+    let build = stages(dockerfile).into_iter().next().unwrap_or_default();
+    let sources: Vec<String> = build
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|args| !args.contains("--from"))
+        .flat_map(|args| {
+            let mut words: Vec<&str> = args
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
+            words.pop(); // the destination
+            words
+                .into_iter()
+                .map(|w| w.trim_start_matches("./").trim_end_matches('/').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let copied = |path: &str| {
+        sources
+            .iter()
+            .any(|s| s.is_empty() || s == "." || path == s || path.starts_with(&format!("{s}/")))
+    };
+    workspace_members()
+        .into_iter()
+        .filter(|member| {
+            let dir = member.trim_start_matches("./").trim_end_matches('/');
+            let under = |f: &str| match dir {
+                "" | "." => f.to_owned(),
+                d => format!("{d}/{f}"),
+            };
+            ["Cargo.toml", "src"]
+                .iter()
+                .map(|f| under(f))
+                .any(|p| !copied(&p) || ignored(dockerignore, &p))
+        })
+        .collect()
+}
+
+#[test]
+fn the_image_builds_every_workspace_member() {
+    let members = workspace_members();
+    assert!(members.contains(&"bench".to_owned()), "{members:?}");
+    let dockerfile = read("compose/Dockerfile");
+    let dockerignore = read(".dockerignore");
+    assert_eq!(
+        members_missing_from_build(&dockerfile, &dockerignore),
+        Vec::<String>::new(),
+        "the Dockerfile's build stage must see every workspace member"
+    );
+
+    // The check has teeth: the Dockerfile of issue 14, which copied the manifests one by one and
+    // forgot bench/, and a .dockerignore that drops a member.
+    let old = "FROM rust:1-bookworm AS builder\nCOPY Cargo.toml Cargo.lock ./\n\
+               COPY actors/Cargo.toml actors/\nCOPY proto-json/Cargo.toml proto-json/\n\
+               COPY fake-upstream/Cargo.toml fake-upstream/\nCOPY src src\n\
+               COPY actors/src actors/src\nCOPY proto-json/src proto-json/src\n\
+               COPY fake-upstream/src fake-upstream/src\nFROM debian:bookworm-slim\n";
+    assert_eq!(members_missing_from_build(old, ""), ["bench"]);
+    assert_eq!(
+        members_missing_from_build(&dockerfile, &format!("{dockerignore}\nbench/\n")),
+        ["bench"]
+    );
+    assert_eq!(
+        members_missing_from_build(&dockerfile, "**/src\n"),
+        members,
+        "every member's sources"
+    );
+    assert!(ignored(&dockerignore, "compose/.env"), "secrets stay out");
+    assert!(ignored(&dockerignore, "target/release/ai-gateway"));
+    assert!(!ignored(&dockerignore, "sql/V1__init.sql"));
+    assert!(!ignored(&dockerignore, "web/index.html"));
+}
+
+#[test]
+fn the_image_runs_unprivileged_with_a_healthcheck_and_no_curl() {
+    let stages = stages(&read("compose/Dockerfile"));
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let build = stages[0].join("\n");
+    assert!(
+        build.contains("cargo build --release --locked -p ai-gateway"),
+        "{build}"
+    );
+    let run = &stages[1];
+    assert!(
+        run[0].starts_with("FROM debian:") && run[0].ends_with("-slim"),
+        "{}",
+        run[0]
+    );
+    let joined = run.join("\n");
+    assert!(!joined.contains("curl"), "no curl in the runtime image");
+    let user = run
+        .iter()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("numeric uid");
+    assert_ne!(uid, 0);
+    let health = run
+        .iter()
+        .find_map(|l| l.strip_prefix("HEALTHCHECK "))
+        .expect("HEALTHCHECK");
+    assert!(
+        health.ends_with(r#"CMD ["ai-gateway", "healthcheck"]"#),
+        "{health}"
+    );
+    assert!(run.iter().any(|l| l == r#"ENTRYPOINT ["ai-gateway"]"#));
+}
