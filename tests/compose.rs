@@ -562,7 +562,9 @@ fn the_nginx_config_passes_nginx_t() {
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
+    // Not the inherited directory: a figment Jail in a parallel test may have removed it.
     let out = Command::new(nginx())
+        .current_dir(root())
         .arg("-t")
         .arg("-p")
         .arg(dir.path())
