@@ -37,6 +37,9 @@ pub struct Config {
     /// PostgreSQL for users, keys, conversations and usage (also `DATABASE_URL`). Empty: in
     /// memory, for one node.
     pub database_url: String,
+    /// PEM certificates to trust for PostgreSQL's TLS (with `sslmode=require` in
+    /// `database_url`), besides the Mozilla roots. Empty: those roots only.
+    pub database_ca_file: String,
     /// Redis for what nodes share (also `REDIS_URL`). Empty: nothing shared.
     pub redis_url: String,
     /// Start of every Redis key and channel this gateway uses.
@@ -212,6 +215,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Pretty,
             database_url: String::new(),
+            database_ca_file: String::new(),
             redis_url: String::new(),
             redis_prefix: "agw:".into(),
             auth_cache_ttl_ms: 60_000,

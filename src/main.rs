@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     let _telemetry = telemetry::init(config.log_format);
     nofile.log();
     if let Some(Command::Migrate) = cli.command {
-        return migrate(&config.database_url, config.db_connect_timeout_secs);
+        return migrate(&config);
     }
     actix_web::rt::System::new().block_on(async move {
         let gateway = match Gateway::start(config).await {
@@ -84,18 +84,23 @@ fn main() -> ExitCode {
 }
 
 /// Waits for PostgreSQL (up to `db_connect_timeout_secs`), then applies what is missing.
-fn migrate(database_url: &str, timeout_secs: u64) -> ExitCode {
+fn migrate(config: &Config) -> ExitCode {
+    let database_url = config.database_url.as_str();
     if database_url.is_empty() {
         eprintln!("ai-gateway: migrate needs DATABASE_URL (or database_url in the config)");
         return ExitCode::from(2);
     }
     actix_web::rt::System::new().block_on(async {
-        let limit = ai_gateway::startup::limit(timeout_secs);
-        if let Err(e) = ai_gateway::startup::wait_for_postgres(database_url, limit).await {
-            eprintln!("ai-gateway: migration failed: {e}");
-            return ExitCode::FAILURE;
-        }
-        match ai_gateway::store::postgres::migrate(database_url).await {
+        let limit = ai_gateway::startup::limit(config.db_connect_timeout_secs);
+        let ca_file = &config.database_ca_file;
+        let tls = match ai_gateway::startup::wait_for_postgres(database_url, ca_file, limit).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("ai-gateway: migration failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match ai_gateway::store::postgres::migrate(database_url, &tls).await {
             Ok(applied) if applied.is_empty() => println!("database is up to date"),
             Ok(applied) => applied.iter().for_each(|m| println!("applied {m}")),
             Err(e) => {

@@ -77,12 +77,13 @@ impl Gateway {
             Stores::from_backend(Arc::new(MemoryStore::default()))
         } else {
             let url = config.database_url.clone();
-            startup::wait_for_postgres(&url, wait_limit).await?;
-            let applied = postgres::migrate(&url).await?;
+            let tls =
+                startup::wait_for_postgres(&url, &config.database_ca_file, wait_limit).await?;
+            let applied = postgres::migrate(&url, &tls).await?;
             if !applied.is_empty() {
                 tracing::info!(migrations = ?applied, "database migrated");
             }
-            let pg = Arc::new(postgres::PgStore::connect(&url)?);
+            let pg = Arc::new(postgres::PgStore::connect(&url, &tls)?);
             let target = redact_url(&url);
             startup::wait_for("PostgreSQL", &target, wait_limit, |_| true, || pg.ping()).await?;
             postgres_store = Some(pg.clone());

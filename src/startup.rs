@@ -49,7 +49,7 @@ pub async fn wait_for<T, E, F, Fut>(
     mut attempt: F,
 ) -> Result<T, WaitError>
 where
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -72,10 +72,10 @@ where
                 return Err(WaitError::Refused {
                     what,
                     target: target.to_owned(),
-                    error: e.to_string(),
+                    error: with_causes(&e),
                 })
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => with_causes(&e),
             Err(_) => format!("no answer within {} ms", budget.as_millis()),
         };
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -101,6 +101,21 @@ where
     }
 }
 
+/// `error: cause: cause…`: "error performing TLS handshake" alone does not say why.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// `db_connect_timeout_secs` as a limit: 0 waits for ever.
 pub fn limit(secs: u64) -> Option<Duration> {
     (secs > 0).then(|| Duration::from_secs(secs))
@@ -108,8 +123,12 @@ pub fn limit(secs: u64) -> Option<Duration> {
 
 /// Whether a PostgreSQL connection error may pass by waiting: no answer, a dropped connection,
 /// or a server that is starting, stopping or full. Authentication and missing databases do not.
+/// A certificate that does not verify does not either.
 pub fn postgres_transient(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
+    if is_tls_failure(e) {
+        return false;
+    }
     match e.code() {
         None => true,
         Some(code) => [
@@ -122,11 +141,35 @@ pub fn postgres_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// Waits until PostgreSQL at `database_url` accepts a connection and answers a query.
+/// Whether a rustls error (a certificate that does not verify, a failed handshake) is among the
+/// error's causes.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// Waits until PostgreSQL at `database_url` accepts a connection and answers a query, over TLS
+/// when the URL says `sslmode=require` (trusting `ca_file` besides the Mozilla roots). Answers
+/// how to connect, for the migrations and the pool.
 pub async fn wait_for_postgres(
     database_url: &str,
+    ca_file: &str,
     limit: Option<Duration>,
-) -> Result<(), WaitError> {
+) -> Result<crate::store::postgres::PgTls, WaitError> {
     let target = crate::config::redact_url(database_url);
     let config: tokio_postgres::Config =
         database_url
@@ -136,10 +179,18 @@ pub async fn wait_for_postgres(
                 target: target.clone(),
                 error: format!("database_url: {e}"),
             })?;
+    let tls = crate::store::postgres::PgTls::for_config(&config, ca_file).map_err(|e| {
+        WaitError::Refused {
+            what: "PostgreSQL",
+            target: target.clone(),
+            error: e.to_string(),
+        }
+    })?;
     wait_for("PostgreSQL", &target, limit, postgres_transient, || {
-        crate::store::postgres::probe(&config)
+        crate::store::postgres::probe(&config, &tls)
     })
-    .await
+    .await?;
+    Ok(tls)
 }
 
 #[cfg(test)]
@@ -153,8 +204,8 @@ mod tests {
             "Thing",
             "thing://host",
             Some(Duration::from_millis(700)),
-            |_: &String| true,
-            || async { Err::<(), _>("refused".to_owned()) },
+            |_: &std::io::Error| true,
+            || async { Err::<(), _>(std::io::Error::other("refused")) },
         )
         .await
         .unwrap_err();
@@ -175,10 +226,10 @@ mod tests {
             "Thing",
             "thing://host",
             None,
-            |e: &String| e != "wrong password",
+            |e: &std::io::Error| e.to_string() != "wrong password",
             || {
                 calls += 1;
-                async { Err::<(), _>("wrong password".to_owned()) }
+                async { Err::<(), _>(std::io::Error::other("wrong password")) }
             },
         )
         .await

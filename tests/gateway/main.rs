@@ -8,6 +8,7 @@ mod lifecycle;
 mod limits_and_outages;
 mod observability;
 mod openai_front;
+mod postgres_tls;
 mod protocol;
 mod proxy;
 mod seed_flow;
