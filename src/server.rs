@@ -55,6 +55,9 @@ impl Gateway {
     /// `db_connect_timeout_secs`) for PostgreSQL and Redis when they are configured.
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
         config.check_secrets()?;
+        // rustls (provider calls, PostgreSQL, `rediss://`) with ring; the redis crate asks for
+        // the process's default provider. Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let wait_limit = startup::limit(config.db_connect_timeout_secs);
         let node_id = if config.node_id.is_empty() {
             format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -94,6 +97,8 @@ impl Gateway {
         } else {
             let cluster = Arc::new(Cluster::new(&config.redis_url, &config.redis_prefix)?);
             let target = redact_url(&config.redis_url);
+            // Every Redis error is retried up to the limit: the redis crate reports a
+            // certificate that does not verify as text, not as a rustls error.
             startup::wait_for("Redis", &target, wait_limit, |_| true, || cluster.ping()).await?;
             Some(cluster)
         };

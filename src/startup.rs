@@ -57,9 +57,21 @@ where
     let deadline = limit.map(|l| started + l);
     let mut delay = FIRST_DELAY;
     let mut attempts = 0u32;
+    let mut last = String::new();
+    let timed_out = |attempts, last| WaitError::TimedOut {
+        what,
+        target: target.to_owned(),
+        limit: limit.unwrap_or_default(),
+        attempts,
+        last,
+    };
     loop {
-        attempts += 1;
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if attempts > 0 && remaining.is_some_and(|r| r.is_zero()) {
+            // The pause took what was left: no attempt without time to answer.
+            return Err(timed_out(attempts, last));
+        }
+        attempts += 1;
         let budget = remaining.map_or(ATTEMPT_TIMEOUT, |r| r.min(ATTEMPT_TIMEOUT));
         let error = match tokio::time::timeout(budget, attempt()).await {
             Ok(Ok(v)) => {
@@ -80,13 +92,7 @@ where
         };
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
-            return Err(WaitError::TimedOut {
-                what,
-                target: target.to_owned(),
-                limit: limit.unwrap_or_default(),
-                attempts,
-                last: error,
-            });
+            return Err(timed_out(attempts, error));
         }
         let pause = left.map_or(delay, |l| l.min(delay));
         tracing::warn!(
@@ -96,6 +102,7 @@ where
             error = %error,
             "{what} unreachable; retrying"
         );
+        last = error;
         tokio::time::sleep(pause).await;
         delay = (delay * 2).min(MAX_DELAY);
     }
