@@ -37,6 +37,9 @@ pub struct Config {
     /// PostgreSQL for users, keys, conversations and usage (also `DATABASE_URL`). Empty: in
     /// memory, for one node.
     pub database_url: String,
+    /// PEM certificates to trust for PostgreSQL's TLS (with `sslmode=require` in
+    /// `database_url`), besides the Mozilla roots. Empty: those roots only.
+    pub database_ca_file: String,
     /// Redis for what nodes share (also `REDIS_URL`). Empty: nothing shared.
     pub redis_url: String,
     /// Start of every Redis key and channel this gateway uses.
@@ -78,6 +81,39 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     /// How long a login or sign-up waits for a hashing slot before it is refused with 503.
     pub password_hash_wait_ms: u64,
+    /// How long `ai-gateway migrate` and a starting node keep retrying PostgreSQL and Redis
+    /// before giving up; 0 waits for ever.
+    pub db_connect_timeout_secs: u64,
+    /// Development only: start even with a published placeholder secret, or without a
+    /// `jwt_secret` while listening beyond loopback (each problem is logged as a warning).
+    #[serde(deserialize_with = "deserialize_flag")]
+    pub dev_insecure: bool,
+}
+
+/// `true`/`false`, or `1`/`0`, `yes`/`no`, `on`/`off` (as `GATEWAY_DEV_INSECURE=1` arrives).
+fn deserialize_flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Number(i64),
+        Text(String),
+    }
+    match Flag::deserialize(d)? {
+        Flag::Bool(b) => Ok(b),
+        Flag::Number(0) => Ok(false),
+        Flag::Number(1) => Ok(true),
+        Flag::Text(t) => match t.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" | "" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected true or false (or 1, 0), got {t:?}"
+            ))),
+        },
+        Flag::Number(n) => Err(serde::de::Error::custom(format!(
+            "expected true or false (or 1, 0), got {n}"
+        ))),
+    }
 }
 
 /// One upstream endpoint.
@@ -236,6 +272,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Pretty,
             database_url: String::new(),
+            database_ca_file: String::new(),
             redis_url: String::new(),
             redis_prefix: "agw:".into(),
             auth_cache_ttl_ms: 60_000,
@@ -256,6 +293,8 @@ impl Default for Config {
             max_api_keys_per_user: 100,
             password_hash_concurrency: 0,
             password_hash_wait_ms: 1_000,
+            db_connect_timeout_secs: 60,
+            dev_insecure: false,
         }
     }
 }
@@ -301,6 +340,180 @@ pub enum ConfigError {
         field: &'static str,
         problem: String,
     },
+    /// A `GATEWAY_<KEY>_FILE` variable that could not be used. Names the variable and the path,
+    /// never the secret.
+    #[error("configuration: {key}: {problem}")]
+    SecretFile { key: String, problem: String },
+    /// A secret that is published (a placeholder or a former compose default), or missing where
+    /// the node is reachable from the network. `dev_insecure` turns these into warnings.
+    #[error(
+        "configuration: {field} {problem}; set a real secret (at least 32 random bytes, e.g. \
+         `openssl rand -hex 32`), or GATEWAY_DEV_INSECURE=1 for development only"
+    )]
+    Insecure {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+/// Secrets that have been published (in this repository's compose file, README and
+/// manifests): a node refuses them unless `dev_insecure` is set.
+const PUBLISHED_SECRETS: [&str; 4] = [
+    "local-only-jwt-secret-change-me-0123456789",
+    "local-only-admin-token",
+    "gateway-local-only",
+    "change-me-to-32-or-more-random-bytes",
+];
+
+/// Words that mark a value as a placeholder to be replaced (matched case-insensitively).
+const PLACEHOLDER_MARKERS: [&str; 5] = [
+    "change-me",
+    "changeme",
+    "replace-me",
+    "placeholder",
+    "local-only",
+];
+
+/// Whether `secret` is a published value or a placeholder.
+pub fn is_placeholder_secret(secret: &str) -> bool {
+    let lower = secret.to_ascii_lowercase();
+    PUBLISHED_SECRETS.contains(&secret) || PLACEHOLDER_MARKERS.iter().any(|m| lower.contains(m))
+}
+
+/// The keys whose value may come from a file named by `GATEWAY_<KEY>_FILE`, as the
+/// lower-case variable name after `GATEWAY_` (nested with `__`) without `_FILE`.
+fn is_secret_key(key: &str) -> bool {
+    if matches!(
+        key,
+        "jwt_secret" | "admin_token" | "database_url" | "redis_url"
+    ) {
+        return true;
+    }
+    // providers__NAME__api_key
+    key.strip_prefix("providers__")
+        .and_then(|rest| rest.strip_suffix("__api_key"))
+        .is_some_and(|name| !name.is_empty() && !name.contains("__"))
+}
+
+/// Whether the variable `name=value` is one Kubernetes sets in every pod for a Service in the
+/// same namespace (a "service link"): for a Service `gateway`, `GATEWAY_SERVICE_HOST`,
+/// `GATEWAY_SERVICE_PORT`, `GATEWAY_SERVICE_PORT_<PORT NAME>`, `GATEWAY_PORT=tcp://…`,
+/// `GATEWAY_PORT_<N>_TCP` and `GATEWAY_PORT_<N>_TCP_PROTO|_PORT|_ADDR` (also `UDP`, `SCTP`).
+/// Service names cannot make `__`, so a name with `__` (a nested key of ours) never matches.
+/// `…_PORT` alone matches only with a `tcp://`, `udp://` or `sctp://` value, so
+/// `GATEWAY_PORT=8080` is still reported as an unknown key.
+pub fn is_kubernetes_service_link(name: &str, value: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    if name.contains("__") {
+        return false;
+    }
+    let named_service = |service: &str| !service.is_empty();
+    if let Some(service) = name.strip_suffix("_SERVICE_HOST") {
+        return named_service(service);
+    }
+    if let Some(service) = name.strip_suffix("_SERVICE_PORT") {
+        return named_service(service);
+    }
+    if let Some((service, port_name)) = name.split_once("_SERVICE_PORT_") {
+        return named_service(service) && !port_name.is_empty();
+    }
+    // <SERVICE>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR], before `_PORT` alone (which it may end in).
+    let protocols = ["_TCP", "_UDP", "_SCTP"];
+    let base = ["_PROTO", "_PORT", "_ADDR"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .filter(|b| protocols.iter().any(|p| b.ends_with(p)))
+        .unwrap_or(&name);
+    if let Some(base) = protocols.iter().find_map(|p| base.strip_suffix(p)) {
+        let digits = base.len() - base.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0
+            && base[..base.len() - digits]
+                .strip_suffix("_PORT_")
+                .is_some_and(named_service)
+        {
+            return true;
+        }
+    }
+    if let Some(service) = name.strip_suffix("_PORT") {
+        let value = value.to_ascii_lowercase();
+        return named_service(service)
+            && ["tcp://", "udp://", "sctp://"]
+                .iter()
+                .any(|p| value.starts_with(p));
+    }
+    false
+}
+
+/// The password in a `postgres://` or `redis://` URL, if it has one (still percent-encoded:
+/// the placeholders it is compared with need no escapes).
+fn url_password(url: &str) -> Option<String> {
+    url::Url::parse(url).ok()?.password().map(str::to_owned)
+}
+
+/// `url` without its password, for logs and errors: `postgres://user:***@host/db`. A
+/// connection string that is not a URL is not shown at all.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(connection string)".into(),
+    }
+}
+
+/// What the environment adds beyond plain `GATEWAY_*` keys: the Kubernetes variables to
+/// ignore and the secrets read from `GATEWAY_<KEY>_FILE`.
+struct EnvExtras {
+    /// Lower-case names after `GATEWAY_` that the `GATEWAY_*` provider must skip.
+    skip: Vec<String>,
+    /// Dotted keys and the secrets read for them.
+    secrets: Vec<(String, String)>,
+}
+
+fn env_extras() -> Result<EnvExtras, ConfigError> {
+    let vars: BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let mut extras = EnvExtras {
+        skip: Vec::new(),
+        secrets: Vec::new(),
+    };
+    for (name, value) in &vars {
+        let Some(rest) = name
+            .get(..8)
+            .filter(|p| p.eq_ignore_ascii_case("GATEWAY_"))
+            .map(|_| &name[8..])
+        else {
+            continue;
+        };
+        let key = rest.to_ascii_lowercase();
+        if is_kubernetes_service_link(name, value) {
+            extras.skip.push(key);
+            continue;
+        }
+        let Some(target) = key.strip_suffix("_file").filter(|t| is_secret_key(t)) else {
+            continue;
+        };
+        let dotted = target.replace("__", ".");
+        let direct = &name[..name.len() - "_FILE".len()];
+        if vars.contains_key(direct) {
+            return Err(ConfigError::SecretFile {
+                key: dotted,
+                problem: format!("both {direct} and {name} are set; keep one"),
+            });
+        }
+        let secret = std::fs::read_to_string(value).map_err(|e| ConfigError::SecretFile {
+            key: dotted.clone(),
+            problem: format!("cannot read {name}={value}: {e}"),
+        })?;
+        let secret = secret.trim_end_matches(['\n', '\r']).to_owned();
+        extras.skip.push(key);
+        extras.secrets.push((dotted, secret));
+    }
+    Ok(extras)
 }
 
 /// `field.path: problem (from source)` for each error figment found.
@@ -331,10 +544,20 @@ impl Config {
         if let Some(path) = file {
             fig = fig.merge(Toml::file_exact(path));
         }
+        let extras = env_extras()?;
+        let skip = extras.skip;
         fig = fig
             .merge(Env::raw().only(&["database_url", "redis_url"]))
-            .merge(Env::prefixed("GATEWAY_").split("__").ignore(&["config"]))
-            .merge(Serialized::defaults(overrides));
+            .merge(
+                Env::prefixed("GATEWAY_")
+                    .ignore(&["config"])
+                    .filter(move |k| !skip.iter().any(|s| k == s.as_str()))
+                    .split("__"),
+            );
+        for (key, secret) in extras.secrets {
+            fig = fig.merge(Serialized::default(&key, secret));
+        }
+        fig = fig.merge(Serialized::defaults(overrides));
         let config: Config = fig.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
         config.validate()?;
         Ok(config)
@@ -435,6 +658,49 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Refuses to serve with a published or placeholder secret (`jwt_secret`, `admin_token`, the
+    /// passwords in `database_url` and `redis_url`), or without a `jwt_secret` while listening
+    /// beyond loopback. With `dev_insecure` each problem is logged as a warning instead.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |field: &'static str, secret: &str| {
+            if !secret.is_empty() && is_placeholder_secret(secret) {
+                problems.push(ConfigError::Insecure {
+                    field,
+                    problem: "is a published placeholder".into(),
+                });
+            }
+        };
+        check("jwt_secret", &self.jwt_secret);
+        check("admin_token", &self.admin_token);
+        check(
+            "database_url",
+            url_password(&self.database_url).as_deref().unwrap_or(""),
+        );
+        check(
+            "redis_url",
+            url_password(&self.redis_url).as_deref().unwrap_or(""),
+        );
+        if self.jwt_secret.is_empty() && !self.listen.ip().is_loopback() {
+            problems.push(ConfigError::Insecure {
+                field: "jwt_secret",
+                problem: format!(
+                    "is empty while listening on {}, beyond loopback (a random one per process \
+                     would log every user out at each restart)",
+                    self.listen
+                ),
+            });
+        }
+        match problems.into_iter().next() {
+            None => Ok(()),
+            Some(first) if !self.dev_insecure => Err(first),
+            Some(first) => {
+                tracing::warn!("dev_insecure is set, starting anyway: {first}");
+                Ok(())
+            }
+        }
     }
 
     /// `trusted_proxies` parsed; a bare address is a /32 (or /128) range.
@@ -661,5 +927,267 @@ mod tests {
             assert!(err.contains("lisen"), "{err}");
             Ok(())
         });
+    }
+
+    /// What Kubernetes sets in every pod of a namespace with Services `gateway` (ports named
+    /// `http` and `metrics`) and `gateway-redis`.
+    fn kubernetes_service_links(jail: &mut figment::Jail) {
+        for (k, v) in [
+            ("GATEWAY_SERVICE_HOST", "10.96.0.11"),
+            ("GATEWAY_SERVICE_PORT", "8080"),
+            ("GATEWAY_SERVICE_PORT_HTTP", "8080"),
+            ("GATEWAY_SERVICE_PORT_METRICS", "9090"),
+            ("GATEWAY_PORT", "tcp://10.96.0.11:8080"),
+            ("GATEWAY_PORT_8080_TCP", "tcp://10.96.0.11:8080"),
+            ("GATEWAY_PORT_8080_TCP_PROTO", "tcp"),
+            ("GATEWAY_PORT_8080_TCP_PORT", "8080"),
+            ("GATEWAY_PORT_8080_TCP_ADDR", "10.96.0.11"),
+            ("GATEWAY_PORT_9090_UDP", "udp://10.96.0.11:9090"),
+            ("GATEWAY_REDIS_SERVICE_HOST", "10.96.0.12"),
+            ("GATEWAY_REDIS_SERVICE_PORT", "6379"),
+            ("GATEWAY_REDIS_PORT", "tcp://10.96.0.12:6379"),
+            ("GATEWAY_REDIS_PORT_6379_TCP", "tcp://10.96.0.12:6379"),
+            ("GATEWAY_REDIS_PORT_6379_TCP_PROTO", "tcp"),
+            ("GATEWAY_REDIS_PORT_6379_TCP_PORT", "6379"),
+            ("GATEWAY_REDIS_PORT_6379_TCP_ADDR", "10.96.0.12"),
+        ] {
+            jail.set_env(k, v);
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_variables_do_not_stop_a_node() {
+        figment::Jail::expect_with(|jail| {
+            kubernetes_service_links(jail);
+            jail.set_env("GATEWAY_NODE_ID", "gw-7");
+            jail.set_env("GATEWAY_LISTEN", "0.0.0.0:8080");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.node_id, "gw-7", "our own keys still apply");
+            assert_eq!(c.listen.port(), 8080);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn typos_in_our_own_keys_are_still_reported_beside_kubernetes_variables() {
+        for (name, value, expect) in [
+            ("GATEWAY_NODEID", "gw-1", "nodeid"),
+            ("GATEWAY_PORT", "8080", "port"),
+            ("GATEWAY_LISTEN_PORT", "8080", "listen_port"),
+            ("GATEWAY_SERVICE_HOSTS", "10.0.0.1", "service_hosts"),
+            ("GATEWAY_SESSION__SERVICE_HOST", "10.0.0.1", "service_host"),
+            ("GATEWAY_SESSION__MAX_FRAME_BYTE", "4096", "max_frame_byte"),
+            ("GATEWAY_JWT_SECRT_FILE", "/nowhere", "jwt_secrt_file"),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                kubernetes_service_links(jail);
+                jail.set_env(name, value);
+                let err = Config::load(None, &Overrides::default())
+                    .expect_err(name)
+                    .to_string();
+                assert!(err.contains(expect), "{name}: {err}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn the_kubernetes_rule_never_hides_a_key_of_ours() {
+        // Every key the configuration has, at any depth, as a variable with any value.
+        fn keys(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+            if let serde_json::Value::Object(map) = value {
+                for (k, v) in map {
+                    let name = format!("{prefix}{}", k.to_ascii_uppercase());
+                    out.push(name.clone());
+                    keys(&format!("{name}__"), v, out);
+                }
+            }
+        }
+        let mut names = vec!["GATEWAY_PROVIDERS".to_owned()];
+        keys(
+            "GATEWAY_",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut names,
+        );
+        assert!(names.len() > 40, "{names:?}");
+        for name in &names {
+            for value in ["tcp://10.0.0.1:80", "8080", "10.0.0.1"] {
+                assert!(
+                    !is_kubernetes_service_link(name, value),
+                    "{name}={value} would be ignored"
+                );
+            }
+        }
+        assert!(is_kubernetes_service_link(
+            "GATEWAY_PORT",
+            "tcp://10.0.0.1:8080"
+        ));
+        assert!(!is_kubernetes_service_link("GATEWAY_PORT", "8080"));
+        assert!(!is_kubernetes_service_link("SERVICE_HOST", "10.0.0.1"));
+        assert!(!is_kubernetes_service_link("GATEWAY_PORT_TCP", "tcp"));
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("jwt", "0123456789abcdef0123456789abcdef\n")?;
+            jail.create_file("admin", "admin-token-from-file\r\n")?;
+            jail.create_file("db", "postgres://gw:pw@db:5432/gw\n")?;
+            jail.create_file("redis", "redis://:pw@cache:6379/\n")?;
+            jail.create_file("openai", "sk-from-file\n")?;
+            let dir = jail.directory().to_owned();
+            let path = |f: &str| dir.join(f).display().to_string();
+            jail.set_env("GATEWAY_JWT_SECRET_FILE", path("jwt"));
+            jail.set_env("GATEWAY_ADMIN_TOKEN_FILE", path("admin"));
+            jail.set_env("GATEWAY_DATABASE_URL_FILE", path("db"));
+            jail.set_env("DATABASE_URL", "postgres://ignored/x");
+            jail.set_env("GATEWAY_REDIS_URL_FILE", path("redis"));
+            jail.set_env("GATEWAY_PROVIDERS__UP__KIND", "openai");
+            jail.set_env("GATEWAY_PROVIDERS__UP__API_KEY_FILE", path("openai"));
+            kubernetes_service_links(jail);
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.jwt_secret, "0123456789abcdef0123456789abcdef");
+            assert_eq!(c.admin_token, "admin-token-from-file");
+            assert_eq!(c.database_url, "postgres://gw:pw@db:5432/gw");
+            assert_eq!(c.redis_url, "redis://:pw@cache:6379/");
+            let ProviderSettings::Openai(up) = &c.providers["up"] else {
+                panic!("{:?}", c.providers);
+            };
+            assert_eq!(up.api_key.as_ref().unwrap().expose(), "sk-from-file");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unusable_secret_files_are_reported_without_the_secret() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("GATEWAY_JWT_SECRET_FILE", "/nonexistent/jwt");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("jwt_secret")
+                    && err.contains("GATEWAY_JWT_SECRET_FILE=/nonexistent/jwt"),
+                "{err}"
+            );
+
+            jail.create_file("jwt", "the-secret-itself-0123456789abcdef\n")?;
+            jail.set_env("GATEWAY_JWT_SECRET_FILE", "jwt");
+            jail.set_env("GATEWAY_JWT_SECRET", "another-secret-0123456789abcdef0123");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("both GATEWAY_JWT_SECRET and GATEWAY_JWT_SECRET_FILE"),
+                "{err}"
+            );
+            assert!(
+                !err.contains("secret-0123") && !err.contains("itself"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn published_secrets_are_refused_unless_dev_insecure() {
+        let compose_defaults = Config {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            jwt_secret: "local-only-jwt-secret-change-me-0123456789".into(),
+            ..Config::default()
+        };
+        let err = compose_defaults.check_secrets().unwrap_err().to_string();
+        assert!(
+            err.contains("jwt_secret is a published placeholder"),
+            "{err}"
+        );
+        assert!(err.contains("GATEWAY_DEV_INSECURE=1"), "{err}");
+        assert!(
+            !err.contains("0123456789"),
+            "the secret is not repeated: {err}"
+        );
+
+        let good = "9f1c2e7a5b3d4c6e8f0a1b2c3d4e5f60";
+        for (config, field) in [
+            (
+                Config {
+                    jwt_secret: good.into(),
+                    admin_token: "local-only-admin-token".into(),
+                    ..Config::default()
+                },
+                "admin_token",
+            ),
+            (
+                Config {
+                    jwt_secret: good.into(),
+                    database_url: "postgres://gateway:gateway-local-only@postgres:5432/gateway"
+                        .into(),
+                    ..Config::default()
+                },
+                "database_url",
+            ),
+            (
+                Config {
+                    jwt_secret: good.into(),
+                    redis_url: "redis://:REPLACE-ME@redis:6379/".into(),
+                    ..Config::default()
+                },
+                "redis_url",
+            ),
+            (
+                Config {
+                    listen: "0.0.0.0:8080".parse().unwrap(),
+                    ..Config::default()
+                },
+                "jwt_secret is empty",
+            ),
+        ] {
+            let err = config.check_secrets().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+            let dev = Config {
+                dev_insecure: true,
+                ..config
+            };
+            dev.check_secrets().expect("dev_insecure starts anyway");
+        }
+
+        // Real secrets, and the zero-configuration development node on loopback, start.
+        Config {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            jwt_secret: good.into(),
+            admin_token: "a8d7f6e5c4b3a2918f7e6d5c".into(),
+            database_url: "postgres://gateway:Zq8x3v@postgres:5432/gateway".into(),
+            ..Config::default()
+        }
+        .check_secrets()
+        .unwrap();
+        Config::default().check_secrets().unwrap();
+    }
+
+    #[test]
+    fn dev_insecure_takes_the_usual_spellings() {
+        figment::Jail::expect_with(|jail| {
+            for (value, expect) in [("1", true), ("true", true), ("0", false), ("false", false)] {
+                jail.set_env("GATEWAY_DEV_INSECURE", value);
+                let c = Config::load(None, &Overrides::default()).unwrap();
+                assert_eq!(c.dev_insecure, expect, "{value}");
+            }
+            jail.set_env("GATEWAY_DEV_INSECURE", "maybe");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("dev_insecure"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("postgres://gw:s3cret@db:5432/gw"),
+            "postgres://gw:***@db:5432/gw"
+        );
+        assert_eq!(redact_url("redis://cache:6379/"), "redis://cache:6379/");
+        assert_eq!(redact_url("host=db password=s3cret"), "(connection string)");
     }
 }

@@ -12,6 +12,7 @@ pub mod request_hooks;
 pub mod routes;
 pub mod routing;
 pub mod server;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 

@@ -26,10 +26,10 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Address to listen on (overrides GATEWAY_LISTEN and the config file).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     listen: Option<SocketAddr>,
     /// TOML configuration file.
-    #[arg(long, value_name = "FILE", env = "GATEWAY_CONFIG")]
+    #[arg(long, value_name = "FILE", env = "GATEWAY_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
 
@@ -39,6 +39,13 @@ enum Command {
     Serve,
     /// Apply the database migrations in sql/ to DATABASE_URL, then exit.
     Migrate,
+    /// Exit 0 when this node's `/healthz` answers 200, else 1: for a container's HEALTHCHECK,
+    /// so the image needs no curl.
+    Healthcheck {
+        /// Default: `http://127.0.0.1:PORT/healthz`, PORT from `listen`.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,10 +59,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Healthcheck { url }) = &cli.command {
+        let url = url.clone().unwrap_or_else(|| healthz_url(config.listen));
+        return healthcheck(&url);
+    }
     let _telemetry = telemetry::init(config.log_format);
     nofile.log();
     if let Some(Command::Migrate) = cli.command {
-        return migrate(&config.database_url);
+        return migrate(&config);
     }
     actix_web::rt::System::new().block_on(async move {
         let gateway = match Gateway::start(config).await {
@@ -72,13 +83,24 @@ fn main() -> ExitCode {
     })
 }
 
-fn migrate(database_url: &str) -> ExitCode {
+/// Waits for PostgreSQL (up to `db_connect_timeout_secs`), then applies what is missing.
+fn migrate(config: &Config) -> ExitCode {
+    let database_url = config.database_url.as_str();
     if database_url.is_empty() {
         eprintln!("ai-gateway: migrate needs DATABASE_URL (or database_url in the config)");
         return ExitCode::from(2);
     }
     actix_web::rt::System::new().block_on(async {
-        match ai_gateway::store::postgres::migrate(database_url).await {
+        let limit = ai_gateway::startup::limit(config.db_connect_timeout_secs);
+        let ca_file = &config.database_ca_file;
+        let tls = match ai_gateway::startup::wait_for_postgres(database_url, ca_file, limit).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                eprintln!("ai-gateway: migration failed: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match ai_gateway::store::postgres::migrate(database_url, &tls).await {
             Ok(applied) if applied.is_empty() => println!("database is up to date"),
             Ok(applied) => applied.iter().for_each(|m| println!("applied {m}")),
             Err(e) => {
@@ -88,6 +110,39 @@ fn migrate(database_url: &str) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// `/healthz` of a node listening on `listen`, through loopback when it listens on every
+/// interface.
+fn healthz_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}/healthz", SocketAddr::new(ip, listen.port()))
+}
+
+fn healthcheck(url: &str) -> ExitCode {
+    let answer = actix_web::rt::System::new().block_on(async {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()?
+            .get(url)
+            .send()
+            .await
+    });
+    match answer {
+        Ok(res) if res.status().is_success() => ExitCode::SUCCESS,
+        Ok(res) => {
+            eprintln!("ai-gateway: {url} answered {}", res.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ai-gateway: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

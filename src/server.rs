@@ -22,16 +22,15 @@ use crate::{
     access::Access,
     auth::TokenIssuer,
     cluster::{Cluster, ClusterEvent, RedisDirectory, RedisJournals},
-    config::Config,
+    config::{redact_url, Config},
     conn,
     limits::Limits,
     request_hooks::GatewayHooks,
     routes::{self, AdminContext, AppState},
+    startup,
     store::{memory::MemoryStore, postgres, Stores, WriteBehind},
 };
 
-/// Longest pause between two attempts to reach PostgreSQL or Redis at start-up.
-const MAX_STARTUP_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// How often idle in-memory limiter state is forgotten.
 const LIMITS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -50,30 +49,16 @@ pub struct Gateway {
     registry_arbiter: Arbiter,
 }
 
-/// Retries `attempt` with backoff until it succeeds, saying each time what is unreachable.
-async fn with_retry<T, E, F, Fut>(what: &str, mut attempt: F) -> T
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match attempt().await {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what} unreachable; retrying");
-                actix_rt::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_STARTUP_RETRY_DELAY);
-            }
-        }
-    }
-}
-
 impl Gateway {
-    /// Binds `config.listen` and starts serving. Must run inside an actix system. Waits (with
-    /// backoff) for PostgreSQL and Redis when they are configured.
+    /// Binds `config.listen` and starts serving. Must run inside an actix system. Refuses
+    /// published secrets ([`Config::check_secrets`]). Waits (with backoff, up to
+    /// `db_connect_timeout_secs`) for PostgreSQL and Redis when they are configured.
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        config.check_secrets()?;
+        // rustls (provider calls, PostgreSQL, `rediss://`) with ring; the redis crate asks for
+        // the process's default provider. Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let wait_limit = startup::limit(config.db_connect_timeout_secs);
         let node_id = if config.node_id.is_empty() {
             format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         } else {
@@ -95,12 +80,15 @@ impl Gateway {
             Stores::from_backend(Arc::new(MemoryStore::default()))
         } else {
             let url = config.database_url.clone();
-            let applied = with_retry("PostgreSQL", || postgres::migrate(&url)).await;
+            let tls =
+                startup::wait_for_postgres(&url, &config.database_ca_file, wait_limit).await?;
+            let applied = postgres::migrate(&url, &tls).await?;
             if !applied.is_empty() {
                 tracing::info!(migrations = ?applied, "database migrated");
             }
-            let pg = Arc::new(postgres::PgStore::connect(&url)?);
-            with_retry("PostgreSQL", || pg.ping()).await;
+            let pg = Arc::new(postgres::PgStore::connect(&url, &tls)?);
+            let target = redact_url(&url);
+            startup::wait_for("PostgreSQL", &target, wait_limit, |_| true, || pg.ping()).await?;
             postgres_store = Some(pg.clone());
             Stores::from_backend(pg)
         };
@@ -108,7 +96,10 @@ impl Gateway {
             None
         } else {
             let cluster = Arc::new(Cluster::new(&config.redis_url, &config.redis_prefix)?);
-            with_retry("Redis", || cluster.ping()).await;
+            let target = redact_url(&config.redis_url);
+            // Every Redis error is retried up to the limit: the redis crate reports a
+            // certificate that does not verify as text, not as a rustls error.
+            startup::wait_for("Redis", &target, wait_limit, |_| true, || cluster.ping()).await?;
             Some(cluster)
         };
 

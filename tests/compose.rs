@@ -88,8 +88,27 @@ fn depends_on(svc: &Value) -> BTreeMap<String, String> {
     }
 }
 
-/// A service's `environment`, map or `KEY=value` list, with `${VAR:-default}` substituted.
+/// What the tests put in the host environment: compose requires these (no defaults).
+const HOST: [(&str, &str); 2] = [
+    ("POSTGRES_PASSWORD", "5b0d1e8c9a7f4e21"),
+    ("GATEWAY_JWT_SECRET", "3c9e1f7a2b8d4c6e0f5a9b1c7d3e8f20"),
+];
+
+fn host() -> BTreeMap<String, String> {
+    HOST.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A service's `environment`, map or `KEY=value` list, interpolated with [`HOST`].
 fn environment(svc: &Value) -> BTreeMap<String, String> {
+    environment_with(svc, &host()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn environment_with(
+    svc: &Value,
+    host: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
     let raw: Vec<(String, String)> = match &svc["environment"] {
         Value::Mapping(m) => m
             .iter()
@@ -114,16 +133,17 @@ fn environment(svc: &Value) -> BTreeMap<String, String> {
     };
     raw.into_iter()
         .map(|(k, v)| {
-            let v = substitute(&v).unwrap_or_else(|e| panic!("{k}: {e}"));
-            (k, v)
+            let v = substitute(&v, host).map_err(|e| format!("{k}: {e}"))?;
+            Ok((k, v))
         })
         .collect()
 }
 
-/// Compose interpolation with nothing set on the host: `${VAR:-default}` and `${VAR-default}`
-/// become the default, `$$` a dollar. A variable without a default is an error: the file must
-/// work with no `.env`.
-fn substitute(s: &str) -> Result<String, String> {
+/// Compose interpolation with `host` as the shell's variables: `${VAR:-default}` and
+/// `${VAR-default}` take the default when VAR is unset (`:-` also when empty),
+/// `${VAR:?message}` and `${VAR?message}` fail with the message, `$$` is a dollar. A variable
+/// with neither a default nor a message is an error: the file must say what happens.
+fn substitute(s: &str, host: &BTreeMap<String, String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -137,12 +157,37 @@ fn substitute(s: &str) -> Result<String, String> {
                 .find('}')
                 .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
             let expr = &r[..end];
-            let default = expr
-                .split_once(":-")
-                .or_else(|| expr.split_once('-'))
-                .map(|(_, d)| d)
-                .ok_or_else(|| format!("${{{expr}}} has no default in {s:?}"))?;
-            out.push_str(default);
+            let name_end = expr
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(expr.len());
+            let (name, op) = expr.split_at(name_end);
+            let value = host.get(name);
+            let set_nonempty = value.is_some_and(|v| !v.is_empty());
+            let replacement = if let Some(default) = op.strip_prefix(":-") {
+                if set_nonempty {
+                    value.cloned()
+                } else {
+                    Some(default.to_owned())
+                }
+            } else if let Some(default) = op.strip_prefix('-') {
+                Some(value.cloned().unwrap_or_else(|| default.to_owned()))
+            } else if let Some(message) = op.strip_prefix(":?") {
+                if set_nonempty {
+                    value.cloned()
+                } else {
+                    return Err(format!("{name}: {message}"));
+                }
+            } else if let Some(message) = op.strip_prefix('?') {
+                match value {
+                    Some(v) => Some(v.clone()),
+                    None => return Err(format!("{name}: {message}")),
+                }
+            } else {
+                return Err(format!(
+                    "${{{expr}}} has neither a default nor a message in {s:?}"
+                ));
+            };
+            out.push_str(&replacement.unwrap_or_default());
             rest = &r[end + 1..];
         } else {
             return Err(format!("bare $ in {s:?}; write ${{VAR:-default}} or $$"));
@@ -256,7 +301,8 @@ fn the_compose_file_wires_the_services() {
     }
     let migrate = service(&doc, "migrate");
     assert_eq!(strings(&migrate["command"]), ["migrate"]);
-    assert_eq!(depends_on(migrate)["postgres"], "service_healthy");
+    // migrate waits for PostgreSQL itself (db_connect_timeout_secs), healthcheck or not.
+    assert_eq!(depends_on(migrate)["postgres"], "service_started");
     assert!(environment(migrate).contains_key("DATABASE_URL"));
 
     let defaults = Config::default();
@@ -274,11 +320,9 @@ fn the_compose_file_wires_the_services() {
         assert_eq!(deps["postgres"], "service_healthy", "{name}");
         assert_eq!(deps["redis"], "service_healthy", "{name}");
         assert!(deps.contains_key("jaeger"), "{name}");
-        let health = strings(&svc["healthcheck"]["test"]).join(" ");
-        assert!(
-            health.contains("http://127.0.0.1:8080/healthz"),
-            "{name}: {health}"
-        );
+        // The image's own binary asks /healthz on its listen port: no curl in the image.
+        let health = strings(&svc["healthcheck"]["test"]);
+        assert_eq!(health, ["CMD", "ai-gateway", "healthcheck"], "{name}");
         assert!(
             duration_ms(&text(&svc["stop_grace_period"])) > defaults.shutdown.drain_timeout_ms,
             "{name}: Docker must not SIGKILL a node before its streams drain"
@@ -290,7 +334,7 @@ fn the_compose_file_wires_the_services() {
         assert!(env["DATABASE_URL"].contains("@postgres:5432/"), "{name}");
         assert_eq!(env["REDIS_URL"], "redis://redis:6379/", "{name}");
         assert_eq!(env["GATEWAY_LOG_FORMAT"], "json", "{name}");
-        assert!(!env["GATEWAY_ADMIN_TOKEN"].is_empty(), "{name}");
+        assert!(env.contains_key("GATEWAY_ADMIN_TOKEN"), "{name}");
         assert_eq!(
             env["OTEL_EXPORTER_OTLP_ENDPOINT"], "http://jaeger:4318",
             "{name}"
@@ -308,7 +352,7 @@ fn the_compose_file_wires_the_services() {
     for name in NODES {
         assert_eq!(deps[name], "service_healthy", "lb waits for {name}");
     }
-    assert_eq!(strings(&lb["ports"]), ["8080:8080"]);
+    assert_eq!(published(lb, &host()), ["127.0.0.1:8080:8080"]);
     assert!(strings(&lb["volumes"]).contains(&"./nginx.conf:/etc/nginx/nginx.conf:ro".to_owned()));
 
     // The balancer sends to exactly the two nodes, on the port they listen on.
@@ -369,6 +413,9 @@ fn every_variable_given_to_the_gateway_is_one_it_reads() {
             if name != "migrate" {
                 assert!(config.node_id.starts_with("gw-"), "{name}");
                 assert!(!config.redis_url.is_empty(), "{name}");
+                config
+                    .check_secrets()
+                    .unwrap_or_else(|e| panic!("{name} refuses the operator's secrets: {e}"));
             }
             assert!(!config.database_url.is_empty(), "{name}");
             Ok(())
@@ -382,6 +429,72 @@ fn every_variable_given_to_the_gateway_is_one_it_reads() {
         assert!(Config::load(None, &Overrides::default()).is_err());
         Ok(())
     });
+}
+
+/// A service's published ports, interpolated with `host`.
+fn published(svc: &Value, host: &BTreeMap<String, String>) -> Vec<String> {
+    strings(&svc["ports"])
+        .iter()
+        .map(|p| substitute(p, host).unwrap())
+        .collect()
+}
+
+#[test]
+fn compose_needs_real_secrets_and_publishes_on_loopback() {
+    let doc = compose();
+    // Without the operator's secrets compose refuses to start, naming what to set.
+    let nothing = BTreeMap::new();
+    for (svc, variable) in [
+        ("postgres", "POSTGRES_PASSWORD"),
+        ("migrate", "POSTGRES_PASSWORD"),
+        ("gateway-1", "POSTGRES_PASSWORD"),
+        ("gateway-2", "GATEWAY_JWT_SECRET"),
+    ] {
+        let mut host = host();
+        host.remove(variable);
+        let err = environment_with(service(&doc, svc), &host).unwrap_err();
+        assert!(
+            err.contains(variable) && err.contains("compose/README.md"),
+            "{svc}: {err}"
+        );
+        assert!(environment_with(service(&doc, svc), &nothing).is_err());
+    }
+    // No default anywhere in the file is a secret someone could guess.
+    let text = read("compose/compose.yaml");
+    for default in text.split("${").skip(1).filter_map(|rest| {
+        let expr = rest.split('}').next()?;
+        expr.split_once(":-")
+            .or_else(|| expr.split_once('-'))
+            .map(|(_, d)| d)
+    }) {
+        assert!(
+            !ai_gateway::config::is_placeholder_secret(default),
+            "published default {default:?}"
+        );
+    }
+    for old in [
+        "local-only-jwt-secret",
+        "local-only-admin-token",
+        "gateway-local-only",
+    ] {
+        assert!(!text.contains(old), "{old} is still in compose.yaml");
+    }
+    // Every published port is on loopback unless the operator says otherwise.
+    let services = doc["services"].as_mapping().unwrap();
+    let mut ports = 0;
+    for (name, svc) in services {
+        for port in published(svc, &host()) {
+            ports += 1;
+            assert!(port.starts_with("127.0.0.1:"), "{name:?} publishes {port}");
+        }
+    }
+    assert!(ports >= 4, "lb and jaeger publish ports");
+    let mut exposed = host();
+    exposed.insert("LB_BIND_ADDRESS".into(), "0.0.0.0".into());
+    assert_eq!(
+        published(service(&doc, "lb"), &exposed),
+        ["0.0.0.0:8080:8080"]
+    );
 }
 
 #[test]
@@ -449,7 +562,9 @@ fn the_nginx_config_passes_nginx_t() {
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).unwrap();
+    // Not the inherited directory: a figment Jail in a parallel test may have removed it.
     let out = Command::new(nginx())
+        .current_dir(root())
         .arg("-t")
         .arg("-p")
         .arg(dir.path())
@@ -464,9 +579,209 @@ fn the_nginx_config_passes_nginx_t() {
 
 #[test]
 fn substitution_takes_the_defaults() {
-    assert_eq!(substitute("a${X:-b}c${Y-d}$$").unwrap(), "abcd$");
-    assert!(substitute("${X}").is_err());
-    assert!(substitute("$X").is_err());
+    let none = BTreeMap::new();
+    assert_eq!(substitute("a${X:-b}c${Y-d}$$", &none).unwrap(), "abcd$");
+    assert!(substitute("${X}", &none).is_err());
+    assert!(substitute("$X", &none).is_err());
+    assert_eq!(substitute("${X:?say}", &none).unwrap_err(), "X: say");
+    let x = BTreeMap::from([("X".to_owned(), "v".to_owned())]);
+    assert_eq!(substitute("${X:?say}-${X:-d}", &x).unwrap(), "v-v");
     assert_eq!(duration_ms("1m30s"), 90_000);
     assert_eq!(duration_ms("300s"), 300_000);
+}
+
+/// Cargo.toml's `[workspace] members`.
+fn workspace_members() -> Vec<String> {
+    use figment::providers::Format;
+    figment::Figment::from(figment::providers::Toml::file(root().join("Cargo.toml")))
+        .extract_inner("workspace.members")
+        .expect("Cargo.toml has [workspace] members")
+}
+
+/// The stages of a Dockerfile: the lines after each `FROM`, joined where they end in `\`.
+fn stages(dockerfile: &str) -> Vec<Vec<String>> {
+    let mut stages: Vec<Vec<String>> = Vec::new();
+    let mut line = String::new();
+    for raw in dockerfile.lines() {
+        let raw = raw.trim();
+        if raw.starts_with('#') && line.is_empty() {
+            continue;
+        }
+        match raw.strip_suffix('\\') {
+            Some(part) => line.push_str(part),
+            None => {
+                line.push_str(raw);
+                let done = std::mem::take(&mut line);
+                if done.starts_with("FROM ") {
+                    stages.push(Vec::new());
+                }
+                if let Some(stage) = stages.last_mut() {
+                    stage.push(done);
+                }
+            }
+        }
+    }
+    stages
+}
+
+/// `*` within one path segment, `**` across segments, `?` one character (`.dockerignore`).
+fn glob(pattern: &str, path: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) if p.get(1) == Some(&b'*') => {
+                let rest = p[2..].strip_prefix(b"/").unwrap_or(&p[2..]);
+                (0..=s.len()).any(|i| go(rest, &s[i..]))
+            }
+            (Some(b'*'), _) => (0..=s.len())
+                .take_while(|&i| i == 0 || s[i - 1] != b'/')
+                .any(|i| go(&p[1..], &s[i..])),
+            (Some(b'?'), Some(c)) if *c != b'/' => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), path.as_bytes())
+}
+
+/// Whether `.dockerignore` keeps `path` (or a folder above it) out of the build context.
+fn ignored(dockerignore: &str, path: &str) -> bool {
+    let mut out = false;
+    for pattern in dockerignore.lines().map(str::trim) {
+        if pattern.is_empty() || pattern.starts_with('#') {
+            continue;
+        }
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, pattern),
+        };
+        let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
+        let mut prefix = String::new();
+        let hit = path.split('/').any(|segment| {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(segment);
+            glob(pattern, &prefix)
+        });
+        if hit {
+            out = !negated;
+        }
+    }
+    out
+}
+
+/// Workspace members whose manifest or sources the Dockerfile's build stage would not have:
+/// not copied by a `COPY` of the stage, or dropped by `.dockerignore`.
+fn members_missing_from_build(dockerfile: &str, dockerignore: &str) -> Vec<String> {
+    let build = stages(dockerfile).into_iter().next().unwrap_or_default();
+    let sources: Vec<String> = build
+        .iter()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|args| !args.contains("--from"))
+        .flat_map(|args| {
+            let mut words: Vec<&str> = args
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
+            words.pop(); // the destination
+            words
+                .into_iter()
+                .map(|w| w.trim_start_matches("./").trim_end_matches('/').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let copied = |path: &str| {
+        sources
+            .iter()
+            .any(|s| s.is_empty() || s == "." || path == s || path.starts_with(&format!("{s}/")))
+    };
+    workspace_members()
+        .into_iter()
+        .filter(|member| {
+            let dir = member.trim_start_matches("./").trim_end_matches('/');
+            let under = |f: &str| match dir {
+                "" | "." => f.to_owned(),
+                d => format!("{d}/{f}"),
+            };
+            ["Cargo.toml", "src"]
+                .iter()
+                .map(|f| under(f))
+                .any(|p| !copied(&p) || ignored(dockerignore, &p))
+        })
+        .collect()
+}
+
+#[test]
+fn the_image_builds_every_workspace_member() {
+    let members = workspace_members();
+    assert!(members.contains(&"bench".to_owned()), "{members:?}");
+    let dockerfile = read("compose/Dockerfile");
+    let dockerignore = read(".dockerignore");
+    assert_eq!(
+        members_missing_from_build(&dockerfile, &dockerignore),
+        Vec::<String>::new(),
+        "the Dockerfile's build stage must see every workspace member"
+    );
+
+    // The check has teeth: the Dockerfile of issue 14, which copied the manifests one by one and
+    // forgot bench/, and a .dockerignore that drops a member.
+    let old = "FROM rust:1-bookworm AS builder\nCOPY Cargo.toml Cargo.lock ./\n\
+               COPY actors/Cargo.toml actors/\nCOPY proto-json/Cargo.toml proto-json/\n\
+               COPY fake-upstream/Cargo.toml fake-upstream/\nCOPY src src\n\
+               COPY actors/src actors/src\nCOPY proto-json/src proto-json/src\n\
+               COPY fake-upstream/src fake-upstream/src\nFROM debian:bookworm-slim\n";
+    assert_eq!(members_missing_from_build(old, ""), ["bench"]);
+    assert_eq!(
+        members_missing_from_build(&dockerfile, &format!("{dockerignore}\nbench/\n")),
+        ["bench"]
+    );
+    assert_eq!(
+        members_missing_from_build(&dockerfile, "**/src\n"),
+        members,
+        "every member's sources"
+    );
+    assert!(ignored(&dockerignore, "compose/.env"), "secrets stay out");
+    assert!(ignored(&dockerignore, "target/release/ai-gateway"));
+    assert!(!ignored(&dockerignore, "sql/V1__init.sql"));
+    assert!(!ignored(&dockerignore, "web/index.html"));
+}
+
+#[test]
+fn the_image_runs_unprivileged_with_a_healthcheck_and_no_curl() {
+    let stages = stages(&read("compose/Dockerfile"));
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let build = stages[0].join("\n");
+    assert!(
+        build.contains("cargo build --release --locked -p ai-gateway"),
+        "{build}"
+    );
+    let run = &stages[1];
+    assert!(
+        run[0].starts_with("FROM debian:") && run[0].ends_with("-slim"),
+        "{}",
+        run[0]
+    );
+    let joined = run.join("\n");
+    assert!(!joined.contains("curl"), "no curl in the runtime image");
+    let user = run
+        .iter()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("numeric uid");
+    assert_ne!(uid, 0);
+    let health = run
+        .iter()
+        .find_map(|l| l.strip_prefix("HEALTHCHECK "))
+        .expect("HEALTHCHECK");
+    assert!(
+        health.ends_with(r#"CMD ["ai-gateway", "healthcheck"]"#),
+        "{health}"
+    );
+    assert!(run.iter().any(|l| l == r#"ENTRYPOINT ["ai-gateway"]"#));
 }

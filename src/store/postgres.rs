@@ -21,11 +21,95 @@ const MIGRATION_LOCK_KEY: i64 = 0x0061_6777_5f6d_6967; // "agw_mig"
 /// "unavailable".
 const POOL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How connections to PostgreSQL are made. With `sslmode=require` in `database_url`: TLS
+/// (rustls), the server's certificate checked against the Mozilla roots and the PEM
+/// certificates of `database_ca_file`, and its name against the URL's host. Otherwise plain TCP:
+/// tokio-postgres' default `prefer` would try TLS and fail on a certificate it cannot verify,
+/// so only an explicit `require` turns TLS on.
+#[derive(Clone)]
+pub enum PgTls {
+    Plain,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// A `database_ca_file` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("database_ca_file {path}: {problem}")]
+    CaFile { path: String, problem: String },
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+impl PgTls {
+    /// The TLS setting for `config`, trusting the certificates in `ca_file` (PEM) besides the
+    /// Mozilla roots; `ca_file` empty: those roots only.
+    pub fn for_config(
+        config: &tokio_postgres::Config,
+        ca_file: &str,
+    ) -> Result<PgTls, TlsSetupError> {
+        if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+            return Ok(PgTls::Plain);
+        }
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if !ca_file.is_empty() {
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let problem = |problem: String| TlsSetupError::CaFile {
+                path: ca_file.to_owned(),
+                problem,
+            };
+            let certs = CertificateDer::pem_file_iter(ca_file)
+                .map_err(|e| problem(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| problem(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(problem("holds no PEM certificate".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| problem(e.to_string()))?;
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(PgTls::Rustls(
+            tokio_postgres_rustls::MakeRustlsConnect::new(client),
+        ))
+    }
+
+    /// [`PgTls::for_config`] of a URL (or connection string).
+    pub fn for_url(database_url: &str, ca_file: &str) -> anyhow::Result<PgTls> {
+        let config: tokio_postgres::Config = database_url.parse()?;
+        Ok(PgTls::for_config(&config, ca_file)?)
+    }
+
+    /// Opens one connection, its driver running on a task of its own.
+    pub async fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        match self {
+            PgTls::Plain => {
+                let (client, conn) = config.connect(NoTls).await?;
+                Ok((client, tokio::spawn(async move { drop(conn.await) })))
+            }
+            PgTls::Rustls(tls) => {
+                let (client, conn) = config.connect(tls.clone()).await?;
+                Ok((client, tokio::spawn(async move { drop(conn.await) })))
+            }
+        }
+    }
+}
+
 /// Applies the migrations in `sql/` that this database has not seen. Safe when several nodes
 /// start at once.
-pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
-    let conn = tokio::spawn(connection);
+pub async fn migrate(database_url: &str, tls: &PgTls) -> anyhow::Result<Vec<String>> {
+    let config: tokio_postgres::Config = database_url.parse()?;
+    let (mut client, conn) = tls.connect(&config).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;
@@ -42,12 +126,24 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Opens a connection and runs `SELECT 1`: whether the server is there and lets us in.
+pub async fn probe(
+    config: &tokio_postgres::Config,
+    tls: &PgTls,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, conn) = tls.connect(config).await?;
+    let answered = client.simple_query("SELECT 1").await.map(drop);
+    drop(client);
+    let _ = conn.await;
+    answered
+}
+
 pub struct PgStore {
     pool: Pool,
 }
 
 impl PgStore {
-    pub fn connect(database_url: &str) -> anyhow::Result<PgStore> {
+    pub fn connect(database_url: &str, tls: &PgTls) -> anyhow::Result<PgStore> {
         let mut cfg = deadpool_postgres::Config::new();
         cfg.url = Some(database_url.to_owned());
         cfg.pool = Some(PoolConfig {
@@ -58,7 +154,10 @@ impl PgStore {
             },
             ..PoolConfig::default()
         });
-        let pool = cfg.create_pool(Some(Runtime::Tokio1), NoTls)?;
+        let pool = match tls {
+            PgTls::Plain => cfg.create_pool(Some(Runtime::Tokio1), NoTls)?,
+            PgTls::Rustls(tls) => cfg.create_pool(Some(Runtime::Tokio1), tls.clone())?,
+        };
         Ok(PgStore { pool })
     }
 

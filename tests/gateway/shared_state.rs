@@ -54,9 +54,9 @@ async fn migrations_run_once_when_nodes_start_together() {
     let db = TestDatabase::create().await;
     let url = db.url();
     let (a, b, c) = tokio::join!(
-        postgres::migrate(&url),
-        postgres::migrate(&url),
-        postgres::migrate(&url)
+        postgres::migrate(&url, &postgres::PgTls::Plain),
+        postgres::migrate(&url, &postgres::PgTls::Plain),
+        postgres::migrate(&url, &postgres::PgTls::Plain)
     );
     let applied: usize = [a.unwrap(), b.unwrap(), c.unwrap()]
         .iter()
