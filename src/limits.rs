@@ -35,8 +35,10 @@ pub struct RateLimitSettings {
     pub chat_requests_per_user_per_min: u32,
     pub chat_request_burst: u32,
     pub concurrent_streams_per_user: u32,
-    /// 0: no daily budget.
-    pub completion_tokens_per_user_per_day: u64,
+    /// Tokens (prompt and completion) one user may spend per UTC day; 0: no budget. The old
+    /// name `completion_tokens_per_user_per_day` is still read.
+    #[serde(alias = "completion_tokens_per_user_per_day")]
+    pub tokens_per_user_per_day: u64,
     /// A node that dies mid-stream leaves its streams counted until this expires.
     pub stream_lease_ttl_ms: u64,
     /// Sign-ups (`POST /register`) per client address per hour, after the burst.
@@ -65,7 +67,7 @@ impl Default for RateLimitSettings {
             chat_requests_per_user_per_min: 60,
             chat_request_burst: 20,
             concurrent_streams_per_user: 16,
-            completion_tokens_per_user_per_day: 2_000_000,
+            tokens_per_user_per_day: 2_000_000,
             stream_lease_ttl_ms: 600_000,
             registrations_per_ip_per_hour: 10,
             registration_burst: 5,
@@ -632,7 +634,7 @@ impl Limits {
         lease
     }
 
-    /// Whether the user has spent today's completion-token budget.
+    /// Whether the user has spent today's token budget.
     pub async fn token_budget_spent(&self, user_id: &str) -> bool {
         let spent = self.budget_spent(user_id).await;
         if spent {
@@ -642,7 +644,7 @@ impl Limits {
     }
 
     async fn budget_spent(&self, user_id: &str) -> bool {
-        let budget = self.settings.completion_tokens_per_user_per_day;
+        let budget = self.settings.tokens_per_user_per_day;
         if !self.settings.enabled || budget == 0 {
             return false;
         }
@@ -664,7 +666,7 @@ impl Limits {
         tokens.get(&(user_id.to_owned(), day)).copied().unwrap_or(0) >= budget
     }
 
-    /// Counts completion tokens a finished request spent.
+    /// Counts the tokens (prompt and completion) a finished request spent.
     pub async fn spend_tokens(&self, user_id: &str, tokens: u64) {
         if !self.settings.enabled || tokens == 0 {
             return;

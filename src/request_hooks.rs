@@ -52,7 +52,7 @@ impl GatewayHooks {
         if limits.token_budget_spent(user).await {
             return Err(Refusal::new(
                 ErrorReason::RateLimited,
-                "today's completion-token budget is spent; it renews at 00:00 UTC",
+                "today's token budget is spent; it renews at 00:00 UTC",
             ));
         }
         let mut request = start.request;
@@ -151,7 +151,8 @@ impl RequestHooks for GatewayHooks {
         }));
         let limits = self.limits.clone();
         let user = o.session.user_id;
-        let spent = o.usage.completion_tokens;
+        // A long prompt costs as much as a long answer: both count against the budget.
+        let spent = o.usage.prompt_tokens + o.usage.completion_tokens;
         actix_rt::spawn(async move { limits.spend_tokens(&user, spent).await });
     }
 }

@@ -17,7 +17,7 @@ fn roomy_limits() -> RateLimitSettings {
         chat_requests_per_user_per_min: 1000,
         chat_request_burst: 1000,
         concurrent_streams_per_user: 100,
-        completion_tokens_per_user_per_day: 0,
+        tokens_per_user_per_day: 0,
         registrations_per_ip_per_hour: 1000,
         registration_burst: 1000,
         failed_logins_per_account_per_hour: 1000,

@@ -20,7 +20,7 @@ fn roomy_limits() -> RateLimitSettings {
         chat_requests_per_user_per_min: 1000,
         chat_request_burst: 1000,
         concurrent_streams_per_user: 100,
-        completion_tokens_per_user_per_day: 0,
+        tokens_per_user_per_day: 0,
         ..RateLimitSettings::default()
     }
 }
@@ -211,7 +211,7 @@ async fn the_daily_token_budget_is_enforced() {
     let a = start_with(|c| {
         shared(c, &db, &prefix);
         c.rate_limits = RateLimitSettings {
-            completion_tokens_per_user_per_day: 10,
+            tokens_per_user_per_day: 10,
             ..roomy_limits()
         };
     })
@@ -238,6 +238,41 @@ async fn the_daily_token_budget_is_enforced() {
         f["payload"]["message"].as_str().unwrap().contains("budget"),
         "{f}"
     );
+}
+
+/// Prompt tokens count too: a 60-word prompt with a one-token answer spends the budget of 10.
+#[actix_rt::test]
+async fn the_daily_budget_counts_prompt_tokens() {
+    let a = start_with(|c| {
+        c.rate_limits = RateLimitSettings {
+            tokens_per_user_per_day: 10,
+            ..roomy_limits()
+        };
+    })
+    .await;
+    let mut ws = a.client().await;
+    let long_prompt = "word ".repeat(60);
+    ws.send_json(
+        json!({"type": "chat", "id": "long", "payload": {"content": long_prompt, "max_tokens": 1}}),
+    )
+    .await;
+    let answer = ws.answer("long").await;
+    assert_eq!(answer.chunks.len(), 1);
+    let mut refused = None;
+    // Counted asynchronously when the request ends: within a few tries, not after ten answers.
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ws.send_json(json!({"type": "chat", "id": format!("next{i}"), "payload": {"content": "x", "max_tokens": 1}}))
+            .await;
+        let f = ws.next_json().await;
+        if f["type"] == "error" {
+            refused = Some(f);
+            break;
+        }
+        while ws.next_json().await["type"] != "done" {}
+    }
+    let f = refused.expect("the prompt spent the budget");
+    assert_eq!(f["payload"]["reason"], "rate_limited", "{f}");
 }
 
 #[actix_rt::test]
