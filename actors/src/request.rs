@@ -258,7 +258,7 @@ impl ChatRequest {
         }
         span.record("finish_reason", tracing::field::debug(reason));
         let outcome = match reason {
-            FinishReason::Stop => Outcome::Stop,
+            FinishReason::Stop | FinishReason::ToolCalls => Outcome::Stop,
             FinishReason::Length => Outcome::Length,
             FinishReason::Cancelled => Outcome::Cancelled,
             FinishReason::Error => Outcome::Error,

@@ -13,9 +13,9 @@ use std::{
 use actix::prelude::*;
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use ai_gateway_proto::{
-    decode_client_frame, ChatMessage, ChatPayload, ChunkPayload, ClientFrame, DoneMetadata,
-    DonePayload, ErrorPayload, ErrorReason, FinishReason, Role, ServerMessage, SessionLimits,
-    SystemEvent, SystemPayload, Usage, PROTOCOL_VERSION,
+    decode_client_frame, ChatPayload, ChunkPayload, ClientFrame, DoneMetadata, DonePayload,
+    ErrorPayload, ErrorReason, FinishReason, ServerMessage, SessionLimits, SystemEvent,
+    SystemPayload, ToolCallPiece, Usage, PROTOCOL_VERSION,
 };
 
 use crate::{
@@ -23,7 +23,7 @@ use crate::{
     hooks::{Admission, Refusal, RequestStart},
     metrics::{Front, ReasonLabel},
     outbox::{ChunkTiming, Outbox, Outgoing},
-    provider::{ChunkSink, ProviderRequest, StreamEvent},
+    provider::{chat, ChunkSink, ProviderRequest, StreamEvent},
     registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, Unregister},
     request::{ChatRequest, Engine},
     FlowControl, Metrics,
@@ -331,12 +331,10 @@ impl SessionActor {
             .as_ref()
             .map(|_| payload.content.clone())
             .filter(|q| !q.is_empty());
-        let mut messages = payload.messages;
+        let mut messages: Vec<chat::Message> =
+            payload.messages.into_iter().map(Into::into).collect();
         if !payload.content.is_empty() {
-            messages.push(ChatMessage {
-                role: Role::User,
-                content: payload.content,
-            });
+            messages.push(chat::Message::text(chat::Role::User, payload.content));
         }
         let span = tracing::info_span!(
             parent: &self.span,
@@ -368,6 +366,7 @@ impl SessionActor {
                 messages,
                 temperature: payload.temperature,
                 max_tokens: payload.max_tokens,
+                ..ProviderRequest::default()
             },
             conversation_id: conversation_id.clone(),
         };
@@ -629,6 +628,11 @@ impl Handler<StreamEvent> for SessionActor {
                         kind: chunk.kind,
                         model: r.model.as_str().into(),
                         seq,
+                        tool_call: chunk.tool_call.as_ref().map(|c| ToolCallPiece {
+                            index: c.index,
+                            id: c.id.as_deref().map(Into::into),
+                            name: c.name.as_deref().map(Into::into),
+                        }),
                     },
                 }
                 .to_json();

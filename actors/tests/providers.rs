@@ -5,12 +5,15 @@ use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use ai_gateway_actors::{
-    provider::{mock::MOCK_ANSWER, Finish, ProviderStream, MAX_BATCH_CHUNKS},
+    provider::{
+        chat::joined_tool_calls, mock::MOCK_ANSWER, Finish, Message, ProviderStream, Role,
+        ToolCall, ToolCallDelta, MAX_BATCH_CHUNKS,
+    },
     AnthropicProvider, AnthropicSettings, ApiKey, ChunkSink, FlowControl, GeminiProvider,
     GeminiSettings, MockProvider, MockSettings, OpenAiProvider, OpenAiSettings, Provider,
     ProviderError, ProviderRequest, StreamEvent, StreamHandle, Timeouts,
 };
-use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Role, Usage};
+use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 use fake_upstream::{text_piece, FakeUpstream, REASONING_PIECES};
 use tokio::sync::mpsc;
 
@@ -88,22 +91,11 @@ fn request(model: &str) -> ProviderRequest {
         upstream_model: model.into(),
         system: Some("be brief".into()),
         messages: vec![
-            ChatMessage {
-                role: Role::User,
-                content: "hello there".into(),
-            },
-            ChatMessage {
-                role: Role::Assistant,
-                content: "hi".into(),
-            },
-            ChatMessage {
-                role: Role::User,
-                content: "words please".into(),
-            },
+            Message::text(Role::User, "hello there"),
+            Message::text(Role::Assistant, "hi"),
+            Message::text(Role::User, "words please"),
         ],
-        temperature: None,
-        max_tokens: None,
-        span: tracing::Span::none(),
+        ..ProviderRequest::default()
     }
 }
 
@@ -113,6 +105,8 @@ struct Running {
     events: mpsc::UnboundedReceiver<StreamEvent>,
     reasoning: String,
     text: String,
+    /// Tool-call pieces, in order.
+    calls: Vec<(ToolCallDelta, String)>,
     chunks: usize,
     /// The end, once its batch came.
     end: Option<Result<Finish, ProviderError>>,
@@ -127,6 +121,7 @@ impl Running {
             events,
             reasoning: String::new(),
             text: String::new(),
+            calls: Vec::new(),
             chunks: 0,
             end: None,
         }
@@ -151,6 +146,9 @@ impl Running {
                 match chunk.kind {
                     ChunkKind::Reasoning => self.reasoning.push_str(&chunk.text),
                     ChunkKind::Text => self.text.push_str(&chunk.text),
+                    ChunkKind::ToolCall => self
+                        .calls
+                        .push((*chunk.tool_call.expect("a tool call piece"), chunk.text)),
                 }
             }
             self.end = event.end;
@@ -525,3 +523,143 @@ macro_rules! provider_tests {
 provider_tests!(openai, Api::OpenAi);
 provider_tests!(anthropic, Api::Anthropic);
 provider_tests!(gemini, Api::Gemini);
+
+/// A request with a tool the model may call.
+fn weather_request(model: &str) -> ProviderRequest {
+    let mut req = request(model);
+    req.tools = vec![ai_gateway_actors::provider::Tool {
+        name: "get_weather".into(),
+        description: Some("The weather in a city".into()),
+        parameters: serde_json::json!({"type": "object",
+            "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        strict: None,
+    }];
+    req
+}
+
+#[actix_rt::test]
+async fn openai_streams_tool_call_pieces_and_finishes_with_tool_calls() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let (running, result) = run(
+        Api::OpenAi,
+        &fake,
+        Setup::default(),
+        weather_request("ok-5"),
+    )
+    .await;
+    assert_eq!(result.unwrap().reason, FinishReason::ToolCalls);
+    assert!(running.text.is_empty());
+    assert!(running.calls.len() > 2, "arguments come in pieces");
+    let calls = joined_tool_calls(&running.calls);
+    assert_eq!(
+        calls,
+        [ToolCall {
+            id: "call_fake_0".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"fake"}"#.into(),
+        }]
+    );
+    let body = &fake.requests()[0].body;
+    assert_eq!(body["tools"][0]["type"], "function");
+    assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        body["tools"][0]["function"]["parameters"]["required"][0],
+        "city"
+    );
+}
+
+#[actix_rt::test]
+async fn openai_receives_every_parameter_faithfully() {
+    use ai_gateway_actors::provider::{ImageSource, Part, ResponseFormat, ToolChoice};
+    let fake = FakeUpstream::start().await.unwrap();
+    let mut req = weather_request("ok-5");
+    req.messages = vec![
+        Message {
+            content: vec![
+                Part::Text("what is this?".into()),
+                Part::Image {
+                    source: ImageSource::from_url("data:image/png;base64,iVBORw0KGgo="),
+                    detail: Some("low".into()),
+                },
+            ],
+            ..Message::text(Role::User, "")
+        },
+        Message {
+            content: vec![],
+            tool_calls: vec![ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            }],
+            ..Message::text(Role::Assistant, "")
+        },
+        Message {
+            tool_call_id: Some("call_1".into()),
+            ..Message::text(Role::Tool, "sunny")
+        },
+    ];
+    req.max_tokens = Some(100);
+    req.temperature = Some(0.5);
+    req.top_p = Some(0.9);
+    req.seed = Some(42);
+    req.stop = vec!["END".into()];
+    req.presence_penalty = Some(0.1);
+    req.frequency_penalty = Some(0.2);
+    req.reasoning_effort = Some("low".into());
+    req.user = Some("u-1".into());
+    req.tool_choice = Some(ToolChoice::Auto);
+    req.parallel_tool_calls = Some(false);
+    req.response_format = Some(ResponseFormat::JsonSchema {
+        name: "answer".into(),
+        description: None,
+        schema: serde_json::json!({"type": "object", "properties": {"ok": {"type": "boolean"}}}),
+        strict: Some(true),
+    });
+    req.extra
+        .insert("logprobs".into(), serde_json::Value::Bool(true));
+    // The gateway's own fields win over a client's extra of the same name.
+    req.extra
+        .insert("stream".into(), serde_json::Value::Bool(false));
+    let (running, result) = run(Api::OpenAi, &fake, Setup::default(), req).await;
+    assert_eq!(result.unwrap().reason, FinishReason::Stop);
+    // The last message is a tool result, so the structured answer follows the schema.
+    assert_eq!(running.text, r#"{"ok":true}"#);
+    let body = &fake.requests()[0].body;
+    let expected = serde_json::json!({
+        "max_completion_tokens": 100, "temperature": 0.5, "top_p": 0.9, "seed": 42,
+        "stop": ["END"], "presence_penalty": 0.1, "frequency_penalty": 0.2,
+        "reasoning_effort": "low", "user": "u-1", "tool_choice": "auto",
+        "parallel_tool_calls": false, "logprobs": true, "stream": true,
+        "response_format": {"type": "json_schema",
+            "json_schema": {"name": "answer", "strict": true,
+                "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}},
+    });
+    for (k, v) in expected.as_object().unwrap() {
+        assert_eq!(&body[k], v, "{k}: {body}");
+    }
+    assert!(body.get("max_tokens").is_none());
+    assert_eq!(
+        body["messages"][1]["content"],
+        serde_json::json!([{"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}])
+    );
+    assert_eq!(body["messages"][2]["tool_calls"][0]["id"], "call_1");
+    assert!(body["messages"][2].get("content").is_none());
+    assert_eq!(
+        body["messages"][3],
+        serde_json::json!({"role": "tool", "content": "sunny", "tool_call_id": "call_1"})
+    );
+}
+
+#[actix_rt::test]
+async fn providers_that_cannot_take_a_parameter_refuse_it_by_name() {
+    let fake = FakeUpstream::start().await.unwrap();
+    for api in [Api::Anthropic, Api::Gemini] {
+        let (_, result) = run(api, &fake, Setup::default(), weather_request("ok-5")).await;
+        match result {
+            Err(ProviderError::Unsupported { param, .. }) => assert_eq!(param, "tools"),
+            other => panic!("{api:?}: {other:?}"),
+        }
+    }
+    assert!(fake.requests().is_empty(), "nothing reached the upstream");
+}

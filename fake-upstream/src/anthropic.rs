@@ -116,6 +116,8 @@ pub async fn messages(req: HttpRequest, body: web::Bytes, state: web::Data<State
         reasoning: thinking,
         max_tokens: Some(max_tokens),
         options: &state.options,
+        text: None,
+        tool_calls: vec![],
     });
     let steps = stream(model, prompt_tokens(&body), &beats);
     event_stream(state.into_inner(), steps)
@@ -185,10 +187,13 @@ fn stream(model: &str, input_tokens: u64, beats: &[Beat]) -> Vec<Step> {
                 event(&mut steps, json!({"type": "content_block_delta", "index": index, "delta": delta}));
             }
             Beat::Pause(d) => steps.push(Step::Pause(*d)),
+            // Not asked of this API's fake yet.
+            Beat::ToolCall { .. } | Beat::ToolArgs { .. } => {}
             Beat::Finish(end) => {
                 close(&mut steps, &mut open);
                 let reason = match end {
                     End::Stop => "end_turn",
+                    End::ToolCalls => "tool_use",
                     End::Length => "max_tokens",
                     End::Filtered => "refusal",
                 };

@@ -123,6 +123,8 @@ pub async fn call(
         reasoning: config["thinkingConfig"]["includeThoughts"] == true,
         max_tokens: config["maxOutputTokens"].as_u64(),
         options: &state.options,
+        text: None,
+        tool_calls: vec![],
     });
     let steps = stream(model, prompt_tokens(&body), &beats);
     event_stream(state.into_inner(), steps)
@@ -161,9 +163,11 @@ fn stream(model: &str, prompt_tokens: u64, beats: &[Beat]) -> Vec<Step> {
             Beat::Reasoning(t) => steps.push(response(json!([{"text": t, "thought": true}]), None)),
             Beat::Text(t) => steps.push(response(json!([{"text": t}]), None)),
             Beat::Pause(d) => steps.push(Step::Pause(*d)),
+            // Not asked of this API's fake yet.
+            Beat::ToolCall { .. } | Beat::ToolArgs { .. } => {}
             Beat::Finish(end) => {
                 let reason = match end {
-                    End::Stop => "STOP",
+                    End::Stop | End::ToolCalls => "STOP",
                     End::Length => "MAX_TOKENS",
                     End::Filtered => "SAFETY",
                 };

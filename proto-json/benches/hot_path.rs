@@ -25,6 +25,7 @@ fn encode(c: &mut Criterion) {
                     kind: ChunkKind::Text,
                     model: black_box("mock").into(),
                     seq: black_box(17),
+                    tool_call: None,
                 },
             }
             .to_json()

@@ -17,7 +17,7 @@ pub use client::{
 };
 pub use server::{
     ChunkKind, ChunkPayload, DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason,
-    ServerMessage, SessionLimits, SystemEvent, SystemPayload, Usage,
+    ServerMessage, SessionLimits, SystemEvent, SystemPayload, ToolCallPiece, Usage,
 };
 
 /// Protocol revision announced in the `system` welcome frame.

@@ -47,6 +47,21 @@ pub struct ChunkPayload<'a> {
     pub model: Cow<'a, str>,
     /// 0 for the first chunk of a request, then +1 for each chunk.
     pub seq: u64,
+    /// Which tool call a `tool_call` chunk belongs to; its `content` is the next piece of that
+    /// call's arguments (JSON text, to be joined in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<ToolCallPiece<'a>>,
+}
+
+/// The call a `tool_call` chunk continues. Its first chunk carries `id` and `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolCallPiece<'a> {
+    /// Which call of this answer, from 0.
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -54,6 +69,8 @@ pub struct ChunkPayload<'a> {
 pub enum ChunkKind {
     Reasoning,
     Text,
+    /// A piece of a tool call (see `tool_call`).
+    ToolCall,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -84,6 +101,8 @@ pub enum FinishReason {
     Stop,
     /// The answer hit `max_tokens` or the provider's length limit.
     Length,
+    /// The model stopped to have its tool calls run; answer them with `tool` messages.
+    ToolCalls,
     /// The client sent `cancel`.
     Cancelled,
     /// An `error` frame for this request came just before.
@@ -194,6 +213,7 @@ mod tests {
                 kind: ChunkKind::Reasoning,
                 model: "mock".into(),
                 seq: 0,
+                tool_call: None,
             },
         };
         assert_eq!(

@@ -37,14 +37,13 @@ pub fn session_of(
 /// Extracts and checks the bearer credential; a handler that takes a `Caller` needs one.
 pub struct Caller(pub Principal);
 
-/// The bearer credential of a request, if any.
+/// The bearer credential of a request, if any. The scheme is case-insensitive (RFC 9110):
+/// `bearer`, `BEARER` and `Bearer` all work.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl FromRequest for Caller {

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use ai_gateway_proto::{ChunkKind, FinishReason, Role, Usage};
+use ai_gateway_proto::{ChunkKind, FinishReason, Usage};
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::{
     http::{self, ErrorDetails, InvalidSettings, Timeouts},
-    ApiKey, ChunkSink, Finish, Provider, ProviderError, ProviderRequest,
+    ApiKey, ChunkSink, Finish, Provider, ProviderError, ProviderRequest, Role,
 };
 
 const NAME: &str = "anthropic";
@@ -131,7 +131,7 @@ impl AnthropicProvider {
 struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u32,
-    messages: Vec<WireMessage<'a>>,
+    messages: Vec<WireMessage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,9 +142,9 @@ struct MessagesRequest<'a> {
 }
 
 #[derive(Serialize)]
-struct WireMessage<'a> {
+struct WireMessage {
     role: &'static str,
-    content: &'a str,
+    content: String,
 }
 
 #[derive(Serialize)]
@@ -312,16 +312,16 @@ fn finish_reason(reason: Option<&str>) -> Result<FinishReason, ProviderError> {
 impl AnthropicProvider {
     fn body<'a>(&self, request: &'a ProviderRequest) -> MessagesRequest<'a> {
         // The API takes the system prompt apart from the turns; system turns join it.
-        let system: Vec<&str> = request
+        let system: Vec<String> = request
             .system
-            .as_deref()
+            .clone()
             .into_iter()
             .chain(
                 request
                     .messages
                     .iter()
                     .filter(|m| m.role == Role::System)
-                    .map(|m| m.content.as_str()),
+                    .map(|m| m.text_content()),
             )
             .collect();
         let messages = request
@@ -331,11 +331,11 @@ impl AnthropicProvider {
                 let role = match m.role {
                     Role::User => "user",
                     Role::Assistant => "assistant",
-                    Role::System => return None,
+                    Role::System | Role::Tool => return None,
                 };
                 Some(WireMessage {
                     role,
-                    content: &m.content,
+                    content: m.text_content(),
                 })
             })
             .collect();
@@ -360,6 +360,7 @@ impl AnthropicProvider {
         request: ProviderRequest,
         sink: ChunkSink,
     ) -> Result<Finish, ProviderError> {
+        request.refuse_unsupported(NAME, &[])?;
         let http = self
             .client
             .post(&self.url)
@@ -444,7 +445,7 @@ impl Provider for AnthropicProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ai_gateway_proto::ChatMessage;
+    use crate::provider::Message;
 
     #[test]
     fn settings_need_a_key_and_reject_unknown_fields() {
@@ -465,18 +466,11 @@ mod tests {
             upstream_model: "claude".into(),
             system: Some("be brief".into()),
             messages: vec![
-                ChatMessage {
-                    role: Role::System,
-                    content: "in French".into(),
-                },
-                ChatMessage {
-                    role: Role::User,
-                    content: "hi".into(),
-                },
+                Message::text(Role::System, "in French"),
+                Message::text(Role::User, "hi"),
             ],
             temperature: Some(0.5),
-            max_tokens: None,
-            span: tracing::Span::none(),
+            ..ProviderRequest::default()
         };
         let body = serde_json::to_value(p.body(&request)).unwrap();
         assert_eq!(body["system"], "be brief\n\nin French");

@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 
-use ai_gateway_proto::{ChunkKind, FinishReason, Role, Usage};
+use ai_gateway_proto::{ChunkKind, FinishReason, Usage};
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::{
     http::{self, ErrorDetails, InvalidSettings, Timeouts},
-    ApiKey, ChunkSink, Finish, Provider, ProviderError, ProviderRequest,
+    ApiKey, ChunkSink, Finish, Provider, ProviderError, ProviderRequest, Role,
 };
 
 const NAME: &str = "gemini";
@@ -95,23 +95,23 @@ impl GeminiProvider {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct GenerateRequest<'a> {
-    contents: Vec<Content<'a>>,
+struct GenerateRequest {
+    contents: Vec<Content>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system_instruction: Option<Content<'a>>,
+    system_instruction: Option<Content>,
     generation_config: GenerationConfig,
 }
 
 #[derive(Serialize)]
-struct Content<'a> {
+struct Content {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
-    parts: Vec<TextPart<'a>>,
+    parts: Vec<TextPart>,
 }
 
 #[derive(Serialize)]
-struct TextPart<'a> {
-    text: &'a str,
+struct TextPart {
+    text: String,
 }
 
 #[derive(Serialize)]
@@ -259,18 +259,18 @@ impl GeminiProvider {
         )
     }
 
-    fn body<'a>(&self, request: &'a ProviderRequest) -> GenerateRequest<'a> {
+    fn body(&self, request: &ProviderRequest) -> GenerateRequest {
         // Gemini takes the system prompt apart from the turns; system turns join it.
         let system: Vec<TextPart> = request
             .system
-            .as_deref()
+            .clone()
             .into_iter()
             .chain(
                 request
                     .messages
                     .iter()
                     .filter(|m| m.role == Role::System)
-                    .map(|m| m.content.as_str()),
+                    .map(|m| m.text_content()),
             )
             .map(|text| TextPart { text })
             .collect();
@@ -281,11 +281,13 @@ impl GeminiProvider {
                 let role = match m.role {
                     Role::User => "user",
                     Role::Assistant => "model",
-                    Role::System => return None,
+                    Role::System | Role::Tool => return None,
                 };
                 Some(Content {
                     role: Some(role),
-                    parts: vec![TextPart { text: &m.content }],
+                    parts: vec![TextPart {
+                        text: m.text_content(),
+                    }],
                 })
             })
             .collect();
@@ -310,6 +312,7 @@ impl GeminiProvider {
         request: ProviderRequest,
         sink: ChunkSink,
     ) -> Result<Finish, ProviderError> {
+        request.refuse_unsupported(NAME, &[])?;
         let http = self
             .client
             .post(self.url(&request.upstream_model))

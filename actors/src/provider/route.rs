@@ -100,6 +100,7 @@ fn counts_against_breaker(e: &ProviderError) -> bool {
         | ProviderError::Protocol { .. } => true,
         ProviderError::RateLimited { .. }
         | ProviderError::Filtered { .. }
+        | ProviderError::Unsupported { .. }
         | ProviderError::SessionClosed => false,
     }
 }
