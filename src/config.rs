@@ -103,6 +103,10 @@ pub struct ModelSettings {
     /// Overrides `resilience.max_retries` for this model.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Drop the request parameters this model's provider cannot take (`seed` on Anthropic,
+    /// say) instead of refusing the request with a 400 that names them.
+    #[serde(default)]
+    pub drop_params: bool,
 }
 
 /// Retries and circuit breakers for every upstream.

@@ -102,8 +102,8 @@ pub fn sample(schema: &Value) -> Value {
             .filter_map(Value::as_str)
             .find(|t| *t != "null")
             .unwrap_or("null")
-            .to_owned(),
-        Value::String(t) => t.clone(),
+            .to_ascii_lowercase(),
+        Value::String(t) => t.to_ascii_lowercase(),
         _ if schema.get("properties").is_some() => "object".to_owned(),
         _ => "string".to_owned(),
     };

@@ -53,6 +53,7 @@ async fn front_tweaked(
                     upstream_model: upstream,
                     fallback: vec![],
                     max_retries: Some(0),
+                    drop_params: false,
                 },
             );
         }
@@ -514,6 +515,7 @@ async fn every_v1_error_is_in_openai_shape() {
                     upstream_model: "ok-3".into(),
                     fallback: vec![],
                     max_retries: Some(0),
+                    drop_params: false,
                 },
             );
         }

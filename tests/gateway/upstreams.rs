@@ -16,6 +16,7 @@ fn model(provider: &str, upstream: &str) -> ModelSettings {
         upstream_model: upstream.into(),
         fallback: vec![],
         max_retries: None,
+        drop_params: false,
     }
 }
 
@@ -313,4 +314,100 @@ async fn models_are_listed_and_unknown_ones_named() {
             .contains("gpt, mock"),
         "{f}"
     );
+}
+
+/// A plain `/v1/chat/completions` answer from `model`.
+async fn complete(t: &TestGateway, token: &str, body: Value) -> (u16, Value) {
+    let res = t
+        .http
+        .post(t.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[actix_rt::test]
+async fn tools_round_trip_on_every_provider_through_the_openai_front() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(
+        &fake,
+        &[
+            ("gpt", model("fake", "ok-5")),
+            ("sonnet", model("claude", "ok-5")),
+            ("flash", model("gem", "ok-5")),
+        ],
+    )
+    .await;
+    let (_, token) = t.new_user().await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    for name in ["gpt", "sonnet", "flash"] {
+        let ask = json!([{"role": "user", "content": "weather?"}]);
+        let (status, first) = complete(
+            &t,
+            &token,
+            json!({"model": name, "messages": ask, "tools": tools}),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {first}");
+        let choice = &first["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{name}: {first}");
+        let call = choice["message"]["tool_calls"][0].clone();
+        assert_eq!(call["function"]["name"], "get_weather", "{name}");
+        assert_eq!(
+            call["function"]["arguments"], r#"{"city":"fake"}"#,
+            "{name}"
+        );
+        let (status, second) = complete(
+            &t,
+            &token,
+            json!({"model": name, "tools": tools, "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
+            ]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {second}");
+        let text = second["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(text.ends_with("said: sunny"), "{name}: {text}");
+    }
+}
+
+#[actix_rt::test]
+async fn a_parameter_a_provider_cannot_take_is_refused_unless_the_model_drops_it() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let loose = ModelSettings {
+        drop_params: true,
+        ..model("claude", "ok-5")
+    };
+    let t = gateway_on(
+        &fake,
+        &[("strict", model("claude", "ok-5")), ("loose", loose)],
+    )
+    .await;
+    let (_, token) = t.new_user().await;
+    let ask = |model: &str| {
+        json!({"model": model, "seed": 7, "top_p": 0.5, "logprobs": true,
+            "messages": [{"role": "user", "content": "hi"}]})
+    };
+    let (status, body) = complete(&t, &token, ask("strict")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "seed", "{body}");
+    assert_eq!(body["error"]["code"], "invalid_payload");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("seed"),
+        "{body}"
+    );
+    assert!(fake.requests().is_empty(), "nothing reached the upstream");
+
+    let (status, body) = complete(&t, &token, ask("loose")).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = fake.requests()[0].body.clone();
+    assert!(sent.get("seed").is_none(), "{sent}");
+    assert!(sent.get("logprobs").is_none(), "{sent}");
+    assert_eq!(sent["top_p"], 0.5, "what Anthropic takes is kept: {sent}");
 }

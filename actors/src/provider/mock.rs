@@ -141,6 +141,10 @@ impl Provider for MockProvider {
         "mock"
     }
 
+    fn supported_params(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     fn stream(
         self: Arc<Self>,
         request: ProviderRequest,

@@ -141,7 +141,11 @@ impl ProviderRequest {
         add("user", self.user.is_some());
         add("tools", !self.tools.is_empty());
         add("tool_choice", self.tool_choice.is_some());
-        add("parallel_tool_calls", self.parallel_tool_calls.is_some());
+        // `true` is every API's default; only turning it off asks something of the upstream.
+        add(
+            "parallel_tool_calls",
+            self.parallel_tool_calls == Some(false),
+        );
         add(
             "response_format",
             !matches!(self.response_format, None | Some(ResponseFormat::Text)),
@@ -156,6 +160,48 @@ impl ProviderRequest {
         }
         used.extend(self.extra.keys().map(|k| ("extra", k.clone())));
         used
+    }
+
+    /// Drops the request parameters not in `supported` (a model's opt-in `drop_params`).
+    /// Message content (images, tool messages) is never dropped: it stays refused.
+    pub fn drop_unsupported(&mut self, supported: &[&str]) {
+        let drop = |p: &str| !supported.contains(&p);
+        if drop("top_p") {
+            self.top_p = None;
+        }
+        if drop("seed") {
+            self.seed = None;
+        }
+        if drop("stop") {
+            self.stop.clear();
+        }
+        if drop("presence_penalty") {
+            self.presence_penalty = None;
+        }
+        if drop("frequency_penalty") {
+            self.frequency_penalty = None;
+        }
+        if drop("reasoning_effort") {
+            self.reasoning_effort = None;
+        }
+        if drop("user") {
+            self.user = None;
+        }
+        if drop("tools") {
+            self.tools.clear();
+        }
+        if drop("tool_choice") {
+            self.tool_choice = None;
+        }
+        if drop("parallel_tool_calls") {
+            self.parallel_tool_calls = None;
+        }
+        if drop("response_format") {
+            self.response_format = None;
+        }
+        if drop("extra") {
+            self.extra.clear();
+        }
     }
 
     /// Refuses the first parameter of this request that is not in `supported` (names from
@@ -286,6 +332,11 @@ impl From<SessionClosed> for ProviderError {
 pub trait Provider: Send + Sync + 'static {
     /// Short name used in logs, metrics and `GET /v1/models`.
     fn name(&self) -> &'static str;
+
+    /// The parameters of [`PARAMS`] this provider takes; it refuses the others by name.
+    fn supported_params(&self) -> &'static [&'static str] {
+        &PARAMS
+    }
 
     /// Produces the answer into `sink`, chunk by chunk. Runs on the session's arbiter; dropping
     /// the future must abort the work.

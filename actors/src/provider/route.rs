@@ -42,6 +42,9 @@ impl Upstream {
 pub struct Target {
     pub upstream: Upstream,
     pub upstream_model: String,
+    /// Drop the request parameters the upstream cannot take instead of refusing the request
+    /// (a model's opt-in `drop_params`).
+    pub drop_params: bool,
 }
 
 impl Target {
@@ -49,7 +52,14 @@ impl Target {
         Target {
             upstream,
             upstream_model: upstream_model.to_owned(),
+            drop_params: false,
         }
+    }
+
+    /// The same target, dropping what its upstream cannot take when `drop` is set.
+    pub fn dropping_params(mut self, drop: bool) -> Self {
+        self.drop_params = drop;
+        self
     }
 }
 
@@ -138,10 +148,13 @@ impl Route {
                 };
                 sink.started(target.upstream.name.clone());
                 let sent_before = sink.chunks_sent();
-                let request = ProviderRequest {
+                let mut request = ProviderRequest {
                     upstream_model: target.upstream_model.clone(),
                     ..request.clone()
                 };
+                if target.drop_params {
+                    request.drop_unsupported(provider.supported_params());
+                }
                 let call = tracing::info_span!(
                     parent: &request.span,
                     "provider_call",
