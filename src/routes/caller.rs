@@ -1,4 +1,5 @@
-//! The authenticated caller of a REST endpoint: `Authorization: Bearer <token or API key>`.
+//! The authenticated caller of a REST endpoint: `Authorization: Bearer <token or API key>`, or
+//! `x-api-key` (Anthropic's SDKs).
 
 use std::{future::Future, pin::Pin};
 
@@ -52,7 +53,16 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let presented = bearer(req).map(str::to_owned);
+        // Anthropic's SDKs send their key as `x-api-key`.
+        let presented = bearer(req)
+            .or_else(|| {
+                req.headers()
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+            })
+            .map(str::to_owned);
         let req = req.clone();
         Box::pin(async move {
             let Some(state) = state else {

@@ -3,6 +3,7 @@
 
 mod account;
 mod admin;
+mod anthropic;
 mod caller;
 mod chat;
 mod conversations;
@@ -168,6 +169,7 @@ fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
         .route("/v1/usage", web::get().to(conversations::usage))
         .route("/v1/models", web::get().to(openai::models))
         .route("/v1/chat/completions", web::post().to(openai::completions))
+        .route("/v1/messages", web::post().to(anthropic::messages))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
@@ -176,13 +178,15 @@ fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
 
 /// Every error under `/v1/` in OpenAI's shape, `{"error": {"message", "type", "param",
 /// "code"}}`, whatever produced it (authentication, a body too large or unreadable, a rate
-/// limit, a route that does not exist), so that OpenAI SDKs read it. The seed's endpoints keep
+/// limit, a route that does not exist), so that OpenAI SDKs read it; under `/v1/messages` in
+/// Anthropic's, `{"type": "error", "error": {"type", "message"}}`. The seed's endpoints keep
 /// `{"error": message}`.
 async fn v1_errors(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let v1 = req.path().starts_with("/v1/");
+    let anthropic_shape = req.path().starts_with("/v1/messages");
     let res = next.call(req).await?;
     let status = res.status();
     if !v1 || !(status.is_client_error() || status.is_server_error()) {
@@ -193,7 +197,7 @@ async fn v1_errors(
     let bytes = actix_web::body::to_bytes(body).await.unwrap_or_default();
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
     let body = match parsed {
-        // Already in OpenAI's shape (the chat completions handler writes it).
+        // Already in the front's shape (its handler wrote it).
         Some(v) if v["error"].is_object() => v,
         other => {
             let message = other
@@ -207,7 +211,11 @@ async fn v1_errors(
                         text
                     }
                 });
-            openai_error_body(status, &message)
+            if anthropic_shape {
+                anthropic::error_body(status, &message)
+            } else {
+                openai_error_body(status, &message)
+            }
         }
     };
     let mut res = res.set_body(BoxBody::new(body.to_string()));

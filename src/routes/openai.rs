@@ -413,15 +413,15 @@ fn unix_now() -> u64 {
 }
 
 /// A piece of a running answer, as the HTTP front writes it.
-enum Piece {
+pub(super) enum Piece {
     Chunk(Chunk),
     End(Result<Finish, ProviderError>),
 }
 
 /// A running answer: the request (its accounting and stream) and the channel its events come
 /// out of. Dropping it before the end (the client went away) cancels the request.
-struct Answer {
-    request: ChatRequest,
+pub(super) struct Answer {
+    pub request: ChatRequest,
     events: UnboundedReceiver<StreamEvent>,
     flow: Arc<FlowControl>,
     ready: VecDeque<Piece>,
@@ -441,7 +441,7 @@ impl Answer {
     }
 
     /// The next piece, waiting for it; `None` if the stream stopped without an end.
-    async fn next(&mut self) -> Option<Piece> {
+    pub(super) async fn next(&mut self) -> Option<Piece> {
         loop {
             if let Some(piece) = self.ready.pop_front() {
                 return Some(piece);
@@ -452,7 +452,7 @@ impl Answer {
     }
 
     /// The next piece if one is already here.
-    fn next_ready(&mut self) -> Option<Piece> {
+    pub(super) fn next_ready(&mut self) -> Option<Piece> {
         loop {
             if let Some(piece) = self.ready.pop_front() {
                 return Some(piece);
@@ -462,8 +462,11 @@ impl Answer {
         }
     }
 
-    /// Ends the request as its stream said, answering the error to report if it failed.
-    fn end(&mut self, end: Result<Finish, ProviderError>) -> Result<Finish, OpenAiError> {
+    /// Ends the request as its stream said.
+    pub(super) fn finish(
+        &mut self,
+        end: Result<Finish, ProviderError>,
+    ) -> Result<Finish, ProviderError> {
         match end {
             Ok(finish) => {
                 self.request.finish(finish.reason, finish.usage);
@@ -471,15 +474,19 @@ impl Answer {
             }
             Err(e) => {
                 self.request.failed(&e);
-                Err(OpenAiError::of_provider(&e))
+                Err(e)
             }
         }
     }
 
+    /// Ends the request as its stream said, answering the error to report if it failed.
+    fn end(&mut self, end: Result<Finish, ProviderError>) -> Result<Finish, OpenAiError> {
+        self.finish(end).map_err(|e| OpenAiError::of_provider(&e))
+    }
+
     /// The stream stopped without saying how it ended.
-    fn broken(&mut self) -> OpenAiError {
+    pub(super) fn broken(&mut self) {
         self.request.finish(FinishReason::Error, Usage::default());
-        OpenAiError::new(ErrorReason::Internal, "the stream ended early")
     }
 }
 
@@ -516,26 +523,47 @@ fn tool_call_delta(c: &Chunk) -> Value {
     json!({"tool_calls": [call]})
 }
 
-/// `POST /v1/chat/completions`
-pub async fn completions(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    caller: Caller,
-    body: web::Json<CompletionRequest>,
-) -> Result<HttpResponse, OpenAiError> {
-    let body = body.into_inner();
-    let principal = caller.0;
-    let stream = body.stream;
-    let include_usage = body
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let mut provider_request = body.into_request()?;
+/// A request the HTTP fronts have started: its answer, the answer's first piece, and what the
+/// gateway added to that piece (microseconds).
+pub(super) struct Begun {
+    pub answer: Answer,
+    pub first: Piece,
+    pub added_us: u64,
+    pub model: String,
+}
+
+/// Why an HTTP front's request produced nothing: refused, failed before its first piece, or
+/// its stream stopped without an end.
+pub(super) enum Failure {
+    Refused(Refusal),
+    Provider(ProviderError),
+    Broken,
+}
+
+impl From<Failure> for OpenAiError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Refused(r) => OpenAiError::new(r.reason, r.message),
+            Failure::Provider(e) => OpenAiError::of_provider(&e),
+            Failure::Broken => OpenAiError::new(ErrorReason::Internal, "the stream ended early"),
+        }
+    }
+}
+
+/// Runs `provider_request` for `principal` through the engine (admission, limits, the
+/// provider stream) up to its first piece, so that a failure before anything was sent is an
+/// HTTP status.
+pub(super) async fn begin(
+    req: &HttpRequest,
+    state: &AppState,
+    principal: crate::access::Principal,
+    mut provider_request: ProviderRequest,
+) -> Result<Begun, Failure> {
     let session = super::caller::session_of(
         principal,
         format!("http-{}", uuid::Uuid::new_v4().simple()),
-        &state,
-        &req,
+        state,
+        req,
     );
     let request_id = session.session_id.to_string();
     let model = provider_request.model.clone();
@@ -552,7 +580,7 @@ pub async fn completions(
         finish_reason = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    ai_gateway_actors::trace::adopt(&span, &super::chat::trace_headers(&req));
+    ai_gateway_actors::trace::adopt(&span, &super::chat::trace_headers(req));
     ai_gateway_actors::trace::record_trace_id(&span);
     let start = RequestStart {
         session: session.clone(),
@@ -579,7 +607,7 @@ pub async fn completions(
     let (sink, events) = ChunkSink::channel(0, flow.clone());
     let refused = |request: ChatRequest, refusal: Refusal| {
         request.refused();
-        OpenAiError::new(refusal.reason, refusal.message)
+        Failure::Refused(refusal)
     };
     let admission = match engine.clone().admit(start).await {
         Ok(admission) => admission,
@@ -600,9 +628,15 @@ pub async fn completions(
     // Nothing is sent before the first piece, so an upstream that fails at once gets a proper
     // HTTP error status instead of a broken 200.
     let first = match answer.next().await {
-        Some(Piece::End(Err(e))) => return Err(answer.end(Err(e)).unwrap_err()),
+        Some(Piece::End(Err(e))) => {
+            answer.request.failed(&e);
+            return Err(Failure::Provider(e));
+        }
         Some(piece) => piece,
-        None => return Err(answer.broken()),
+        None => {
+            answer.broken();
+            return Err(Failure::Broken);
+        }
     };
     // What the gateway added to the first chunk: from the provider producing it to now, when
     // the response starts.
@@ -610,6 +644,37 @@ pub async fn completions(
         Piece::Chunk(c) => c.produced_at.elapsed().as_micros() as u64,
         Piece::End(_) => 0,
     };
+    Ok(Begun {
+        answer,
+        first,
+        added_us,
+        model,
+    })
+}
+
+/// `POST /v1/chat/completions`
+pub async fn completions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<CompletionRequest>,
+) -> Result<HttpResponse, OpenAiError> {
+    let body = body.into_inner();
+    let principal = caller.0;
+    let stream = body.stream;
+    let include_usage = body
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let provider_request = body.into_request()?;
+    let Begun {
+        mut answer,
+        first,
+        added_us,
+        model,
+    } = begin(&req, &state, principal, provider_request)
+        .await
+        .map_err(OpenAiError::from)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = unix_now();
     if stream {
@@ -669,7 +734,10 @@ pub async fn completions(
                     "usage": usage,
                 })));
             }
-            None => return Err(answer.broken()),
+            None => {
+                answer.broken();
+                return Err(Failure::Broken.into());
+            }
         }
         next = answer.next().await;
     }
@@ -677,9 +745,9 @@ pub async fn completions(
 
 /// Events already waiting are written together, up to this many bytes: one socket write
 /// instead of one per event, and no waiting for events that have not come.
-const SSE_BATCH_BYTES: usize = 16 * 1024;
+pub(super) const SSE_BATCH_BYTES: usize = 16 * 1024;
 
-fn push_sse(out: &mut BytesMut, v: &Value) {
+pub(super) fn push_sse(out: &mut BytesMut, v: &Value) {
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(v.to_string().as_bytes());
     out.extend_from_slice(b"\n\n");
@@ -734,8 +802,8 @@ fn sse_events(
                     break;
                 }
                 None => {
-                    let e = answer.broken();
-                    push_sse(&mut out, &e.body());
+                    answer.broken();
+                    push_sse(&mut out, &OpenAiError::from(Failure::Broken).body());
                     yield out.split().freeze();
                     break;
                 }
@@ -754,8 +822,8 @@ fn sse_events(
     }
 }
 
-struct SseStream<S> {
-    inner: Pin<Box<S>>,
+pub(super) struct SseStream<S> {
+    pub inner: Pin<Box<S>>,
 }
 
 impl<S: Stream<Item = Bytes>> Stream for SseStream<S> {
