@@ -302,6 +302,8 @@ impl SessionActor {
         let key = self.next_key;
         self.next_key += 1;
         let id = id.unwrap_or_else(|| format!("req-{key}"));
+        let mut options = ProviderRequest::default();
+        chat::apply_payload_options(&mut options, &payload);
         let model = payload
             .model
             .filter(|m| !m.is_empty())
@@ -361,12 +363,9 @@ impl SessionActor {
             request: ProviderRequest {
                 span: span.clone(),
                 model: model.clone(),
-                upstream_model: String::new(),
                 system: payload.system,
                 messages,
-                temperature: payload.temperature,
-                max_tokens: payload.max_tokens,
-                ..ProviderRequest::default()
+                ..options
             },
             conversation_id: conversation_id.clone(),
         };

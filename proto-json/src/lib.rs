@@ -13,7 +13,9 @@ mod server;
 
 pub use client::{
     decode_client_frame, CancelPayload, ChatMessage, ChatPayload, ClientFrame, ClientMessage,
-    DecodeError, Role, MAX_REQUEST_ID_BYTES,
+    ContentPart, DecodeError, ImageUrl, JsonSchemaSpec, MessageContent, MessageRole,
+    ResponseFormatSpec, Role, ToolCallSpec, ToolChoiceMode, ToolChoiceSpec, ToolSpec,
+    MAX_REQUEST_ID_BYTES,
 };
 pub use server::{
     ChunkKind, ChunkPayload, DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason,

@@ -411,3 +411,123 @@ async fn a_parameter_a_provider_cannot_take_is_refused_unless_the_model_drops_it
     assert!(sent.get("logprobs").is_none(), "{sent}");
     assert_eq!(sent["top_p"], 0.5, "what Anthropic takes is kept: {sent}");
 }
+
+#[actix_rt::test]
+async fn websocket_chat_carries_tools_parts_and_parameters_to_every_provider() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(
+        &fake,
+        &[
+            ("gpt", model("fake", "ok-5")),
+            ("sonnet", model("claude", "ok-5")),
+            ("flash", model("gem", "ok-5")),
+        ],
+    )
+    .await;
+    let mut ws = t.client().await;
+    let tools = json!([{"name": "get_weather", "description": "The weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    for name in ["gpt", "sonnet", "flash"] {
+        // The model calls the tool: `tool_call` chunks, then done with tool_calls.
+        let id = format!("{name}-call");
+        ws.send_json(json!({"type": "chat", "id": id, "payload": {"model": name,
+            "content": "weather?", "tools": tools, "tool_choice": {"name": "get_weather"}}}))
+            .await;
+        let a = ws.answer(&id).await;
+        a.assert_in_order();
+        assert!(a.errors.is_empty(), "{name}: {:?}", a.errors);
+        assert_eq!(a.finish_reason(), "tool_calls", "{name}");
+        let calls: Vec<&Value> = a
+            .chunks
+            .iter()
+            .filter(|c| c["payload"]["type"] == "tool_call")
+            .collect();
+        let first = &calls[0]["payload"]["tool_call"];
+        assert_eq!(first["index"], 0, "{name}");
+        assert_eq!(first["name"], "get_weather", "{name}");
+        let call_id = first["id"].as_str().unwrap().to_owned();
+        assert_eq!(a.text_of("tool_call"), r#"{"city":"fake"}"#, "{name}");
+        // Text chunks keep the seed's shape: no tool_call field.
+        assert!(a
+            .chunks
+            .iter()
+            .filter(|c| c["payload"]["type"] != "tool_call")
+            .all(|c| c["payload"].get("tool_call").is_none()));
+
+        // The round trip, as `messages`: the assistant's call and the tool's result.
+        let id = format!("{name}-result");
+        ws.send_json(
+            json!({"type": "chat", "id": id, "payload": {"model": name, "tools": tools,
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "tool_calls": [{"id": call_id, "name": "get_weather",
+                    "arguments": a.text_of("tool_call")}]},
+                {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
+            ]}}),
+        )
+        .await;
+        let a = ws.answer(&id).await;
+        assert!(a.errors.is_empty(), "{name}: {:?}", a.errors);
+        assert_eq!(a.finish_reason(), "stop");
+        assert!(a.text_of("text").ends_with("said: sunny"), "{name}");
+
+        // An image part.
+        let id = format!("{name}-image");
+        ws.send_json(json!({"type": "chat", "id": id, "payload": {"model": name,
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ]}]}}))
+        .await;
+        let a = ws.answer(&id).await;
+        assert!(a.errors.is_empty(), "{name}: {:?}", a.errors);
+        assert_eq!(a.text_of("text"), "I see 1 image(s).", "{name}");
+    }
+
+    // Structured output and parameters reach the upstream (OpenAI and Gemini take them).
+    let schema = json!({"type": "object", "properties": {"ok": {"type": "boolean"}}});
+    for name in ["gpt", "flash"] {
+        let id = format!("{name}-json");
+        ws.send_json(json!({"type": "chat", "id": id, "payload": {"model": name,
+            "content": "ok?", "seed": 5, "top_p": 0.5, "stop": ["END"],
+            "response_format": {"type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema}}}}))
+            .await;
+        let a = ws.answer(&id).await;
+        assert!(a.errors.is_empty(), "{name}: {:?}", a.errors);
+        assert_eq!(a.text_of("text"), r#"{"ok":true}"#, "{name}");
+    }
+    let requests = fake.requests();
+    let openai = &requests
+        .iter()
+        .rev()
+        .find(|r| r.path.ends_with("/chat/completions"))
+        .unwrap()
+        .body;
+    assert_eq!(openai["seed"], 5);
+    assert_eq!(openai["top_p"], 0.5);
+    assert_eq!(openai["stop"], json!(["END"]));
+    assert_eq!(openai["response_format"]["json_schema"]["name"], "answer");
+    let gemini = &requests.last().unwrap().body["generationConfig"];
+    assert_eq!(gemini["seed"], 5);
+    assert_eq!(gemini["responseMimeType"], "application/json");
+
+    // What a provider cannot take is an error frame that names it, never a quiet drop.
+    ws.send_json(
+        json!({"type": "chat", "id": "seeded", "payload": {"model": "sonnet",
+        "content": "hi", "seed": 5}}),
+    )
+    .await;
+    let a = ws.answer("seeded").await;
+    assert_eq!(a.finish_reason(), "error");
+    assert_eq!(
+        a.errors[0]["payload"]["reason"], "invalid_payload",
+        "{:?}",
+        a.errors
+    );
+    assert_eq!(a.errors[0]["payload"]["code"], 400);
+    assert!(a.errors[0]["payload"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("seed"));
+}

@@ -6,8 +6,11 @@
 //! format into it; providers write it in their upstream's format, or refuse what their
 //! upstream cannot take ([`super::ProviderError::Unsupported`]), never dropping it quietly.
 
-use ai_gateway_proto::ChatMessage;
-use serde_json::{Map, Value};
+use ai_gateway_proto::{
+    ChatMessage, ChatPayload, ContentPart, MessageContent, MessageRole, ResponseFormatSpec,
+    ToolChoiceMode, ToolChoiceSpec,
+};
+use serde_json::{json, Map, Value};
 
 /// Who wrote a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +130,86 @@ impl Message {
 
 impl From<ChatMessage> for Message {
     fn from(m: ChatMessage) -> Self {
-        Message::text(m.role.into(), m.content)
+        let role = match m.role {
+            MessageRole::System => Role::System,
+            MessageRole::User => Role::User,
+            MessageRole::Assistant => Role::Assistant,
+            MessageRole::Tool => Role::Tool,
+        };
+        let content = match m.content {
+            MessageContent::Text(t) if t.is_empty() => Vec::new(),
+            MessageContent::Text(t) => vec![Part::Text(t)],
+            MessageContent::Parts(parts) => parts
+                .into_iter()
+                .map(|p| match p {
+                    ContentPart::Text { text } => Part::Text(text),
+                    ContentPart::ImageUrl { image_url } => Part::Image {
+                        source: ImageSource::from_url(&image_url.url),
+                        detail: image_url.detail,
+                    },
+                })
+                .collect(),
+        };
+        Message {
+            role,
+            content,
+            tool_calls: m
+                .tool_calls
+                .into_iter()
+                .map(|c| ToolCall {
+                    id: c.id,
+                    name: c.name,
+                    arguments: c.arguments,
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id,
+            name: None,
+        }
     }
+}
+
+/// What a WebSocket `chat` payload asks beyond its messages, in the neutral model: the
+/// sampling parameters, tools and response format, written into `request`.
+pub fn apply_payload_options(request: &mut super::ProviderRequest, p: &ChatPayload) {
+    request.temperature = p.temperature;
+    request.max_tokens = p.max_tokens;
+    request.top_p = p.top_p;
+    request.seed = p.seed;
+    request.stop.clone_from(&p.stop);
+    request.presence_penalty = p.presence_penalty;
+    request.frequency_penalty = p.frequency_penalty;
+    request.reasoning_effort.clone_from(&p.reasoning_effort);
+    request.user.clone_from(&p.user);
+    request.tools = p
+        .tools
+        .iter()
+        .map(|t| Tool {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            parameters: t
+                .parameters
+                .clone()
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            strict: None,
+        })
+        .collect();
+    request.tool_choice = p.tool_choice.as_ref().map(|c| match c {
+        ToolChoiceSpec::Mode(ToolChoiceMode::Auto) => ToolChoice::Auto,
+        ToolChoiceSpec::Mode(ToolChoiceMode::None) => ToolChoice::None,
+        ToolChoiceSpec::Mode(ToolChoiceMode::Required) => ToolChoice::Required,
+        ToolChoiceSpec::Tool { name } => ToolChoice::Tool(name.clone()),
+    });
+    request.parallel_tool_calls = p.parallel_tool_calls;
+    request.response_format = p.response_format.as_ref().map(|f| match f {
+        ResponseFormatSpec::Text => ResponseFormat::Text,
+        ResponseFormatSpec::JsonObject => ResponseFormat::JsonObject,
+        ResponseFormatSpec::JsonSchema { json_schema: s } => ResponseFormat::JsonSchema {
+            name: s.name.clone(),
+            description: s.description.clone(),
+            schema: s.schema.clone(),
+            strict: s.strict,
+        },
+    });
 }
 
 /// A function the model may call.
