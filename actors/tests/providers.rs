@@ -194,7 +194,8 @@ async fn answers_with_reasoning_text_and_usage(api: Api) {
         Usage {
             prompt_tokens: 7,
             completion_tokens: 8,
-            total_tokens: 15
+            total_tokens: 15,
+            estimated: false
         }
     );
     let sent = &fake.requests()[0];
@@ -959,7 +960,8 @@ async fn recorded_openai_tool_call() {
         Usage {
             prompt_tokens: 54,
             completion_tokens: 20,
-            total_tokens: 74
+            total_tokens: 74,
+            estimated: false
         }
     );
     assert!(running.text.is_empty());

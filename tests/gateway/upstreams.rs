@@ -531,3 +531,63 @@ async fn websocket_chat_carries_tools_parts_and_parameters_to_every_provider() {
         .unwrap()
         .contains("seed"));
 }
+
+#[actix_rt::test]
+async fn usage_an_upstream_does_not_report_is_estimated_and_counted() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_with(&fake, &[("quiet", model("fake", "ok-5"))], |c| {
+        if let Some(ProviderSettings::Openai(s)) = c.providers.get_mut("fake") {
+            // No stream_options.include_usage: the fake then sends no usage chunk.
+            s.include_usage = false;
+        }
+    })
+    .await;
+    let (_, token) = t.new_user().await;
+    let mut ws = t.connect(&token).await;
+    ws.send_json(ask("q", "quiet")).await;
+    let a = ws.answer("q").await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    let usage = &a.done["payload"]["usage"];
+    assert_eq!(usage["estimated"], true, "{usage}");
+    let answer = a.text_of("reasoning") + &a.text_of("text");
+    // Not an OpenAI model name: a token per four bytes.
+    assert_eq!(
+        usage["completion_tokens"].as_u64().unwrap(),
+        (answer.len() as u64).div_ceil(4),
+        "{usage}"
+    );
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(
+        fake.requests()[0].body.get("stream_options").is_none(),
+        "the upstream was not asked for usage"
+    );
+
+    // The same figure reaches the usage records (and so budgets and /v1/usage).
+    t.gw.flush_writes().await;
+    let res = t
+        .http
+        .get(t.url("/v1/usage"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let totals: Value = res.json().await.unwrap();
+    let row = &totals["totals"][0];
+    assert_eq!(row["model"], "quiet", "{totals}");
+    assert_eq!(
+        row["completion_tokens"], usage["completion_tokens"],
+        "{totals}"
+    );
+    assert_eq!(row["prompt_tokens"], usage["prompt_tokens"], "{totals}");
+
+    // Reported usage is the upstream's, unmarked.
+    let t2 = gateway_on(&fake, &[("loud", model("fake", "ok-5"))]).await;
+    let mut ws = t2.client().await;
+    ws.send_json(ask("l", "loud")).await;
+    let a = ws.answer("l").await;
+    assert!(
+        a.done["payload"]["usage"].get("estimated").is_none(),
+        "{}",
+        a.done
+    );
+}

@@ -617,6 +617,7 @@ impl GeminiProvider {
                 total_tokens: usage
                     .total_token_count
                     .max(usage.prompt_token_count + completion),
+                estimated: false,
             },
         })
     }

@@ -7,6 +7,7 @@ pub mod anthropic;
 mod api_key;
 pub mod breaker;
 pub mod chat;
+pub mod estimate;
 pub mod gemini;
 mod http;
 pub mod mock;
@@ -440,6 +441,9 @@ pub struct ChunkSink {
     sent: Arc<AtomicU64>,
     pending: Arc<Mutex<Pending>>,
     first_chunk: Option<Family<ProviderLabel, Histogram>>,
+    /// Every piece of the current attempt's answer, for estimating its tokens when the
+    /// upstream reports none.
+    answer: Arc<Mutex<String>>,
 }
 
 impl ChunkSink {
@@ -467,6 +471,7 @@ impl ChunkSink {
             sent: Arc::default(),
             pending: Arc::default(),
             first_chunk: None,
+            answer: Arc::default(),
         }
     }
 
@@ -509,6 +514,10 @@ impl ChunkSink {
         if self.flow.is_closed() {
             return Err(SessionClosed);
         }
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(&text);
         let full = {
             let mut p = self.pending();
             if let Some((provider, began)) = p.attempt.take() {
@@ -568,8 +577,20 @@ impl ChunkSink {
         Ok(())
     }
 
+    /// The text, reasoning and tool arguments of the current attempt's answer.
+    pub(crate) fn answer_text(&self) -> String {
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// An upstream attempt begins: `provider` (its configured name) answers from now on.
     pub(crate) fn started(&self, provider: Arc<str>) {
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let mut p = self.pending();
         p.provider = Some(provider.clone());
         p.attempt = Some((provider, Instant::now()));

@@ -392,6 +392,7 @@ impl OpenAiProvider {
                     } else {
                         u.prompt_tokens + u.completion_tokens
                     },
+                    estimated: false,
                 };
             }
             // The gateway asks for one choice (no `n`), so only index 0 is the answer.

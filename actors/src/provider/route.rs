@@ -148,15 +148,15 @@ impl Route {
                 };
                 sink.started(target.upstream.name.clone());
                 let sent_before = sink.chunks_sent();
-                let mut request = ProviderRequest {
+                let mut attempt_request = ProviderRequest {
                     upstream_model: target.upstream_model.clone(),
                     ..request.clone()
                 };
                 if target.drop_params {
-                    request.drop_unsupported(provider.supported_params());
+                    attempt_request.drop_unsupported(provider.supported_params());
                 }
                 let call = tracing::info_span!(
-                    parent: &request.span,
+                    parent: &attempt_request.span,
                     "provider_call",
                     provider = %target.upstream.name,
                     upstream_model = %target.upstream_model,
@@ -165,15 +165,26 @@ impl Route {
                 );
                 let result = provider
                     .clone()
-                    .stream(request, sink.clone())
+                    .stream(attempt_request, sink.clone())
                     .instrument(call.clone())
                     .await;
                 if let Err(e) = &result {
                     call.record("error", tracing::field::display(e));
                 }
                 let error = match result {
-                    Ok(finish) => {
+                    Ok(mut finish) => {
                         permit.succeeded();
+                        // Usage is never silently zero: what the upstream did not report, the
+                        // gateway counts.
+                        let u = finish.usage;
+                        if u.prompt_tokens == 0 || u.completion_tokens == 0 {
+                            finish.usage = super::estimate::complete(
+                                u,
+                                &request,
+                                &target.upstream_model,
+                                &sink.answer_text(),
+                            );
+                        }
                         return Ok(finish);
                     }
                     Err(ProviderError::SessionClosed) => return Err(ProviderError::SessionClosed),
