@@ -1077,3 +1077,24 @@ fn the_parameter_table_is_true() {
     seen.sort_unstable();
     assert_eq!(seen, all, "every parameter has its row");
 }
+
+#[actix_rt::test]
+async fn anthropic_takes_reasoning_effort_as_a_thinking_budget() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let setup = Setup {
+        reasoning: false,
+        ..Setup::default()
+    };
+    let mut req = request("ok-5");
+    req.reasoning_effort = Some("medium".into());
+    req.max_tokens = Some(100);
+    let (running, result) = run(Api::Anthropic, &fake, setup, req).await;
+    result.unwrap();
+    assert!(!running.reasoning.is_empty(), "thinking is on");
+    let b = &fake.requests()[0].body;
+    assert_eq!(b["thinking"]["budget_tokens"], 4096);
+    assert_eq!(
+        b["max_tokens"], 4196,
+        "the budget comes on top of the client's limit"
+    );
+}

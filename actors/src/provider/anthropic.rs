@@ -164,6 +164,7 @@ struct WireMessage {
 pub const SUPPORTED: &[&str] = &[
     "top_p",
     "stop",
+    "reasoning_effort",
     "user",
     "tools",
     "tool_choice",
@@ -454,7 +455,20 @@ impl AnthropicProvider {
             )
             .collect();
         let messages = wire_messages(&request.messages)?;
-        let budget = self.settings.thinking_budget_tokens;
+        // The client's reasoning effort, as a thinking budget; else the provider's setting.
+        let budget = match request.reasoning_effort.as_deref() {
+            Some("low" | "minimal") => Some(MIN_THINKING_BUDGET_TOKENS),
+            Some("medium") => Some(4096),
+            Some("high") => Some(16384),
+            Some(other) => {
+                return Err(ProviderError::Unsupported {
+                    provider: NAME,
+                    param: "reasoning_effort".into(),
+                    message: format!("{other:?} is not low, medium or high"),
+                })
+            }
+            None => self.settings.thinking_budget_tokens,
+        };
         let max_tokens = request.max_tokens.unwrap_or(self.settings.max_tokens);
         Ok(MessagesRequest {
             model: &request.upstream_model,
