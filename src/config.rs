@@ -223,7 +223,7 @@ impl Default for Config {
 impl Default for SessionSettings {
     fn default() -> Self {
         SessionSettings {
-            max_frame_bytes: 512 * 1024,
+            max_frame_bytes: 20 * 1024 * 1024,
             max_concurrent_requests: 8,
             outbox_max_bytes: 1024 * 1024,
             outbox_high_watermark_bytes: 64 * 1024,

@@ -591,3 +591,21 @@ async fn usage_an_upstream_does_not_report_is_estimated_and_counted() {
         a.done
     );
 }
+
+#[actix_rt::test]
+async fn a_websocket_message_may_carry_a_large_image_by_default() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(&fake, &[("gpt", model("fake", "ok-5"))]).await;
+    let mut ws = t.client().await;
+    // 2 MiB: over the seed's frame limit, within the 20 MiB default.
+    let image = format!("data:image/png;base64,{}", "A".repeat(2 * 1024 * 1024));
+    ws.send_json(
+        json!({"type": "chat", "id": "img", "payload": {"model": "gpt",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": image}}]}]}}),
+    )
+    .await;
+    let a = ws.answer("img").await;
+    assert!(a.errors.is_empty(), "{:?}", a.errors);
+    assert_eq!(a.text_of("text"), "I see 1 image(s).");
+}
