@@ -609,3 +609,31 @@ async fn a_websocket_message_may_carry_a_large_image_by_default() {
     assert!(a.errors.is_empty(), "{:?}", a.errors);
     assert_eq!(a.text_of("text"), "I see 1 image(s).");
 }
+
+#[actix_rt::test]
+async fn a_stream_that_fails_part_way_still_counts_what_it_sent() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = gateway_on(&fake, &[("broken", model("fake", "midstream-error"))]).await;
+    let (_, token) = t.new_user().await;
+    let mut ws = t.connect(&token).await;
+    ws.send_json(ask("b", "broken")).await;
+    let a = ws.answer("b").await;
+    assert_eq!(a.finish_reason(), "error");
+    let sent = a.chunks.len() as u64;
+    assert!(sent > 0);
+    t.gw.flush_writes().await;
+    let totals: Value = t
+        .http
+        .get(t.url("/v1/usage"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        totals["totals"][0]["completion_tokens"], sent,
+        "a token per chunk sent: {totals}"
+    );
+}
