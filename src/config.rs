@@ -141,6 +141,10 @@ pub struct ModelSettings {
     /// Overrides `resilience.max_retries` for this model.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Drop the request parameters this model's provider cannot take (`seed` on Anthropic,
+    /// say) instead of refusing the request with a 400 that names them.
+    #[serde(default)]
+    pub drop_params: bool,
 }
 
 /// Retries and circuit breakers for every upstream.
@@ -302,7 +306,7 @@ impl Default for Config {
 impl Default for SessionSettings {
     fn default() -> Self {
         SessionSettings {
-            max_frame_bytes: 512 * 1024,
+            max_frame_bytes: 20 * 1024 * 1024,
             max_concurrent_requests: 8,
             outbox_max_bytes: 1024 * 1024,
             outbox_high_watermark_bytes: 64 * 1024,

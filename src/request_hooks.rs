@@ -3,8 +3,10 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use ai_gateway_actors::{Admission, Refusal, RequestHooks, RequestOutcome, RequestStart};
-use ai_gateway_proto::{ChatMessage, ErrorReason, FinishReason};
+use ai_gateway_actors::{
+    provider::Message, Admission, Refusal, RequestHooks, RequestOutcome, RequestStart,
+};
+use ai_gateway_proto::{ErrorReason, FinishReason};
 use futures_util::future::LocalBoxFuture;
 
 use crate::{
@@ -66,7 +68,7 @@ impl GatewayHooks {
             let title: String = request
                 .messages
                 .last()
-                .map(|m| m.content.chars().take(TITLE_CHARS).collect())
+                .map(|m| m.text_content().chars().take(TITLE_CHARS).collect())
                 .unwrap_or_default();
             let history = match stores
                 .conversations
@@ -88,12 +90,9 @@ impl GatewayHooks {
                     ));
                 }
             };
-            let mut messages: Vec<ChatMessage> = history
+            let mut messages: Vec<Message> = history
                 .into_iter()
-                .map(|m| ChatMessage {
-                    role: m.role,
-                    content: m.content,
-                })
+                .map(|m| Message::text(m.role.into(), m.content))
                 .collect();
             messages.append(&mut request.messages);
             request.messages = messages;
@@ -114,9 +113,10 @@ impl RequestHooks for GatewayHooks {
         let usage_id = uuid::Uuid::new_v4().to_string();
         let api_key_id = o.session.api_key.then(|| o.session.credential_id.clone());
         if let Some(conversation_id) = &o.conversation_id {
-            let worth_keeping =
-                matches!(o.finish_reason, FinishReason::Stop | FinishReason::Length)
-                    || !o.answer.is_empty();
+            let worth_keeping = matches!(
+                o.finish_reason,
+                FinishReason::Stop | FinishReason::Length | FinishReason::ToolCalls
+            ) || !o.answer.is_empty();
             if worth_keeping {
                 self.writes.submit(PendingWrite::Exchange(Exchange {
                     conversation_id: conversation_id.clone(),

@@ -48,6 +48,7 @@ pub fn build_router(config: &Config, mock: Arc<MockProvider>) -> anyhow::Result<
                         .unwrap_or_else(|_| SEED_OPENAI_MODEL.into()),
                     fallback: vec![],
                     max_retries: None,
+                    drop_params: false,
                 },
             );
         }
@@ -81,7 +82,7 @@ pub fn build_router(config: &Config, mock: Arc<MockProvider>) -> anyhow::Result<
         } else {
             &m.upstream_model
         };
-        Ok(Target::new(upstream.clone(), upstream_model))
+        Ok(Target::new(upstream.clone(), upstream_model).dropping_params(m.drop_params))
     };
     let mut router = Router::default();
     if !models.contains_key("mock") {

@@ -140,6 +140,7 @@ async fn spans_form_a_tree_in_the_clients_trace() {
             upstream_model: "ok-3".into(),
             fallback: vec![],
             max_retries: Some(0),
+            drop_params: false,
         },
     );
     let gw = Gateway::start(config).await.unwrap();

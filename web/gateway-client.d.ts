@@ -2,30 +2,67 @@
 // types follow proto-json/schema/*.schema.json; tests/gateway/client_library.rs checks that
 // every field here is in the schema, with the same optionality, and the other way round.
 
-export type Role = 'system' | 'user' | 'assistant';
-export type ChunkKind = 'reasoning' | 'text';
-export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+export type Role = 'system' | 'user' | 'assistant' | 'tool';
+export type ChunkKind = 'reasoning' | 'text' | 'tool_call';
+export type FinishReason = 'stop' | 'length' | 'tool_calls' | 'cancelled' | 'error';
+
+/** Text, or an image by URL (`data:` URLs carry base64). */
+export type ContentPart =
+  | { type: 'text'; text: string }
+  | { type: 'image_url'; image_url: { url: string; detail?: string | null } };
+
+/** A tool call an assistant message made earlier. */
+export interface ToolCallSpec {
+  id: string;
+  type?: 'function';
+  function: { name: string; arguments: string };
+}
+
+export interface ToolSpec {
+  type?: 'function';
+  function: { name: string; description?: string | null; parameters?: unknown; strict?: boolean | null };
+}
 
 export interface ChatMessage {
   role: Role;
-  content: string;
+  content?: string | ContentPart[] | null;
+  tool_calls?: ToolCallSpec[];
+  tool_call_id?: string | null;
 }
 
-/** The payload of a `chat` request. */
+/** The payload of a `chat` request (docs/PROTOCOL.md lists every field). */
 export interface ChatPayload {
-  content: string;
+  content?: string;
   model?: string | null;
   system?: string | null;
   messages?: ChatMessage[];
   temperature?: number | null;
   max_tokens?: number | null;
   conversation_id?: string | null;
+  tools?: ToolSpec[];
+  tool_choice?: 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } } | null;
+  parallel_tool_calls?: boolean | null;
+  response_format?: { type: 'text' | 'json_object' | 'json_schema'; json_schema?: unknown } | null;
+  top_p?: number | null;
+  seed?: number | null;
+  stop?: string[] | null;
+  presence_penalty?: number | null;
+  frequency_penalty?: number | null;
+  reasoning_effort?: string | null;
+  user?: string | null;
 }
 
 /** The payload of a `resume` request. */
 export interface ResumePayload {
   stream_id: string;
   after_seq?: number | null;
+}
+
+/** Which tool call a `tool_call` chunk continues; its first chunk has `id` and `name`. */
+export interface ToolCallPiece {
+  index: number;
+  id?: string | null;
+  name?: string | null;
 }
 
 /** The payload of a `chat` frame: one piece of an answer. */
@@ -35,12 +72,15 @@ export interface ChunkPayload {
   model: string;
   seq: number;
   stream_id?: string | null;
+  tool_call?: ToolCallPiece | null;
 }
 
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** The gateway counted the tokens itself (the upstream reported none). */
+  estimated?: boolean;
 }
 
 /** The payload of a `done` frame. */
@@ -103,6 +143,7 @@ export interface Chunk {
   content: string;
   seq: number;
   model: string;
+  tool_call?: ToolCallPiece | null;
 }
 
 export interface AnswerHandlers {

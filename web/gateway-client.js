@@ -239,7 +239,9 @@ class Answer {
     if (p.stream_id) this.streamId = p.stream_id;
     if (p.seq <= this.lastSeq) return; // already shown
     this.lastSeq = p.seq;
-    this.handlers.onChunk?.({ type: p.type, content: p.content, seq: p.seq, model: p.model });
+    this.handlers.onChunk?.({
+      type: p.type, content: p.content, seq: p.seq, model: p.model, tool_call: p.tool_call,
+    });
   }
 
   finish(p) {

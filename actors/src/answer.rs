@@ -18,6 +18,8 @@ use std::{
 };
 
 use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
+
+pub use crate::provider::chat::ToolCallDelta;
 use prometheus_client::metrics::gauge::Gauge;
 use rand::RngCore;
 use tokio::sync::Notify;
@@ -62,8 +64,8 @@ pub struct Ending {
 /// What a reader gets from a journal.
 #[derive(Debug, Default)]
 pub struct Read {
-    /// Chunks after the reader's cursor: `(seq, kind, text)`.
-    pub chunks: Vec<(u64, ChunkKind, String)>,
+    /// Chunks after the reader's cursor: `(seq, kind, text, tool call)`.
+    pub chunks: Vec<(u64, ChunkKind, String, Option<ToolCallDelta>)>,
     pub ending: Option<Ending>,
     /// Chunks kept in all.
     pub total: u64,
@@ -77,6 +79,8 @@ struct Kept {
     text: String,
     /// Each chunk's end offset in `text`, and its kind; its index is its `seq`.
     marks: Vec<(u32, ChunkKind)>,
+    /// The tool call of each `tool_call` chunk, by `seq`.
+    calls: Vec<(u64, ToolCallDelta)>,
     lost: bool,
     ending: Option<Ending>,
     ended_at: Option<Instant>,
@@ -98,7 +102,14 @@ pub enum Cancel {
 
 impl Kept {
     fn bytes(&self) -> usize {
-        self.text.len() + self.marks.len() * BYTES_PER_CHUNK
+        let calls: usize = self
+            .calls
+            .iter()
+            .map(|(_, c)| {
+                16 + c.id.as_ref().map_or(0, String::len) + c.name.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        self.text.len() + self.marks.len() * BYTES_PER_CHUNK + calls
     }
 }
 
@@ -124,7 +135,10 @@ impl Journal {
     }
 
     /// Keeps a batch of chunks (in `seq` order, following what is kept).
-    pub fn append<'a>(&self, chunks: impl Iterator<Item = (ChunkKind, &'a str)>) {
+    pub fn append<'a>(
+        &self,
+        chunks: impl Iterator<Item = (ChunkKind, &'a str, Option<&'a ToolCallDelta>)>,
+    ) {
         let readers = {
             let mut k = self.kept();
             if k.lost {
@@ -133,12 +147,16 @@ impl Journal {
             let before = k.bytes();
             let first_seq = k.marks.len() as u64;
             let mut copies = Vec::new();
-            for (kind, text) in chunks {
+            for (kind, text, call) in chunks {
+                if let Some(call) = call {
+                    let seq = k.marks.len() as u64;
+                    k.calls.push((seq, call.clone()));
+                }
                 k.text.push_str(text);
                 let end = u32::try_from(k.text.len()).unwrap_or(u32::MAX);
                 k.marks.push((end, kind));
                 if self.shared.get().is_some() {
-                    copies.push((kind, text.to_owned()));
+                    copies.push((kind, text.to_owned(), call.cloned()));
                 }
             }
             if let Some(shared) = self.shared.get() {
@@ -157,6 +175,7 @@ impl Journal {
                 k.lost = true;
                 k.text = String::new();
                 k.marks = Vec::new();
+                k.calls = Vec::new();
             }
             k.readers
         };
@@ -194,7 +213,12 @@ impl Journal {
             let i = seq as usize;
             let start = if i == 0 { 0 } else { k.marks[i - 1].0 as usize };
             let (end, kind) = k.marks[i];
-            chunks.push((seq, kind, k.text[start..end as usize].to_owned()));
+            let call = k
+                .calls
+                .binary_search_by_key(&seq, |(s, _)| *s)
+                .ok()
+                .map(|at| k.calls[at].1.clone());
+            chunks.push((seq, kind, k.text[start..end as usize].to_owned(), call));
         }
         Read {
             chunks,
@@ -288,7 +312,7 @@ pub struct Orders {
 /// One piece of an answer journaled by another node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Remote {
-    Chunk(u64, ChunkKind, String),
+    Chunk(u64, ChunkKind, String, Option<ToolCallDelta>),
     /// The answer ended; `total` chunks in all.
     End(Ending, u64),
     /// The journal cannot be followed any further (its node stopped, or it expired); why.
@@ -321,7 +345,7 @@ pub trait SharedJournals: Send + Sync + 'static {
 
 /// Writes one answer's journal where the other nodes can read it.
 pub trait SharedWriter: Send + Sync {
-    fn append(&self, first_seq: u64, chunks: Vec<(ChunkKind, String)>);
+    fn append(&self, first_seq: u64, chunks: Vec<(ChunkKind, String, Option<ToolCallDelta>)>);
     fn end(&self, ending: &Ending, total: u64);
 }
 
@@ -531,14 +555,20 @@ mod tests {
         let hub = hub(1 << 20, 1 << 20);
         let j = hub.open("u1", "mock", None);
         assert_eq!(j.stream_id.len(), 32);
-        j.append([(ChunkKind::Reasoning, "a"), (ChunkKind::Text, "bc")].into_iter());
-        j.append([(ChunkKind::Text, "d")].into_iter());
+        j.append(
+            [
+                (ChunkKind::Reasoning, "a", None),
+                (ChunkKind::Text, "bc", None),
+            ]
+            .into_iter(),
+        );
+        j.append([(ChunkKind::Text, "d", None)].into_iter());
         let r = j.read(Some(0));
         assert_eq!(
             r.chunks,
             vec![
-                (1, ChunkKind::Text, "bc".to_owned()),
-                (2, ChunkKind::Text, "d".to_owned())
+                (1, ChunkKind::Text, "bc".to_owned(), None),
+                (2, ChunkKind::Text, "d".to_owned(), None)
             ]
         );
         assert!(r.ending.is_none());
@@ -559,18 +589,18 @@ mod tests {
     fn budgets_bound_what_is_kept() {
         let hub = hub(30, 38);
         let big = hub.open("u", "m", None);
-        big.append([(ChunkKind::Text, "0123456789abcdef")].into_iter());
+        big.append([(ChunkKind::Text, "0123456789abcdef", None)].into_iter());
         assert!(!big.read(None).lost);
-        big.append([(ChunkKind::Text, "0123456789")].into_iter());
+        big.append([(ChunkKind::Text, "0123456789", None)].into_iter());
         assert!(big.read(None).lost, "over max_answer_bytes");
         assert_eq!(hub.counters.bytes.load(Ordering::Relaxed), 0);
 
         let a = hub.open("u", "m", None);
-        a.append([(ChunkKind::Text, "0123456789")].into_iter());
+        a.append([(ChunkKind::Text, "0123456789", None)].into_iter());
         let b = hub.open("u", "m", None);
-        b.append([(ChunkKind::Text, "0123456789")].into_iter());
+        b.append([(ChunkKind::Text, "0123456789", None)].into_iter());
         let c = hub.open("u", "m", None);
-        c.append([(ChunkKind::Text, "0123456789")].into_iter());
+        c.append([(ChunkKind::Text, "0123456789", None)].into_iter());
         assert!(c.read(None).lost, "over max_journal_bytes");
         a.end(Ending {
             finish_reason: FinishReason::Stop,

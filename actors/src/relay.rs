@@ -11,12 +11,12 @@ use std::{future::pending, sync::Arc, time::Instant};
 use actix::prelude::*;
 use ai_gateway_proto::{
     ChunkPayload, DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason,
-    ServerMessage, Usage,
+    ServerMessage, ToolCallPiece, Usage,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    answer::{Cancel, Ending, Journal, Remote, RemoteAnswer, SharedJournals},
+    answer::{Cancel, Ending, Journal, Remote, RemoteAnswer, SharedJournals, ToolCallDelta},
     outbox::{ChunkTiming, Outbox},
     provider::{Finish, ProviderError, StreamEvent},
     request::ChatRequest,
@@ -97,8 +97,12 @@ impl Relay {
         if let Some(provider) = event.provider {
             self.request.provider_started(provider);
         }
-        self.journal
-            .append(event.chunks.iter().map(|c| (c.kind, c.text.as_str())));
+        self.journal.append(
+            event
+                .chunks
+                .iter()
+                .map(|c| (c.kind, c.text.as_str(), c.tool_call.as_deref())),
+        );
         for chunk in &event.chunks {
             let seq = self.request.chunk(chunk);
             let frame = chunk_frame(
@@ -108,6 +112,7 @@ impl Relay {
                 seq,
                 chunk.kind,
                 &chunk.text,
+                chunk.tool_call.as_deref(),
             );
             let timing = ChunkTiming {
                 produced_at: chunk.produced_at,
@@ -203,6 +208,7 @@ pub(crate) fn chunk_frame(
     seq: u64,
     kind: ai_gateway_proto::ChunkKind,
     text: &str,
+    call: Option<&ToolCallDelta>,
 ) -> String {
     ServerMessage::Chat {
         id: id.into(),
@@ -212,6 +218,11 @@ pub(crate) fn chunk_frame(
             model: model.into(),
             seq,
             stream_id: (seq == 0).then_some(stream_id.into()),
+            tool_call: call.map(|c| ToolCallPiece {
+                index: c.index,
+                id: c.id.as_deref().map(Into::into),
+                name: c.name.as_deref().map(Into::into),
+            }),
         },
     }
     .to_json()
@@ -294,7 +305,7 @@ pub(crate) async fn replay(
             if flow.ready().await.is_err() {
                 return;
             }
-            for (seq, kind, text) in batch {
+            for (seq, kind, text, call) in batch {
                 outbox.push_text(chunk_frame(
                     &id,
                     &journal.model,
@@ -302,6 +313,7 @@ pub(crate) async fn replay(
                     *seq,
                     *kind,
                     text,
+                    call.as_ref(),
                 ));
                 cursor = Some(*seq);
             }
@@ -342,7 +354,7 @@ pub(crate) async fn replay_remote(
     let mut since_ready = 0;
     while let Some(item) = pieces.next().await {
         match item {
-            Remote::Chunk(seq, kind, text) => {
+            Remote::Chunk(seq, kind, text, call) => {
                 if since_ready == REPLAY_BATCH_FRAMES {
                     since_ready = 0;
                     if flow.ready().await.is_err() {
@@ -357,6 +369,7 @@ pub(crate) async fn replay_remote(
                     seq,
                     kind,
                     &text,
+                    call.as_ref(),
                 ));
             }
             Remote::End(ending, total) => {

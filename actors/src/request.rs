@@ -199,11 +199,13 @@ impl ChatRequest {
         seq
     }
 
-    /// What a request stopped early has used, as far as the gateway knows: a token per chunk.
+    /// What a request stopped early has used, as far as the gateway knows: a token per chunk
+    /// (an estimate, so marked when there is any).
     pub fn partial_usage(&self) -> Usage {
         Usage {
             completion_tokens: self.chunks,
             total_tokens: self.chunks,
+            estimated: self.chunks > 0,
             ..Usage::default()
         }
     }
@@ -232,7 +234,9 @@ impl ChatRequest {
                 kind,
             })
             .inc();
-        self.finish(FinishReason::Error, Usage::default());
+        // What reached the client before the failure was used all the same.
+        let usage = self.partial_usage();
+        self.finish(FinishReason::Error, usage);
     }
 
     fn provider_name(&self) -> &str {
@@ -258,7 +262,7 @@ impl ChatRequest {
         }
         span.record("finish_reason", tracing::field::debug(reason));
         let outcome = match reason {
-            FinishReason::Stop => Outcome::Stop,
+            FinishReason::Stop | FinishReason::ToolCalls => Outcome::Stop,
             FinishReason::Length => Outcome::Length,
             FinishReason::Cancelled => Outcome::Cancelled,
             FinishReason::Error => Outcome::Error,

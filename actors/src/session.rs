@@ -13,9 +13,9 @@ use std::{
 use actix::prelude::*;
 use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use ai_gateway_proto::{
-    decode_client_frame, ChatMessage, ChatPayload, ClientFrame, DonePayload, ErrorPayload,
-    ErrorReason, FinishReason, Role, ServerMessage, SessionLimits, SystemEvent, SystemPayload,
-    Usage, PROTOCOL_VERSION,
+    decode_client_frame, ChatPayload, ClientFrame, DonePayload, ErrorPayload, ErrorReason,
+    FinishReason, ServerMessage, SessionLimits, SystemEvent, SystemPayload, Usage,
+    PROTOCOL_VERSION,
 };
 
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -26,7 +26,7 @@ use crate::{
     hooks::{Admission, Refusal, RequestStart},
     metrics::{Front, ReasonLabel},
     outbox::{Outbox, Outgoing},
-    provider::{ChunkSink, ProviderRequest, StreamEvent, StreamHandle},
+    provider::{chat, ChunkSink, ProviderRequest, StreamEvent, StreamHandle},
     registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, Unregister},
     relay::{error_frame, replay, replay_remote, Reader, Relay, RelayNews},
     request::{ChatRequest, Engine},
@@ -323,6 +323,8 @@ impl SessionActor {
         let key = self.next_key;
         self.next_key += 1;
         let id = id.unwrap_or_else(|| format!("req-{key}"));
+        let mut options = ProviderRequest::default();
+        chat::apply_payload_options(&mut options, &payload);
         let model = payload
             .model
             .filter(|m| !m.is_empty())
@@ -352,12 +354,10 @@ impl SessionActor {
             .as_ref()
             .map(|_| payload.content.clone())
             .filter(|q| !q.is_empty());
-        let mut messages = payload.messages;
+        let mut messages: Vec<chat::Message> =
+            payload.messages.into_iter().map(Into::into).collect();
         if !payload.content.is_empty() {
-            messages.push(ChatMessage {
-                role: Role::User,
-                content: payload.content,
-            });
+            messages.push(chat::Message::text(chat::Role::User, payload.content));
         }
         let span = tracing::info_span!(
             parent: &self.span,
@@ -384,11 +384,9 @@ impl SessionActor {
             request: ProviderRequest {
                 span: span.clone(),
                 model: model.clone(),
-                upstream_model: String::new(),
                 system: payload.system,
                 messages,
-                temperature: payload.temperature,
-                max_tokens: payload.max_tokens,
+                ..options
             },
             conversation_id: conversation_id.clone(),
         };

@@ -5,12 +5,15 @@ use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use ai_gateway_actors::{
-    provider::{mock::MOCK_ANSWER, Finish, ProviderStream, MAX_BATCH_CHUNKS},
+    provider::{
+        chat::joined_tool_calls, mock::MOCK_ANSWER, Finish, Message, ProviderStream, Role,
+        ToolCall, ToolCallDelta, MAX_BATCH_CHUNKS,
+    },
     AnthropicProvider, AnthropicSettings, ApiKey, ChunkSink, FlowControl, GeminiProvider,
     GeminiSettings, MockProvider, MockSettings, OpenAiProvider, OpenAiSettings, Provider,
     ProviderError, ProviderRequest, StreamEvent, StreamHandle, Timeouts,
 };
-use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Role, Usage};
+use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 use fake_upstream::{text_piece, FakeUpstream, REASONING_PIECES};
 use tokio::sync::mpsc;
 
@@ -88,22 +91,11 @@ fn request(model: &str) -> ProviderRequest {
         upstream_model: model.into(),
         system: Some("be brief".into()),
         messages: vec![
-            ChatMessage {
-                role: Role::User,
-                content: "hello there".into(),
-            },
-            ChatMessage {
-                role: Role::Assistant,
-                content: "hi".into(),
-            },
-            ChatMessage {
-                role: Role::User,
-                content: "words please".into(),
-            },
+            Message::text(Role::User, "hello there"),
+            Message::text(Role::Assistant, "hi"),
+            Message::text(Role::User, "words please"),
         ],
-        temperature: None,
-        max_tokens: None,
-        span: tracing::Span::none(),
+        ..ProviderRequest::default()
     }
 }
 
@@ -113,6 +105,8 @@ struct Running {
     events: mpsc::UnboundedReceiver<StreamEvent>,
     reasoning: String,
     text: String,
+    /// Tool-call pieces, in order.
+    calls: Vec<(ToolCallDelta, String)>,
     chunks: usize,
     /// The end, once its batch came.
     end: Option<Result<Finish, ProviderError>>,
@@ -127,6 +121,7 @@ impl Running {
             events,
             reasoning: String::new(),
             text: String::new(),
+            calls: Vec::new(),
             chunks: 0,
             end: None,
         }
@@ -151,6 +146,9 @@ impl Running {
                 match chunk.kind {
                     ChunkKind::Reasoning => self.reasoning.push_str(&chunk.text),
                     ChunkKind::Text => self.text.push_str(&chunk.text),
+                    ChunkKind::ToolCall => self
+                        .calls
+                        .push((*chunk.tool_call.expect("a tool call piece"), chunk.text)),
                 }
             }
             self.end = event.end;
@@ -196,7 +194,8 @@ async fn answers_with_reasoning_text_and_usage(api: Api) {
         Usage {
             prompt_tokens: 7,
             completion_tokens: 8,
-            total_tokens: 15
+            total_tokens: 15,
+            estimated: false
         }
     );
     let sent = &fake.requests()[0];
@@ -525,3 +524,577 @@ macro_rules! provider_tests {
 provider_tests!(openai, Api::OpenAi);
 provider_tests!(anthropic, Api::Anthropic);
 provider_tests!(gemini, Api::Gemini);
+
+/// A request with a tool the model may call.
+fn weather_request(model: &str) -> ProviderRequest {
+    let mut req = request(model);
+    req.tools = vec![ai_gateway_actors::provider::Tool {
+        name: "get_weather".into(),
+        description: Some("The weather in a city".into()),
+        parameters: serde_json::json!({"type": "object",
+            "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+        strict: None,
+    }];
+    req
+}
+
+#[actix_rt::test]
+async fn openai_streams_tool_call_pieces_and_finishes_with_tool_calls() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let (running, result) = run(
+        Api::OpenAi,
+        &fake,
+        Setup::default(),
+        weather_request("ok-5"),
+    )
+    .await;
+    assert_eq!(result.unwrap().reason, FinishReason::ToolCalls);
+    assert!(running.text.is_empty());
+    assert!(running.calls.len() > 2, "arguments come in pieces");
+    let calls = joined_tool_calls(&running.calls);
+    assert_eq!(
+        calls,
+        [ToolCall {
+            id: "call_fake_0".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"fake"}"#.into(),
+        }]
+    );
+    let body = &fake.requests()[0].body;
+    assert_eq!(body["tools"][0]["type"], "function");
+    assert_eq!(body["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        body["tools"][0]["function"]["parameters"]["required"][0],
+        "city"
+    );
+}
+
+#[actix_rt::test]
+async fn openai_receives_every_parameter_faithfully() {
+    use ai_gateway_actors::provider::{ImageSource, Part, ResponseFormat, ToolChoice};
+    let fake = FakeUpstream::start().await.unwrap();
+    let mut req = weather_request("ok-5");
+    req.messages = vec![
+        Message {
+            content: vec![
+                Part::Text("what is this?".into()),
+                Part::Image {
+                    source: ImageSource::from_url("data:image/png;base64,iVBORw0KGgo="),
+                    detail: Some("low".into()),
+                },
+            ],
+            ..Message::text(Role::User, "")
+        },
+        Message {
+            content: vec![],
+            tool_calls: vec![ToolCall {
+                id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into(),
+            }],
+            ..Message::text(Role::Assistant, "")
+        },
+        Message {
+            tool_call_id: Some("call_1".into()),
+            ..Message::text(Role::Tool, "sunny")
+        },
+    ];
+    req.max_tokens = Some(100);
+    req.temperature = Some(0.5);
+    req.top_p = Some(0.9);
+    req.seed = Some(42);
+    req.stop = vec!["END".into()];
+    req.presence_penalty = Some(0.1);
+    req.frequency_penalty = Some(0.2);
+    req.reasoning_effort = Some("low".into());
+    req.user = Some("u-1".into());
+    req.tool_choice = Some(ToolChoice::Auto);
+    req.parallel_tool_calls = Some(false);
+    req.response_format = Some(ResponseFormat::JsonSchema {
+        name: "answer".into(),
+        description: None,
+        schema: serde_json::json!({"type": "object", "properties": {"ok": {"type": "boolean"}}}),
+        strict: Some(true),
+    });
+    req.extra
+        .insert("logprobs".into(), serde_json::Value::Bool(true));
+    // The gateway's own fields win over a client's extra of the same name.
+    req.extra
+        .insert("stream".into(), serde_json::Value::Bool(false));
+    let (running, result) = run(Api::OpenAi, &fake, Setup::default(), req).await;
+    assert_eq!(result.unwrap().reason, FinishReason::Stop);
+    // The last message is a tool result, so the structured answer follows the schema.
+    assert_eq!(running.text, r#"{"ok":true}"#);
+    let body = &fake.requests()[0].body;
+    let expected = serde_json::json!({
+        "max_completion_tokens": 100, "temperature": 0.5, "top_p": 0.9, "seed": 42,
+        "stop": ["END"], "presence_penalty": 0.1, "frequency_penalty": 0.2,
+        "reasoning_effort": "low", "user": "u-1", "tool_choice": "auto",
+        "parallel_tool_calls": false, "logprobs": true, "stream": true,
+        "response_format": {"type": "json_schema",
+            "json_schema": {"name": "answer", "strict": true,
+                "schema": {"type": "object", "properties": {"ok": {"type": "boolean"}}}}},
+    });
+    for (k, v) in expected.as_object().unwrap() {
+        assert_eq!(&body[k], v, "{k}: {body}");
+    }
+    assert!(body.get("max_tokens").is_none());
+    assert_eq!(
+        body["messages"][1]["content"],
+        serde_json::json!([{"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}])
+    );
+    assert_eq!(body["messages"][2]["tool_calls"][0]["id"], "call_1");
+    assert!(body["messages"][2].get("content").is_none());
+    assert_eq!(
+        body["messages"][3],
+        serde_json::json!({"role": "tool", "content": "sunny", "tool_call_id": "call_1"})
+    );
+}
+
+/// The last message's answer when it is a tool result, by API: the fakes echo the call.
+fn tool_said(api: Api, id: &str) -> String {
+    match api {
+        Api::Gemini => "Tool get_weather said: sunny".into(),
+        _ => format!("Tool {id} said: sunny"),
+    }
+}
+
+async fn tools_round_trip(api: Api) {
+    let fake = FakeUpstream::start().await.unwrap();
+    let setup = Setup {
+        reasoning: false,
+        ..Setup::default()
+    };
+    let (running, result) = run(api, &fake, setup, weather_request("ok-5")).await;
+    assert_eq!(result.unwrap().reason, FinishReason::ToolCalls, "{api:?}");
+    let calls = joined_tool_calls(&running.calls);
+    assert_eq!(calls.len(), 1, "{api:?}: {calls:?}");
+    assert_eq!(calls[0].name, "get_weather");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&calls[0].arguments).unwrap(),
+        serde_json::json!({"city": "fake"}),
+        "{api:?}"
+    );
+    // The call and its result go back; the fakes check them as each API does (Anthropic: the
+    // tool_use id; Gemini: the function name and its thought signature).
+    let mut req = weather_request("ok-5");
+    req.messages.push(Message {
+        content: vec![],
+        tool_calls: calls.clone(),
+        ..Message::text(Role::Assistant, "")
+    });
+    req.messages.push(Message {
+        tool_call_id: Some(calls[0].id.clone()),
+        ..Message::text(Role::Tool, "sunny")
+    });
+    let (running, result) = run(api, &fake, setup, req).await;
+    assert_eq!(result.unwrap().reason, FinishReason::Stop, "{api:?}");
+    assert_eq!(running.text, tool_said(api, &calls[0].id), "{api:?}");
+}
+
+async fn images_are_seen(api: Api) {
+    use ai_gateway_actors::provider::{ImageSource, Part};
+    let fake = FakeUpstream::start().await.unwrap();
+    let mut req = request("ok-5");
+    req.messages.push(Message {
+        content: vec![
+            Part::Text("and this?".into()),
+            Part::Image {
+                source: ImageSource::from_url("data:image/png;base64,iVBORw0KGgo="),
+                detail: None,
+            },
+        ],
+        ..Message::text(Role::User, "")
+    });
+    let setup = Setup {
+        reasoning: false,
+        ..Setup::default()
+    };
+    let (running, result) = run(api, &fake, setup, req).await;
+    result.unwrap();
+    assert_eq!(running.text, "I see 1 image(s).", "{api:?}");
+    let body = &fake.requests()[0].body;
+    match api {
+        Api::OpenAi => {}
+        // The two user turns in a row are merged into one.
+        Api::Anthropic => assert_eq!(
+            body["messages"][2]["content"][2],
+            serde_json::json!({"type": "image", "source": {"type": "base64",
+                "media_type": "image/png", "data": "iVBORw0KGgo="}})
+        ),
+        Api::Gemini => assert_eq!(
+            body["contents"][2]["parts"][2],
+            serde_json::json!({"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}})
+        ),
+    }
+}
+
+macro_rules! translation_tests {
+    ($name:ident, $api:expr) => {
+        mod $name {
+            #[actix_rt::test]
+            async fn tools_round_trip() {
+                super::tools_round_trip($api).await
+            }
+            #[actix_rt::test]
+            async fn images_are_seen() {
+                super::images_are_seen($api).await
+            }
+        }
+    };
+}
+
+translation_tests!(openai_translation, super::Api::OpenAi);
+translation_tests!(anthropic_translation, super::Api::Anthropic);
+translation_tests!(gemini_translation, super::Api::Gemini);
+
+#[actix_rt::test]
+async fn anthropic_and_gemini_get_their_own_parameters() {
+    use ai_gateway_actors::provider::{ResponseFormat, ToolChoice};
+    let fake = FakeUpstream::start().await.unwrap();
+    let mut req = weather_request("ok-5");
+    req.top_p = Some(0.5);
+    req.stop = vec!["END".into()];
+    req.tool_choice = Some(ToolChoice::Tool("get_weather".into()));
+    let mut anthropic = req.clone();
+    anthropic.user = Some("u-1".into());
+    anthropic.parallel_tool_calls = Some(false);
+    run(Api::Anthropic, &fake, Setup::default(), anthropic)
+        .await
+        .1
+        .unwrap();
+    let b = &fake.requests()[0].body;
+    assert_eq!(b["top_p"], 0.5);
+    assert_eq!(b["stop_sequences"], serde_json::json!(["END"]));
+    assert_eq!(b["metadata"]["user_id"], "u-1");
+    assert_eq!(
+        b["tool_choice"],
+        serde_json::json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(b["tools"][0]["input_schema"]["required"][0], "city");
+
+    let mut gemini = req;
+    gemini.seed = Some(3);
+    gemini.presence_penalty = Some(0.25);
+    gemini.frequency_penalty = Some(0.5);
+    run(Api::Gemini, &fake, Setup::default(), gemini)
+        .await
+        .1
+        .unwrap();
+    let b = &fake.requests()[1].body;
+    let g = &b["generationConfig"];
+    assert_eq!(g["topP"], 0.5);
+    assert_eq!(g["seed"], 3);
+    assert_eq!(g["stopSequences"], serde_json::json!(["END"]));
+    assert_eq!(g["presencePenalty"], 0.25);
+    assert_eq!(g["frequencyPenalty"], 0.5);
+    assert_eq!(
+        b["toolConfig"],
+        serde_json::json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}})
+    );
+    let declaration = &b["tools"][0]["functionDeclarations"][0];
+    assert_eq!(declaration["name"], "get_weather");
+    assert_eq!(declaration["parameters"]["type"], "OBJECT");
+
+    // Structured output: responseMimeType and responseSchema, without the keywords Gemini's
+    // schema does not know.
+    let mut structured = request("ok-5");
+    structured.response_format = Some(ResponseFormat::JsonSchema {
+        name: "person".into(),
+        description: None,
+        schema: serde_json::json!({"type": "object", "additionalProperties": false,
+            "properties": {"name": {"type": "string"}, "age": {"type": ["integer", "null"]}},
+            "required": ["name", "age"]}),
+        strict: Some(true),
+    });
+    let (running, result) = run(Api::Gemini, &fake, Setup::default(), structured).await;
+    result.unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&running.text).unwrap(),
+        serde_json::json!({"name": "fake", "age": 1})
+    );
+    let g = &fake.requests()[2].body["generationConfig"];
+    assert_eq!(g["responseMimeType"], "application/json");
+    assert_eq!(
+        g["responseSchema"],
+        serde_json::json!({"type": "OBJECT", "required": ["name", "age"], "properties": {
+            "name": {"type": "STRING"}, "age": {"type": "INTEGER", "nullable": true}}})
+    );
+}
+
+#[actix_rt::test]
+async fn providers_that_cannot_take_a_parameter_refuse_it_by_name() {
+    use ai_gateway_actors::provider::{ImageSource, Part, ResponseFormat};
+    let fake = FakeUpstream::start().await.unwrap();
+    let mut seeded = request("ok-5");
+    seeded.seed = Some(1);
+    let mut structured = request("ok-5");
+    structured.response_format = Some(ResponseFormat::JsonObject);
+    let mut by_user = request("ok-5");
+    by_user.user = Some("u".into());
+    let mut linked_image = request("ok-5");
+    linked_image.messages[0].content.push(Part::Image {
+        source: ImageSource::Url("https://example.com/cat.png".into()),
+        detail: None,
+    });
+    let mut extra = request("ok-5");
+    extra
+        .extra
+        .insert("logprobs".into(), serde_json::json!(true));
+    for (api, req, param) in [
+        (Api::Anthropic, seeded, "seed"),
+        (Api::Anthropic, structured, "response_format"),
+        (Api::Anthropic, extra.clone(), "logprobs"),
+        (Api::Gemini, by_user, "user"),
+        (Api::Gemini, linked_image, "messages[0].content[1]"),
+        (Api::Gemini, extra, "logprobs"),
+    ] {
+        let (_, result) = run(api, &fake, Setup::default(), req).await;
+        match result {
+            Err(e @ ProviderError::Unsupported { .. }) => {
+                assert_eq!(e.reason(), ErrorReason::InvalidPayload);
+                let ProviderError::Unsupported { param: p, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(p, param, "{api:?}");
+            }
+            other => panic!("{api:?} {param}: {other:?}"),
+        }
+    }
+    assert!(fake.requests().is_empty(), "nothing reached the upstream");
+}
+
+#[test]
+fn dropping_params_keeps_what_a_provider_takes() {
+    let mut req = weather_request("ok-5");
+    req.seed = Some(1);
+    req.top_p = Some(0.5);
+    req.extra.insert("logprobs".into(), serde_json::json!(true));
+    req.drop_unsupported(ai_gateway_actors::provider::anthropic::SUPPORTED);
+    assert_eq!(req.seed, None);
+    assert!(req.extra.is_empty());
+    assert_eq!(req.top_p, Some(0.5));
+    assert_eq!(req.tools.len(), 1);
+    assert!(req
+        .refuse_unsupported(
+            "anthropic",
+            ai_gateway_actors::provider::anthropic::SUPPORTED
+        )
+        .is_ok());
+}
+
+// --- real provider streams, replayed -------------------------------------------------------
+
+/// Where the recorded provider streams are (`/work/shared/provider-transcripts`, beside the
+/// project's checkout); they are read there, never copied into the project.
+fn transcript(name: &str) -> String {
+    let dir = std::env::var("PROVIDER_TRANSCRIPTS").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/provider-transcripts"
+        )
+        .to_owned()
+    });
+    let path = format!("{dir}/{name}");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("{path}: {e} (set PROVIDER_TRANSCRIPTS to the recorded provider streams)")
+    })
+}
+
+/// Serves `body` as the event stream of every request, on a loopback port; answers its URL.
+async fn replay(body: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    actix_rt::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            actix_rt::spawn(async move {
+                // Read the request: headers, then as much body as Content-Length says.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn replayed(api: Api, name: &str) -> (Running, Finish) {
+    let url = replay(transcript(name)).await;
+    let mut running = Running::start(provider_at(api, &url, Setup::default()), request("m"));
+    let finish = running.end().await.unwrap();
+    (running, finish)
+}
+
+#[actix_rt::test]
+async fn recorded_openai_tool_call() {
+    let (running, finish) = replayed(Api::OpenAi, "openai-tool-call.sse").await;
+    assert_eq!(finish.reason, FinishReason::ToolCalls);
+    assert_eq!(
+        finish.usage,
+        Usage {
+            prompt_tokens: 54,
+            completion_tokens: 20,
+            total_tokens: 74,
+            estimated: false
+        }
+    );
+    assert!(running.text.is_empty());
+    let calls = joined_tool_calls(&running.calls);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].id, "call_1EYWDzueHEp8OsB8jJSEp7WB");
+    assert_eq!(calls[0].name, "multiply");
+    assert_eq!(calls[0].arguments, r#"{"a":1231,"b":2331}"#);
+}
+
+#[actix_rt::test]
+async fn recorded_anthropic_tool_use_skips_server_tools() {
+    let (running, finish) = replayed(Api::Anthropic, "anthropic-tool-use.sse").await;
+    assert_eq!(finish.reason, FinishReason::ToolCalls);
+    assert!(
+        running.text.starts_with("Let me search"),
+        "{}",
+        running.text
+    );
+    let calls = joined_tool_calls(&running.calls);
+    assert_eq!(
+        calls.len(),
+        1,
+        "the server_tool_use block is not the client's: {calls:?}"
+    );
+    assert_eq!(calls[0].id, "toolu_01EFn5wTNBYA8Reni8rbmnHT");
+    assert_eq!(calls[0].name, "get_exchange_rate");
+    let args: serde_json::Value = serde_json::from_str(&calls[0].arguments).unwrap();
+    assert!(args.is_object(), "{args}");
+    // message_delta's cumulative input count wins over message_start's.
+    assert_eq!(finish.usage.prompt_tokens, 1591);
+}
+
+#[actix_rt::test]
+async fn recorded_anthropic_parallel_tool_calls() {
+    let (running, finish) = replayed(Api::Anthropic, "anthropic-tool-only.sse").await;
+    assert_eq!(finish.reason, FinishReason::ToolCalls);
+    assert!(running.text.is_empty());
+    let calls = joined_tool_calls(&running.calls);
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].id, "toolu_01LtHJmixrs9NcWQkK8hu8hj");
+    assert_eq!(calls[1].id, "toolu_01N8a4jWyf116qKTMqKKmjyt");
+    assert!(calls.iter().all(|c| c.name == "pelican_name_generator"));
+    assert_eq!(
+        (finish.usage.prompt_tokens, finish.usage.completion_tokens),
+        (542, 62)
+    );
+}
+
+#[actix_rt::test]
+async fn recorded_gemini_function_call_keeps_its_thought_signature() {
+    let (running, finish) = replayed(Api::Gemini, "gemini-function-call.sse").await;
+    assert_eq!(finish.reason, FinishReason::ToolCalls, "Gemini says STOP");
+    let calls = joined_tool_calls(&running.calls);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].name, "get_country");
+    assert_eq!(calls[0].arguments, "{}");
+    assert!(
+        calls[0].id.starts_with("call_0~sig~EpwICpkI"),
+        "{}",
+        calls[0].id
+    );
+    assert_eq!(
+        (finish.usage.prompt_tokens, finish.usage.completion_tokens),
+        (29, 212)
+    );
+}
+
+/// docs/PROVIDERS.md's parameter table says, for each parameter and provider, whether it is
+/// passed, translated or refused; each provider's `supported_params` must agree.
+#[test]
+fn the_parameter_table_is_true() {
+    use ai_gateway_actors::provider::PARAMS;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROVIDERS.md"))
+        .unwrap();
+    let table = doc
+        .split("### Parameters by provider")
+        .nth(1)
+        .expect("the parameter table");
+    let at = |api| provider_at(api, "http://127.0.0.1:9", Setup::default());
+    let mock: Arc<dyn Provider> = MockProvider::new(MockSettings::default());
+    let supported: [(&str, &[&str]); 4] = [
+        ("OpenAI-compatible", at(Api::OpenAi).supported_params()),
+        ("Anthropic", at(Api::Anthropic).supported_params()),
+        ("Gemini", at(Api::Gemini).supported_params()),
+        ("mock", mock.supported_params()),
+    ];
+    let mut seen = Vec::new();
+    for line in table.lines().skip_while(|l| !l.starts_with('|')) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let Some(param) = cells[0].split('`').nth(1).filter(|p| PARAMS.contains(p)) else {
+            continue;
+        };
+        seen.push(param);
+        for (column, (provider, takes)) in supported.iter().enumerate() {
+            let cell = cells[column + 1];
+            let refused = cell.starts_with("refused");
+            assert_eq!(
+                refused,
+                !takes.contains(&param),
+                "{param} on {provider}: the table says {cell:?}"
+            );
+            if *provider == "OpenAI-compatible" {
+                assert!(cell.starts_with("passed"), "{param}: {cell}");
+            }
+        }
+    }
+    let mut all = PARAMS.to_vec();
+    all.sort_unstable();
+    seen.sort_unstable();
+    assert_eq!(seen, all, "every parameter has its row");
+}
+
+#[actix_rt::test]
+async fn anthropic_takes_reasoning_effort_as_a_thinking_budget() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let setup = Setup {
+        reasoning: false,
+        ..Setup::default()
+    };
+    let mut req = request("ok-5");
+    req.reasoning_effort = Some("medium".into());
+    req.max_tokens = Some(100);
+    let (running, result) = run(Api::Anthropic, &fake, setup, req).await;
+    result.unwrap();
+    assert!(!running.reasoning.is_empty(), "thinking is on");
+    let b = &fake.requests()[0].body;
+    assert_eq!(b["thinking"]["budget_tokens"], 4096);
+    assert_eq!(
+        b["max_tokens"], 4196,
+        "the budget comes on top of the client's limit"
+    );
+}

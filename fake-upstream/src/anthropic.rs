@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::{
     body::{event_stream, Step},
-    plan::{plan, prompt_tokens, Ask, Beat, Counts, End},
+    plan::{plan, prompt_tokens, sample, Ask, Beat, Counts, End, Shape},
     record::State,
     scenario::Scenario,
 };
@@ -83,6 +83,10 @@ pub async fn messages(req: HttpRequest, body: web::Bytes, state: web::Data<State
             ));
         }
     }
+    let shape = match shape(&body) {
+        Ok(shape) => shape,
+        Err(message) => return invalid(&message),
+    };
     let thinking = body["thinking"]["type"] == "enabled";
     if thinking {
         let budget = body["thinking"]["budget_tokens"].as_u64().unwrap_or(0);
@@ -116,9 +120,118 @@ pub async fn messages(req: HttpRequest, body: web::Bytes, state: web::Data<State
         reasoning: thinking,
         max_tokens: Some(max_tokens),
         options: &state.options,
+        text: shape.text,
+        tool_calls: shape.tool_calls,
     });
     let steps = stream(model, prompt_tokens(&body), &beats);
     event_stream(state.into_inner(), steps)
+}
+
+/// Checks tools, `tool_use`/`tool_result` and image blocks as the API documents them, and says
+/// what the answer holds: a call of the chosen (or first) tool while the last turn holds no
+/// tool result; what a tool said; how many images it saw.
+fn shape(body: &Value) -> Result<Shape, String> {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let mut images = 0;
+    let mut last_result = None;
+    for (i, m) in messages.iter().enumerate() {
+        let blocks = m["content"].as_array().cloned().unwrap_or_default();
+        for (j, b) in blocks.iter().enumerate() {
+            let at = format!("messages.{i}.content.{j}");
+            match b["type"].as_str() {
+                Some("text") => {
+                    if b["text"].as_str().is_none_or(str::is_empty) {
+                        return Err(format!("{at}.text: text content blocks must be non-empty"));
+                    }
+                }
+                Some("image") => {
+                    let src = &b["source"];
+                    let ok = match src["type"].as_str() {
+                        Some("base64") => {
+                            src["media_type"]
+                                .as_str()
+                                .is_some_and(|t| t.starts_with("image/"))
+                                && src["data"].is_string()
+                        }
+                        Some("url") => src["url"].as_str().is_some_and(|u| u.starts_with("http")),
+                        _ => false,
+                    };
+                    if !ok {
+                        return Err(format!("{at}.source: invalid image source"));
+                    }
+                    images += 1;
+                }
+                Some("tool_use") if m["role"] == "assistant" => {
+                    if b["id"].as_str().is_none()
+                        || b["name"].as_str().is_none()
+                        || !b["input"].is_object()
+                    {
+                        return Err(format!("{at}: tool_use needs id, name and an input object"));
+                    }
+                }
+                Some("tool_result") if m["role"] == "user" => {
+                    let id = b["tool_use_id"].as_str().unwrap_or("");
+                    let asked = i > 0
+                        && messages[i - 1]["content"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|p| p["type"] == "tool_use" && p["id"] == id);
+                    if !asked {
+                        return Err(format!("{at}: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."));
+                    }
+                    if i == messages.len() - 1 {
+                        let text: String = match &b["content"] {
+                            Value::String(s) => s.clone(),
+                            Value::Array(parts) => {
+                                parts.iter().filter_map(|p| p["text"].as_str()).collect()
+                            }
+                            _ => String::new(),
+                        };
+                        last_result = Some((id.to_owned(), text));
+                    }
+                }
+                other => return Err(format!("{at}.type: unexpected block type {other:?}")),
+            }
+        }
+    }
+    let tools = body["tools"].as_array().cloned().unwrap_or_default();
+    for (i, t) in tools.iter().enumerate() {
+        if t["name"].as_str().is_none() || t["input_schema"]["type"] != "object" {
+            return Err(format!(
+                "tools.{i}: a tool needs a name and an input_schema of type object"
+            ));
+        }
+    }
+    let choice = &body["tool_choice"];
+    if !tools.is_empty() && choice["type"] != "none" && last_result.is_none() {
+        let tool = match choice["type"].as_str() {
+            Some("tool") => {
+                let name = choice["name"].as_str().unwrap_or("");
+                tools
+                    .iter()
+                    .find(|t| t["name"] == name)
+                    .ok_or_else(|| format!("tool_choice: no tool named {name}"))?
+            }
+            _ => &tools[0],
+        };
+        return Ok(Shape {
+            text: None,
+            tool_calls: vec![(
+                tool["name"].as_str().unwrap_or("").to_owned(),
+                sample(&tool["input_schema"]),
+            )],
+        });
+    }
+    let text = match last_result {
+        Some((id, said)) => Some(format!("Tool {id} said: {said}")),
+        None if images > 0 => Some(format!("I see {images} image(s).")),
+        None => None,
+    };
+    Ok(Shape {
+        text,
+        tool_calls: vec![],
+    })
 }
 
 fn event(steps: &mut Vec<Step>, data: Value) {
@@ -130,6 +243,7 @@ fn event(steps: &mut Vec<Step>, data: Value) {
 enum Block {
     Thinking,
     Text,
+    ToolUse,
 }
 
 /// The streamed answer: `message_start`, content blocks, `message_delta`, `message_stop`.
@@ -175,7 +289,7 @@ fn stream(model: &str, input_tokens: u64, beats: &[Beat]) -> Vec<Step> {
                     close(&mut steps, &mut open);
                     let start = match block {
                         Block::Thinking => json!({"type": "thinking", "thinking": ""}),
-                        Block::Text => json!({"type": "text", "text": ""}),
+                        _ => json!({"type": "text", "text": ""}),
                     };
                     event(&mut steps, json!({"type": "content_block_start", "index": next_index, "content_block": start}));
                     open = Some((next_index, block));
@@ -185,10 +299,24 @@ fn stream(model: &str, input_tokens: u64, beats: &[Beat]) -> Vec<Step> {
                 event(&mut steps, json!({"type": "content_block_delta", "index": index, "delta": delta}));
             }
             Beat::Pause(d) => steps.push(Step::Pause(*d)),
+            Beat::ToolCall { id, name, .. } => {
+                close(&mut steps, &mut open);
+                let id = id.replace("call_fake", "toolu_fake");
+                event(&mut steps, json!({"type": "content_block_start", "index": next_index,
+                    "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
+                open = Some((next_index, Block::ToolUse));
+                next_index += 1;
+            }
+            Beat::ToolArgs { piece, .. } => {
+                let index = open.map_or(0, |(i, _)| i);
+                event(&mut steps, json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": piece}}));
+            }
             Beat::Finish(end) => {
                 close(&mut steps, &mut open);
                 let reason = match end {
                     End::Stop => "end_turn",
+                    End::ToolCalls => "tool_use",
                     End::Length => "max_tokens",
                     End::Filtered => "refusal",
                 };

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::{
     body::{event_stream, Step},
-    plan::{plan, prompt_tokens, Ask, Beat, Counts, End},
+    plan::{plan, prompt_tokens, sample, Ask, Beat, Counts, End, Shape},
     record::State,
     scenario::Scenario,
 };
@@ -104,6 +104,10 @@ pub async fn call(
             return error(400, &format!("* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty."));
         }
     }
+    let shape = match shape(&body) {
+        Ok(shape) => shape,
+        Err(message) => return error(400, &message),
+    };
     let Some(scenario) = Scenario::from_model(model) else {
         return error(404, &format!("models/{model} is not found for API version v1beta, or is not supported for generateContent."));
     };
@@ -123,9 +127,117 @@ pub async fn call(
         reasoning: config["thinkingConfig"]["includeThoughts"] == true,
         max_tokens: config["maxOutputTokens"].as_u64(),
         options: &state.options,
+        text: shape.text,
+        tool_calls: shape.tool_calls,
     });
     let steps = stream(model, prompt_tokens(&body), &beats);
     event_stream(state.into_inner(), steps)
+}
+
+/// The thought signature the fake attaches to its function calls, and wants back with them (as
+/// Gemini 3 does).
+pub const FAKE_THOUGHT_SIGNATURE: &str = "fake-thought-signature";
+
+/// Checks `functionDeclarations`, `functionCall`/`functionResponse`, `inlineData` and
+/// `responseSchema` as the API documents them, and says what the answer holds: a call of the
+/// allowed (or first) function while the last turn holds no function response; what a function
+/// said; a sample of the response schema; how many images it saw.
+fn shape(body: &Value) -> Result<Shape, String> {
+    let contents = body["contents"].as_array().cloned().unwrap_or_default();
+    let mut images = 0;
+    let mut last_response = None;
+    for (i, c) in contents.iter().enumerate() {
+        for (j, p) in c["parts"].as_array().into_iter().flatten().enumerate() {
+            let at = format!("* GenerateContentRequest.contents[{i}].parts[{j}]");
+            if let Some(data) = p.get("inlineData") {
+                if !data["mimeType"].is_string() || !data["data"].is_string() {
+                    return Err(format!("{at}.inline_data: mime_type and data are required"));
+                }
+                images += 1;
+            } else if let Some(call) = p.get("functionCall") {
+                if c["role"] != "model" || !call["name"].is_string() {
+                    return Err(format!(
+                        "{at}.function_call: must be a named call in a model turn"
+                    ));
+                }
+                if p["thoughtSignature"] != FAKE_THOUGHT_SIGNATURE {
+                    return Err(format!(
+                        "Function call is missing a thought_signature in functionCall parts. {at}"
+                    ));
+                }
+            } else if let Some(response) = p.get("functionResponse") {
+                let name = response["name"].as_str().unwrap_or("");
+                let called = i > 0
+                    && contents[i - 1]["parts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|q| q["functionCall"]["name"] == name);
+                if !called || !response["response"].is_object() {
+                    return Err(format!("{at}.function_response: must answer a function call of the turn before, with a response object"));
+                }
+                if i == contents.len() - 1 {
+                    let r = &response["response"];
+                    let said = r["result"]
+                        .as_str()
+                        .map_or_else(|| r.to_string(), str::to_owned);
+                    last_response = Some((name.to_owned(), said));
+                }
+            } else if !p["text"].is_string() {
+                return Err(format!("{at}: unknown part"));
+            }
+        }
+    }
+    let declarations: Vec<Value> = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| {
+            t["functionDeclarations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let config = &body["toolConfig"]["functionCallingConfig"];
+    if !declarations.is_empty() && config["mode"] != "NONE" && last_response.is_none() {
+        let allowed = config["allowedFunctionNames"][0].as_str();
+        let d = match allowed {
+            Some(name) => declarations
+                .iter()
+                .find(|d| d["name"] == name)
+                .ok_or_else(|| format!("* allowedFunctionNames: no function {name}"))?,
+            None => &declarations[0],
+        };
+        return Ok(Shape {
+            text: None,
+            tool_calls: vec![(
+                d["name"].as_str().unwrap_or("").to_owned(),
+                sample(&d["parameters"]),
+            )],
+        });
+    }
+    let gen = &body["generationConfig"];
+    let text = match (gen["responseMimeType"].as_str(), gen.get("responseSchema")) {
+        (Some("application/json"), Some(schema)) => Some(sample(schema).to_string()),
+        (Some("application/json"), None) => Some(r#"{"answer":"fake"}"#.to_owned()),
+        (None, Some(_)) => {
+            return Err(
+                "* GenerationConfig.response_schema: responseMimeType must be application/json"
+                    .into(),
+            )
+        }
+        _ => None,
+    };
+    let text = text.or(match last_response {
+        Some((name, said)) => Some(format!("Tool {name} said: {said}")),
+        None if images > 0 => Some(format!("I see {images} image(s).")),
+        None => None,
+    });
+    Ok(Shape {
+        text,
+        tool_calls: vec![],
+    })
 }
 
 /// The streamed answer: one `GenerateContentResponse` per event, the last with `finishReason`.
@@ -156,14 +268,35 @@ fn stream(model: &str, prompt_tokens: u64, beats: &[Beat]) -> Vec<Step> {
         Step::event(None, &data.to_string(), EOL)
     };
     let mut steps = Vec::new();
+    // Gemini sends a function call whole, in one part: its arguments are gathered first.
+    let mut call: Option<(String, String)> = None;
+    let flush_call = |steps: &mut Vec<Step>, call: &mut Option<(String, String)>| {
+        if let Some((name, args)) = call.take() {
+            let args: Value = serde_json::from_str(&args).unwrap_or(json!({}));
+            steps.push(response(
+                json!([{"functionCall": {"name": name, "args": args},
+                    "thoughtSignature": FAKE_THOUGHT_SIGNATURE}]),
+                None,
+            ));
+        }
+    };
     for beat in beats {
+        if !matches!(beat, Beat::ToolArgs { .. }) {
+            flush_call(&mut steps, &mut call);
+        }
         match beat {
             Beat::Reasoning(t) => steps.push(response(json!([{"text": t, "thought": true}]), None)),
             Beat::Text(t) => steps.push(response(json!([{"text": t}]), None)),
             Beat::Pause(d) => steps.push(Step::Pause(*d)),
+            Beat::ToolCall { name, .. } => call = Some((name.clone(), String::new())),
+            Beat::ToolArgs { piece, .. } => {
+                if let Some((_, args)) = &mut call {
+                    args.push_str(piece);
+                }
+            }
             Beat::Finish(end) => {
                 let reason = match end {
-                    End::Stop => "STOP",
+                    End::Stop | End::ToolCalls => "STOP",
                     End::Length => "MAX_TOKENS",
                     End::Filtered => "SAFETY",
                 };

@@ -12,7 +12,7 @@ mod record;
 mod scenario;
 mod server;
 
-pub use plan::{text_piece, REASONING_PIECES};
+pub use plan::{sample, text_piece, REASONING_PIECES};
 pub use record::RecordedRequest;
 pub use scenario::{Scenario, DEFAULT_TEXT_PIECES, SLOW_DRIP_TEXT_PIECES};
 pub use server::{FakeOptions, FakeUpstream};

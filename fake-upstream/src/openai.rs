@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::{
     body::{event_stream, Step},
-    plan::{plan, prompt_tokens, Ask, Beat, Counts, End},
+    plan::{plan, prompt_tokens, sample, Ask, Beat, Counts, End, Shape},
     record::State,
     scenario::Scenario,
 };
@@ -127,6 +127,10 @@ pub async fn chat_completions(
             return invalid(&format!("Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', 'tool', 'developer'."));
         }
     }
+    let shape = match shape(&body) {
+        Ok(shape) => shape,
+        Err(message) => return invalid(&message),
+    };
     let Some(scenario) = Scenario::from_model(model) else {
         return model_not_found(model);
     };
@@ -148,6 +152,8 @@ pub async fn chat_completions(
         reasoning: true,
         max_tokens,
         options: &state.options,
+        text: shape.text,
+        tool_calls: shape.tool_calls,
     });
     let answer = Answer {
         id: "chatcmpl-fake".into(),
@@ -168,6 +174,102 @@ pub async fn chat_completions(
     }
 }
 
+/// Checks tools, tool messages, images and `response_format` as OpenAI documents them, and
+/// says what the answer holds: a call of the chosen (or first) tool while the last message is
+/// not a tool result; what a tool said; a sample of the JSON schema; how many images it saw.
+fn shape(body: &Value) -> Result<Shape, String> {
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let mut called = Vec::new();
+    let mut images = 0;
+    for (i, m) in messages.iter().enumerate() {
+        for call in m["tool_calls"].as_array().into_iter().flatten() {
+            if call["type"] != "function" || call["function"]["name"].as_str().is_none() {
+                return Err(format!("Invalid 'messages[{i}].tool_calls': each needs type 'function' and function.name."));
+            }
+            called.push(call["id"].as_str().unwrap_or("").to_owned());
+        }
+        if m["role"] == "tool" {
+            let id = m["tool_call_id"].as_str().unwrap_or("");
+            if !called.iter().any(|c| c == id) {
+                return Err(format!("Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls' (messages[{i}], tool_call_id '{id}')."));
+            }
+        }
+        for part in m["content"].as_array().into_iter().flatten() {
+            match part["type"].as_str() {
+                Some("text") => {}
+                Some("image_url") => {
+                    let url = part["image_url"]["url"].as_str().unwrap_or("");
+                    let ok = url.starts_with("https://")
+                        || url.starts_with("http://")
+                        || (url.starts_with("data:image/") && url.contains(";base64,"));
+                    if !ok {
+                        return Err(format!("Invalid 'messages[{i}].content': image_url.url must be a URL or a base64 data URL."));
+                    }
+                    images += 1;
+                }
+                other => {
+                    return Err(format!(
+                        "Invalid 'messages[{i}].content': unknown part type {other:?}."
+                    ))
+                }
+            }
+        }
+    }
+    let tools = body["tools"].as_array().cloned().unwrap_or_default();
+    for (i, t) in tools.iter().enumerate() {
+        if t["type"] != "function" || t["function"]["name"].as_str().is_none() {
+            return Err(format!(
+                "Missing required parameter: 'tools[{i}].function.name'."
+            ));
+        }
+    }
+    let last = messages.last();
+    let choice = &body["tool_choice"];
+    if !tools.is_empty() && choice != "none" && last.is_some_and(|m| m["role"] != "tool") {
+        let tool = match choice["function"]["name"].as_str() {
+            Some(name) => tools
+                .iter()
+                .find(|t| t["function"]["name"] == name)
+                .ok_or_else(|| format!("Invalid 'tool_choice': no tool named '{name}'."))?,
+            None => &tools[0],
+        };
+        let name = tool["function"]["name"].as_str().unwrap_or("").to_owned();
+        let args = sample(&tool["function"]["parameters"]);
+        return Ok(Shape {
+            text: None,
+            tool_calls: vec![(name, args)],
+        });
+    }
+    let format = &body["response_format"];
+    let text = match format["type"].as_str() {
+        None | Some("text") => None,
+        Some("json_object") => Some(r#"{"answer":"fake"}"#.to_owned()),
+        Some("json_schema") => {
+            let s = &format["json_schema"];
+            if s["name"].as_str().is_none() {
+                return Err(
+                    "Missing required parameter: 'response_format.json_schema.name'.".into(),
+                );
+            }
+            Some(sample(&s["schema"]).to_string())
+        }
+        Some(other) => return Err(format!("Invalid 'response_format.type': '{other}'.")),
+    };
+    let text = text.or_else(|| match last {
+        Some(m) if m["role"] == "tool" => Some(format!(
+            "Tool {} said: {}",
+            m["tool_call_id"].as_str().unwrap_or(""),
+            m["content"].as_str().unwrap_or("")
+        )),
+        _ if images > 0 => Some(format!("I see {images} image(s).")),
+        _ => None,
+    });
+    Ok(Shape {
+        text,
+        tool_calls: vec![],
+    })
+}
+
 struct Answer {
     id: String,
     model: String,
@@ -181,6 +283,7 @@ fn finish_reason(end: End) -> &'static str {
         End::Stop => "stop",
         End::Length => "length",
         End::Filtered => "content_filter",
+        End::ToolCalls => "tool_calls",
     }
 }
 
@@ -229,6 +332,17 @@ impl Answer {
                     steps.push(self.delta(json!({"reasoning_content": t}), None, include_usage))
                 }
                 Beat::Text(t) => steps.push(self.delta(json!({"content": t}), None, include_usage)),
+                Beat::ToolCall { index, id, name } => steps.push(self.delta(
+                    json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": ""}}]}),
+                    None,
+                    include_usage,
+                )),
+                Beat::ToolArgs { index, piece } => steps.push(self.delta(
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}),
+                    None,
+                    include_usage,
+                )),
                 Beat::Pause(d) => steps.push(Step::Pause(*d)),
                 Beat::Finish(end) => {
                     steps.push(self.delta(json!({}), Some(finish_reason(*end)), include_usage));
@@ -267,14 +381,31 @@ impl Answer {
     fn whole(&self, beats: &[Beat]) -> Value {
         let mut reasoning = String::new();
         let mut content = String::new();
+        let mut calls: Vec<Value> = Vec::new();
         let mut end = End::Stop;
         for beat in beats {
             match beat {
                 Beat::Reasoning(t) => reasoning.push_str(t),
                 Beat::Text(t) => content.push_str(t),
+                Beat::ToolCall { id, name, .. } => calls.push(json!({"id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""}})),
+                Beat::ToolArgs { index, piece } => {
+                    if let Some(call) = calls.get_mut(*index as usize) {
+                        let args = call["function"]["arguments"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        call["function"]["arguments"] = json!(args + piece);
+                    }
+                }
                 Beat::Finish(e) => end = *e,
                 _ => {}
             }
+        }
+        let mut message = json!({"role": "assistant", "content": content, "reasoning_content": reasoning, "refusal": null});
+        if !calls.is_empty() {
+            message["content"] = Value::Null;
+            message["tool_calls"] = Value::Array(calls);
         }
         json!({
             "id": self.id,
@@ -284,7 +415,7 @@ impl Answer {
             "system_fingerprint": "fp_fake",
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": content, "reasoning_content": reasoning, "refusal": null},
+                "message": message,
                 "logprobs": null,
                 "finish_reason": finish_reason(end),
             }],

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::{scenario::Scenario, server::FakeOptions, SLOW_DRIP_TEXT_PIECES};
 
 /// The reasoning pieces of every answer, when the request asked for reasoning.
@@ -23,6 +25,8 @@ pub enum End {
     Stop,
     Length,
     Filtered,
+    /// The model stopped to have its tool calls run.
+    ToolCalls,
 }
 
 /// One beat of a streamed answer.
@@ -30,6 +34,17 @@ pub enum End {
 pub enum Beat {
     Reasoning(String),
     Text(String),
+    /// A tool call starts: its id and function name.
+    ToolCall {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    /// The next piece of a tool call's arguments (JSON text).
+    ToolArgs {
+        index: u32,
+        piece: String,
+    },
     Pause(Duration),
     Finish(End),
     /// The provider's in-stream error event.
@@ -48,6 +63,67 @@ pub struct Ask<'a> {
     pub reasoning: bool,
     pub max_tokens: Option<u64>,
     pub options: &'a FakeOptions,
+    /// What the answer says instead of the scenario's words (a structured-output sample, what
+    /// a tool result or image was), cut into pieces.
+    pub text: Option<String>,
+    /// Tool calls to make instead of answering: `(name, arguments)`.
+    pub tool_calls: Vec<(String, Value)>,
+}
+
+/// What a request asks of the answer beyond its scenario, read from its body by each API's
+/// fake: the text to say, or the tools to call.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Shape {
+    pub text: Option<String>,
+    pub tool_calls: Vec<(String, Value)>,
+}
+
+/// Longest piece of an answer's given text or tool arguments.
+pub const PIECE_CHARS: usize = 8;
+
+/// `text` cut into pieces of at most [`PIECE_CHARS`] characters.
+pub fn pieces(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(PIECE_CHARS)
+        .map(|c| c.iter().collect())
+        .collect()
+}
+
+/// A value matching a JSON Schema: what the fakes answer for structured output and pass as
+/// tool arguments. Objects get every property, strings their first `enum` value or `"fake"`.
+pub fn sample(schema: &Value) -> Value {
+    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+        return first.clone();
+    }
+    let kind = match &schema["type"] {
+        Value::Array(types) => types
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null")
+            .to_ascii_lowercase(),
+        Value::String(t) => t.to_ascii_lowercase(),
+        _ if schema.get("properties").is_some() => "object".to_owned(),
+        _ => "string".to_owned(),
+    };
+    match kind.as_str() {
+        "object" => {
+            let mut out = serde_json::Map::new();
+            if let Some(props) = schema["properties"].as_object() {
+                for (k, v) in props {
+                    out.insert(k.clone(), sample(v));
+                }
+            }
+            Value::Object(out)
+        }
+        "array" => Value::Array(vec![sample(&schema["items"])]),
+        "integer" => Value::from(1),
+        "number" => Value::from(1.5),
+        "boolean" => Value::Bool(true),
+        "null" => Value::Null,
+        _ => Value::from("fake"),
+    }
 }
 
 /// Counts of what an answer holds, for its usage report.
@@ -63,7 +139,7 @@ impl Counts {
         for beat in beats {
             match beat {
                 Beat::Reasoning(_) => c.reasoning += 1,
-                Beat::Text(_) => c.text += 1,
+                Beat::Text(_) | Beat::ToolArgs { .. } => c.text += 1,
                 _ => {}
             }
         }
@@ -93,8 +169,27 @@ pub fn plan(ask: &Ask) -> Vec<Beat> {
                 .map(|p| Beat::Reasoning(p.to_string())),
         );
     }
-    pieces.extend((0..text_pieces).map(|i| Beat::Text(text_piece(i))));
     let mut end = End::Stop;
+    if !ask.tool_calls.is_empty() {
+        for (i, (name, args)) in ask.tool_calls.iter().enumerate() {
+            let index = i as u32;
+            pieces.push(Beat::ToolCall {
+                index,
+                id: format!("call_fake_{i}"),
+                name: name.clone(),
+            });
+            pieces.extend(
+                self::pieces(&args.to_string())
+                    .into_iter()
+                    .map(|piece| Beat::ToolArgs { index, piece }),
+            );
+        }
+        end = End::ToolCalls;
+    } else if let Some(text) = &ask.text {
+        pieces.extend(self::pieces(text).into_iter().map(Beat::Text));
+    } else {
+        pieces.extend((0..text_pieces).map(|i| Beat::Text(text_piece(i))));
+    }
     if let Some(max) = ask.max_tokens {
         if pieces.len() as u64 > max {
             pieces.truncate(max as usize);
@@ -158,6 +253,8 @@ mod tests {
             reasoning: true,
             max_tokens: None,
             options: &FakeOptions::default(),
+            text: None,
+            tool_calls: vec![],
         })
     }
 
@@ -184,6 +281,8 @@ mod tests {
             reasoning: false,
             max_tokens: Some(4),
             options: &FakeOptions::default(),
+            text: None,
+            tool_calls: vec![],
         });
         assert_eq!(Counts::of(&beats).text, 4);
         assert_eq!(beats.last(), Some(&Beat::Finish(End::Length)));
@@ -194,6 +293,47 @@ mod tests {
         let beats = ask(Scenario::StallAfter { pieces: 4 });
         assert_eq!(Counts::of(&beats).completion(), 4);
         assert_eq!(beats.last(), Some(&Beat::Stall));
+    }
+
+    #[test]
+    fn tool_calls_replace_the_text() {
+        let beats = plan(&Ask {
+            scenario: Scenario::Ok { text_pieces: 5 },
+            reasoning: false,
+            max_tokens: None,
+            options: &FakeOptions::default(),
+            text: None,
+            tool_calls: vec![("get_weather".into(), serde_json::json!({"city": "fake"}))],
+        });
+        assert_eq!(
+            beats[0],
+            Beat::ToolCall {
+                index: 0,
+                id: "call_fake_0".into(),
+                name: "get_weather".into()
+            }
+        );
+        let args: String = beats
+            .iter()
+            .filter_map(|b| match b {
+                Beat::ToolArgs { piece, .. } => Some(piece.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args, r#"{"city":"fake"}"#);
+        assert_eq!(beats.last(), Some(&Beat::Finish(End::ToolCalls)));
+    }
+
+    #[test]
+    fn samples_follow_the_schema() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "name": {"type": "string"}, "n": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}},
+        }});
+        assert_eq!(
+            sample(&schema),
+            serde_json::json!({"name": "fake", "n": 1, "tags": ["a"]})
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@ use actix_web::{dev::ServerHandle, web, App, HttpResponse, HttpServer};
 
 use crate::{anthropic, gemini, openai, record::State, RecordedRequest};
 
+/// Largest request body the fake takes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 /// Pacing of the fake's answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeOptions {
@@ -45,11 +48,18 @@ impl FakeUpstream {
         let workers = options.workers.max(1);
         let state = Arc::new(State::new(options));
         let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
-            .workers(workers)
-            .disable_signals()
-            .shutdown_timeout(0)
-            .bind(addr)?;
+        // Requests may carry images: take bodies as large as the real APIs do (OpenAI's is
+        // larger than 20 MiB), not actix-web's default of 256 KiB.
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(MAX_REQUEST_BYTES))
+                .configure(routes)
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(0)
+        .bind(addr)?;
         let addr = server.addrs()[0];
         let server = server.run();
         let handle = server.handle();

@@ -26,6 +26,7 @@ fn encode(c: &mut Criterion) {
                     model: black_box("mock").into(),
                     stream_id: None,
                     seq: black_box(17),
+                    tool_call: None,
                 },
             }
             .to_json()

@@ -12,6 +12,8 @@ use crate::ErrorReason;
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
 
 /// Every message a client may send, as documented in `docs/PROTOCOL.md`.
+// `chat` is nearly every frame; boxing its payload would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
@@ -55,10 +57,12 @@ pub struct ResumePayload {
     pub after_seq: Option<u64>,
 }
 
-/// The payload of a `chat` request. Only `content` is required (the seed's shape).
+/// The payload of a `chat` request. `content` alone is the seed's shape; everything else is
+/// optional. A request needs `content` or `messages`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatPayload {
-    /// The user's new message.
+    /// The user's new message, sent after `messages`.
+    #[serde(default)]
     pub content: String,
     /// Model name from `GET /v1/models`; empty or absent means `mock`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,13 +70,42 @@ pub struct ChatPayload {
     /// System prompt placed before the history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
-    /// Earlier turns of the conversation, oldest first.
+    /// Earlier turns of the conversation, oldest first (or the whole conversation, without
+    /// `content`): text or content parts, assistant tool calls, tool results.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<ChatMessage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// `low`, `medium` or `high`, for models that reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// The end user, for the upstream's abuse monitoring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Functions the model may call; its calls come as `chat` frames of type `tool_call`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoiceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// The shape of the answer: `{"type":"json_object"}` or
+    /// `{"type":"json_schema","json_schema":{"name","schema","strict"?}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormatSpec>,
     /// Continue (or start) this stored conversation: its history is sent to the model before
     /// `content`, and both the question and the answer are stored in it. A UUID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,10 +115,121 @@ pub struct ChatPayload {
 /// One earlier turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatMessage {
-    pub role: Role,
-    pub content: String,
+    pub role: MessageRole,
+    /// Text, or content parts (text and images).
+    #[serde(default)]
+    pub content: MessageContent,
+    /// The assistant's tool calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallSpec>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
+/// Who wrote a message of `messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageRole {
+    System,
+    User,
+    Assistant,
+    /// The result of a tool call (`tool_call_id`).
+    Tool,
+}
+
+/// A message's content: text (the seed's shape) or parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+impl Default for MessageContent {
+    fn default() -> Self {
+        MessageContent::Text(String::new())
+    }
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text {
+        text: String,
+    },
+    /// An image by `http(s)` URL or `data:<type>;base64,<data>` URL.
+    ImageUrl {
+        image_url: ImageUrl,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ImageUrl {
+    pub url: String,
+    /// `low`, `high` or `auto` (OpenAI's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A tool call the assistant made, as an earlier turn gives it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolCallSpec {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema object for the arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+}
+
+/// `"auto"`, `"none"`, `"required"`, or `{"name": "..."}` for one tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ToolChoiceSpec {
+    Mode(ToolChoiceMode),
+    Tool { name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoiceMode {
+    Auto,
+    None,
+    Required,
+}
+
+/// The shape the answer must have (OpenAI's `response_format`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormatSpec {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaSpec },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JsonSchemaSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub schema: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// A stored conversation's roles (the history kept with `conversation_id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -101,6 +245,8 @@ pub struct CancelPayload {
 }
 
 /// A decoded client frame, ready for the session to act on.
+// As for `ClientMessage`: the chat variant is the common one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
     Chat {
@@ -351,6 +497,46 @@ mod tests {
             decode_client_frame(&frame).unwrap_err().1,
             DecodeError::InvalidPayload(_)
         ));
+    }
+
+    #[test]
+    fn messages_with_parts_and_tools_decode() {
+        let f = decode_client_frame(
+            r#"{"type":"chat","payload":{"model":"gpt","messages":[
+                {"role":"user","content":[{"type":"text","text":"hi"},
+                    {"type":"image_url","image_url":{"url":"data:image/png;base64,AA=="}}]},
+                {"role":"assistant","tool_calls":[{"id":"c1","name":"f","arguments":"{}"}]},
+                {"role":"tool","tool_call_id":"c1","content":"ok"}],
+                "tools":[{"name":"f","parameters":{"type":"object"}}],
+                "tool_choice":{"name":"f"},"seed":3,"stop":["END"],
+                "response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}}}"#,
+        )
+        .unwrap();
+        let ClientFrame::Chat { payload, .. } = f else {
+            panic!("a chat frame")
+        };
+        assert_eq!(payload.messages.len(), 3);
+        assert!(matches!(
+            &payload.messages[0].content,
+            MessageContent::Parts(p) if p.len() == 2
+        ));
+        assert_eq!(payload.messages[1].tool_calls[0].id, "c1");
+        assert_eq!(payload.messages[2].role, MessageRole::Tool);
+        assert_eq!(
+            payload.tool_choice,
+            Some(ToolChoiceSpec::Tool { name: "f".into() })
+        );
+        assert!(matches!(
+            payload.response_format,
+            Some(ResponseFormatSpec::JsonSchema { .. })
+        ));
+        // The seed's message shape still decodes.
+        let f = decode_client_frame(
+            r#"{"type":"chat","payload":{"content":"x","messages":[{"role":"user","content":"a"}]}}"#,
+        )
+        .unwrap();
+        assert!(matches!(f, ClientFrame::Chat { payload, .. }
+            if payload.messages[0].content == MessageContent::Text("a".into())));
     }
 
     #[test]

@@ -13,11 +13,13 @@ mod server;
 
 pub use client::{
     decode_client_frame, CancelPayload, ChatMessage, ChatPayload, ClientFrame, ClientMessage,
-    DecodeError, ResumePayload, Role, MAX_REQUEST_ID_BYTES,
+    ContentPart, DecodeError, ImageUrl, JsonSchemaSpec, MessageContent, MessageRole,
+    ResponseFormatSpec, ResumePayload, Role, ToolCallSpec, ToolChoiceMode, ToolChoiceSpec,
+    ToolSpec, MAX_REQUEST_ID_BYTES,
 };
 pub use server::{
     ChunkKind, ChunkPayload, DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason,
-    ServerMessage, SessionLimits, SystemEvent, SystemPayload, Usage,
+    ServerMessage, SessionLimits, SystemEvent, SystemPayload, ToolCallPiece, Usage,
 };
 
 /// Protocol revision announced in the `system` welcome frame.

@@ -50,6 +50,21 @@ pub struct ChunkPayload<'a> {
     /// The answer's id for `resume`: on its first frame (`seq` 0) only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_id: Option<Cow<'a, str>>,
+    /// Which tool call a `tool_call` chunk belongs to; its `content` is the next piece of that
+    /// call's arguments (JSON text, to be joined in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<ToolCallPiece<'a>>,
+}
+
+/// The call a `tool_call` chunk continues. Its first chunk carries `id` and `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ToolCallPiece<'a> {
+    /// Which call of this answer, from 0.
+    pub index: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Cow<'a, str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -57,6 +72,8 @@ pub struct ChunkPayload<'a> {
 pub enum ChunkKind {
     Reasoning,
     Text,
+    /// A piece of a tool call (see `tool_call`).
+    ToolCall,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -90,6 +107,8 @@ pub enum FinishReason {
     Stop,
     /// The answer hit `max_tokens` or the provider's length limit.
     Length,
+    /// The model stopped to have its tool calls run; answer them with `tool` messages.
+    ToolCalls,
     /// The client sent `cancel`.
     Cancelled,
     /// An `error` frame for this request came just before.
@@ -101,6 +120,10 @@ pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// The upstream reported no usage (or only part of it): the gateway counted the tokens
+    /// itself. Absent when the figures are the upstream's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -204,6 +227,7 @@ mod tests {
                 model: "mock".into(),
                 seq: 0,
                 stream_id: None,
+                tool_call: None,
             },
         };
         assert_eq!(

@@ -12,7 +12,7 @@
 use std::{sync::Arc, time::Duration};
 
 use ai_gateway_actors::answer::{
-    Ending, Journal, Remote, RemoteAnswer, SharedJournals, SharedWriter,
+    Ending, Journal, Remote, RemoteAnswer, SharedJournals, SharedWriter, ToolCallDelta,
 };
 use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 use deadpool_redis::redis;
@@ -40,10 +40,13 @@ struct Meta {
     node: String,
 }
 
+/// A tool call piece: index, and on its first piece the call's id and name.
+type Call = (u32, Option<String>, Option<String>);
+
 #[derive(Serialize, Deserialize)]
 struct Batch {
     s: u64,
-    c: Vec<(char, String)>,
+    c: Vec<(char, String, Option<Call>)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,12 +62,14 @@ fn kind_code(kind: ChunkKind) -> char {
     match kind {
         ChunkKind::Reasoning => 'r',
         ChunkKind::Text => 't',
+        ChunkKind::ToolCall => 'c',
     }
 }
 
 fn kind_of(code: char) -> ChunkKind {
     match code {
         'r' => ChunkKind::Reasoning,
+        'c' => ChunkKind::ToolCall,
         _ => ChunkKind::Text,
     }
 }
@@ -98,10 +103,13 @@ struct RedisWriter {
 }
 
 impl SharedWriter for RedisWriter {
-    fn append(&self, first_seq: u64, chunks: Vec<(ChunkKind, String)>) {
+    fn append(&self, first_seq: u64, chunks: Vec<(ChunkKind, String, Option<ToolCallDelta>)>) {
         let batch = Batch {
             s: first_seq,
-            c: chunks.into_iter().map(|(k, t)| (kind_code(k), t)).collect(),
+            c: chunks
+                .into_iter()
+                .map(|(k, t, call)| (kind_code(k), t, call.map(|c| (c.index, c.id, c.name))))
+                .collect(),
         };
         let json = serde_json::to_string(&batch).expect("batches serialize");
         let _ = self.tx.send(Write::Entry("b", json));
@@ -169,10 +177,11 @@ fn pieces_of(entries: &Entries, after: &mut Option<u64>, out: &mut Vec<Remote>) 
                 let Ok(batch) = serde_json::from_str::<Batch>(value) else {
                     continue;
                 };
-                for (i, (kind, text)) in batch.c.into_iter().enumerate() {
+                for (i, (kind, text, call)) in batch.c.into_iter().enumerate() {
                     let seq = batch.s + i as u64;
                     if after.is_none_or(|a| seq > a) {
-                        out.push(Remote::Chunk(seq, kind_of(kind), text));
+                        let call = call.map(|(index, id, name)| ToolCallDelta { index, id, name });
+                        out.push(Remote::Chunk(seq, kind_of(kind), text, call));
                         *after = Some(seq);
                     }
                 }

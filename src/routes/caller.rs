@@ -1,4 +1,5 @@
-//! The authenticated caller of a REST endpoint: `Authorization: Bearer <token or API key>`.
+//! The authenticated caller of a REST endpoint: `Authorization: Bearer <token or API key>`, or
+//! `x-api-key` (Anthropic's SDKs).
 
 use std::{future::Future, pin::Pin};
 
@@ -37,14 +38,13 @@ pub fn session_of(
 /// Extracts and checks the bearer credential; a handler that takes a `Caller` needs one.
 pub struct Caller(pub Principal);
 
-/// The bearer credential of a request, if any.
+/// The bearer credential of a request, if any. The scheme is case-insensitive (RFC 9110):
+/// `bearer`, `BEARER` and `Bearer` all work.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl FromRequest for Caller {
@@ -53,7 +53,16 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let presented = bearer(req).map(str::to_owned);
+        // Anthropic's SDKs send their key as `x-api-key`.
+        let presented = bearer(req)
+            .or_else(|| {
+                req.headers()
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+            })
+            .map(str::to_owned);
         let req = req.clone();
         Box::pin(async move {
             let Some(state) = state else {

@@ -3,6 +3,7 @@
 
 mod account;
 mod admin;
+mod anthropic;
 mod caller;
 mod chat;
 mod conversations;
@@ -18,9 +19,12 @@ use std::{
 
 use actix::Addr;
 use actix_web::{
+    body::{BoxBody, MessageBody},
+    dev::{ServiceRequest, ServiceResponse},
     error::{JsonPayloadError, PayloadError},
-    http::StatusCode,
-    middleware, web, HttpResponse, ResponseError,
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    web, HttpResponse, ResponseError,
 };
 use ai_gateway_actors::{Router, SessionEnv, SessionRegistry};
 use serde_json::json;
@@ -122,6 +126,7 @@ pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                 .app_data(web::QueryConfig::default().error_handler(|err, _| {
                     ApiError::new(StatusCode::BAD_REQUEST, err.to_string()).into()
                 }))
+                .wrap(middleware::from_fn(v1_errors))
                 .wrap(pages::cors(&origins))
                 .wrap(middleware::from_fn(pages::security_headers))
                 .configure(|cfg| configure(cfg, small_body))
@@ -166,10 +171,79 @@ fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
         .route("/v1/usage", web::get().to(conversations::usage))
         .route("/v1/models", web::get().to(openai::models))
         .route("/v1/chat/completions", web::post().to(openai::completions))
+        .route("/v1/messages", web::post().to(anthropic::messages))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
         .configure(admin::configure);
+}
+
+/// Every error under `/v1/` in OpenAI's shape, `{"error": {"message", "type", "param",
+/// "code"}}`, whatever produced it (authentication, a body too large or unreadable, a rate
+/// limit, a route that does not exist), so that OpenAI SDKs read it; under `/v1/messages` in
+/// Anthropic's, `{"type": "error", "error": {"type", "message"}}`. The seed's endpoints keep
+/// `{"error": message}`.
+async fn v1_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let v1 = req.path().starts_with("/v1/");
+    let anthropic_shape = req.path().starts_with("/v1/messages");
+    let res = next.call(req).await?;
+    let status = res.status();
+    if !v1 || !(status.is_client_error() || status.is_server_error()) {
+        return Ok(res.map_into_boxed_body());
+    }
+    let (req, res) = res.into_parts();
+    let (res, body) = res.into_parts();
+    let bytes = actix_web::body::to_bytes(body).await.unwrap_or_default();
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    let body = match parsed {
+        // Already in the front's shape (its handler wrote it).
+        Some(v) if v["error"].is_object() => v,
+        other => {
+            let message = other
+                .as_ref()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| {
+                    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+                    if text.is_empty() {
+                        status.canonical_reason().unwrap_or("error").to_owned()
+                    } else {
+                        text
+                    }
+                });
+            if anthropic_shape {
+                anthropic::error_body(status, &message)
+            } else {
+                openai_error_body(status, &message)
+            }
+        }
+    };
+    let mut res = res.set_body(BoxBody::new(body.to_string()));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(ServiceResponse::new(req, res))
+}
+
+/// OpenAI's error body for `status`: its `type`, and a `code` for the statuses SDKs know.
+pub fn openai_error_body(status: StatusCode, message: &str) -> serde_json::Value {
+    let code = match status.as_u16() {
+        401 => Some("invalid_api_key"),
+        403 => Some("permission_denied"),
+        404 => Some("not_found"),
+        413 => Some("request_too_large"),
+        429 => Some("rate_limit_exceeded"),
+        _ => None,
+    };
+    json!({"error": {
+        "message": message,
+        "type": openai::error_type(status.as_u16()),
+        "param": null,
+        "code": code,
+    }})
 }
 
 /// An HTTP error answered as `{"error": message}`, the seed's shape.

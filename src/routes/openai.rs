@@ -12,14 +12,18 @@ use std::{
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use ai_gateway_actors::{
-    provider::Finish, ChatRequest, Chunk, ChunkSink, FlowControl, Front, ProviderError,
-    ProviderRequest, Refusal, RequestStart, StreamEvent,
+    provider::{
+        chat::joined_tool_calls, Finish, ImageSource, Message, Part, ResponseFormat, Role, Tool,
+        ToolCall, ToolCallDelta, ToolChoice,
+    },
+    ChatRequest, Chunk, ChunkSink, FlowControl, Front, ProviderError, ProviderRequest, Refusal,
+    RequestStart, StreamEvent,
 };
-use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Role, Usage};
+use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{AppState, Caller};
@@ -27,7 +31,7 @@ use super::{AppState, Caller};
 /// Microseconds the gateway added to the first chunk (provider's chunk to response start).
 pub const ADDED_LATENCY_HEADER: &str = "x-gateway-first-chunk-added-us";
 
-/// An error in OpenAI's shape: `{"error": {"message", "type", "code"}}`.
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct OpenAiError {
@@ -35,18 +39,26 @@ pub struct OpenAiError {
     kind: &'static str,
     code: String,
     message: String,
+    param: Option<String>,
     retry_after_secs: Option<u64>,
+}
+
+/// OpenAI's error `type` for an HTTP status.
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    }
 }
 
 impl OpenAiError {
     fn new(reason: ErrorReason, message: impl Into<String>) -> Self {
         let status =
             StatusCode::from_u16(reason.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let kind = match status.as_u16() {
-            400 | 404 | 409 | 415 => "invalid_request_error",
-            429 => "rate_limit_error",
-            _ => "server_error",
-        };
+        let kind = error_type(status.as_u16());
         let code = serde_json::to_value(reason)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -56,12 +68,21 @@ impl OpenAiError {
             kind,
             code,
             message: message.into(),
+            param: None,
             retry_after_secs: None,
         }
     }
 
+    fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
     fn of_provider(e: &ProviderError) -> Self {
         let mut err = OpenAiError::new(e.reason(), e.to_string());
+        if let ProviderError::Unsupported { param, .. } = e {
+            err.param = Some(param.clone());
+        }
         if let ProviderError::RateLimited {
             retry_after_ms: Some(ms),
             ..
@@ -73,7 +94,9 @@ impl OpenAiError {
     }
 
     fn body(&self) -> Value {
-        json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})
+        json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }})
     }
 }
 
@@ -91,20 +114,34 @@ impl ResponseError for OpenAiError {
     }
 }
 
+/// OpenAI's chat completion request. Fields the gateway does not know are kept in `extra` and
+/// reach OpenAI-compatible upstreams unchanged; other upstreams refuse them by name.
 #[derive(Deserialize)]
 pub struct CompletionRequest {
     model: String,
     messages: Vec<InMessage>,
     #[serde(default)]
     stream: bool,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    max_tokens: Option<u32>,
-    #[serde(default)]
-    max_completion_tokens: Option<u32>,
-    #[serde(default)]
     stream_options: Option<StreamOptions>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<i64>,
+    stop: Option<Stop>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    reasoning_effort: Option<String>,
+    user: Option<String>,
+    #[serde(default)]
+    tools: Vec<InTool>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    response_format: Option<Value>,
+    /// Asking for more than one choice: only `1` is served.
+    n: Option<u32>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -114,52 +151,247 @@ struct StreamOptions {
 }
 
 #[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
 struct InMessage {
     role: String,
-    content: Content,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Vec<InToolCall>,
+    tool_call_id: Option<String>,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Content {
     Text(String),
-    Parts(Vec<Part>),
+    Parts(Vec<Value>),
 }
 
 #[derive(Deserialize)]
-struct Part {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    text: String,
+struct InToolCall {
+    id: String,
+    function: InFunctionCall,
 }
 
-fn to_messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, OpenAiError> {
-    let bad = |m: String| OpenAiError::new(ErrorReason::InvalidPayload, m);
+#[derive(Deserialize)]
+struct InFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+#[derive(Deserialize)]
+struct InTool {
+    #[serde(rename = "type")]
+    kind: String,
+    function: InFunction,
+}
+
+#[derive(Deserialize)]
+struct InFunction {
+    name: String,
+    description: Option<String>,
+    parameters: Option<Value>,
+    strict: Option<bool>,
+}
+
+fn bad(param: impl Into<String>, message: impl Into<String>) -> OpenAiError {
+    OpenAiError::new(ErrorReason::InvalidPayload, message).with_param(param)
+}
+
+fn to_parts(i: usize, content: Option<Content>) -> Result<Vec<Part>, OpenAiError> {
+    match content {
+        None => Ok(Vec::new()),
+        Some(Content::Text(t)) => Ok(vec![Part::Text(t)]),
+        Some(Content::Parts(parts)) => parts
+            .into_iter()
+            .enumerate()
+            .map(|(j, p)| {
+                let param = format!("messages[{i}].content[{j}]");
+                match p["type"].as_str() {
+                    Some("text") => match p["text"].as_str() {
+                        Some(t) => Ok(Part::Text(t.to_owned())),
+                        None => Err(bad(param, "a text part needs `text`")),
+                    },
+                    Some("image_url") => {
+                        let image = &p["image_url"];
+                        let url = image["url"].as_str().or(image.as_str());
+                        match url {
+                            Some(url) => Ok(Part::Image {
+                                source: ImageSource::from_url(url),
+                                detail: image["detail"].as_str().map(str::to_owned),
+                            }),
+                            None => Err(bad(param, "an image_url part needs `image_url.url`")),
+                        }
+                    }
+                    other => Err(bad(
+                        format!("{param}.type"),
+                        format!(
+                            "content parts of type {} are not supported (text and image_url are)",
+                            other.map_or("(none)".to_owned(), |t| format!("{t:?}"))
+                        ),
+                    )),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn to_messages(input: Vec<InMessage>) -> Result<Vec<Message>, OpenAiError> {
     input
         .into_iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let role = match m.role.as_str() {
                 "system" | "developer" => Role::System,
                 "user" => Role::User,
                 "assistant" => Role::Assistant,
-                other => return Err(bad(format!("messages: role {other:?} is not supported"))),
-            };
-            let content = match m.content {
-                Content::Text(t) => t,
-                Content::Parts(parts) => {
-                    if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                        return Err(bad(format!(
-                            "messages: content type {:?} is not supported",
-                            p.kind
-                        )));
-                    }
-                    parts.into_iter().map(|p| p.text).collect()
+                "tool" => Role::Tool,
+                other => {
+                    return Err(bad(
+                        format!("messages[{i}].role"),
+                        format!("messages: role {other:?} is not supported"),
+                    ))
                 }
             };
-            Ok(ChatMessage { role, content })
+            if role == Role::Tool && m.tool_call_id.is_none() {
+                return Err(bad(
+                    format!("messages[{i}].tool_call_id"),
+                    "a tool message needs `tool_call_id`",
+                ));
+            }
+            Ok(Message {
+                role,
+                content: to_parts(i, m.content)?,
+                tool_calls: m
+                    .tool_calls
+                    .into_iter()
+                    .map(|c| ToolCall {
+                        id: c.id,
+                        name: c.function.name,
+                        arguments: c.function.arguments,
+                    })
+                    .collect(),
+                tool_call_id: m.tool_call_id,
+                name: m.name,
+            })
         })
         .collect()
+}
+
+fn to_tools(tools: Vec<InTool>) -> Result<Vec<Tool>, OpenAiError> {
+    tools
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.kind != "function" {
+                return Err(bad(
+                    format!("tools[{i}].type"),
+                    format!("tools of type {:?} are not supported", t.kind),
+                ));
+            }
+            Ok(Tool {
+                name: t.function.name,
+                description: t.function.description,
+                parameters: t
+                    .function
+                    .parameters
+                    .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                strict: t.function.strict,
+            })
+        })
+        .collect()
+}
+
+fn to_tool_choice(v: Value) -> Result<ToolChoice, OpenAiError> {
+    match &v {
+        Value::String(s) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            _ => Err(bad("tool_choice", format!("unknown tool_choice {s:?}"))),
+        },
+        _ => match v["function"]["name"].as_str() {
+            Some(name) => Ok(ToolChoice::Tool(name.to_owned())),
+            None => Err(bad(
+                "tool_choice",
+                "tool_choice must be auto, none, required or {\"type\":\"function\",\"function\":{\"name\"}}",
+            )),
+        },
+    }
+}
+
+fn to_response_format(v: Value) -> Result<ResponseFormat, OpenAiError> {
+    match v["type"].as_str() {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let s = &v["json_schema"];
+            let Some(name) = s["name"].as_str() else {
+                return Err(bad(
+                    "response_format.json_schema.name",
+                    "json_schema needs a name",
+                ));
+            };
+            Ok(ResponseFormat::JsonSchema {
+                name: name.to_owned(),
+                description: s["description"].as_str().map(str::to_owned),
+                schema: s
+                    .get("schema")
+                    .cloned()
+                    .unwrap_or_else(|| json!({"type": "object"})),
+                strict: s["strict"].as_bool(),
+            })
+        }
+        other => Err(bad(
+            "response_format.type",
+            format!("response_format type {other:?} is not supported"),
+        )),
+    }
+}
+
+impl CompletionRequest {
+    /// The neutral request, less its span and upstream model.
+    fn into_request(self) -> Result<ProviderRequest, OpenAiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(bad("n", "only n = 1 is supported"));
+        }
+        let messages = to_messages(self.messages)?;
+        if messages.is_empty() {
+            return Err(bad("messages", "messages must not be empty"));
+        }
+        Ok(ProviderRequest {
+            model: self.model,
+            messages,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: match self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(v)) => v,
+            },
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            reasoning_effort: self.reasoning_effort,
+            user: self.user,
+            tools: to_tools(self.tools)?,
+            tool_choice: self.tool_choice.map(to_tool_choice).transpose()?,
+            parallel_tool_calls: self.parallel_tool_calls,
+            response_format: self.response_format.map(to_response_format).transpose()?,
+            extra: self.extra,
+            ..ProviderRequest::default()
+        })
+    }
 }
 
 /// `GET /v1/models`
@@ -181,15 +413,15 @@ fn unix_now() -> u64 {
 }
 
 /// A piece of a running answer, as the HTTP front writes it.
-enum Piece {
+pub(super) enum Piece {
     Chunk(Chunk),
     End(Result<Finish, ProviderError>),
 }
 
 /// A running answer: the request (its accounting and stream) and the channel its events come
 /// out of. Dropping it before the end (the client went away) cancels the request.
-struct Answer {
-    request: ChatRequest,
+pub(super) struct Answer {
+    pub request: ChatRequest,
     events: UnboundedReceiver<StreamEvent>,
     flow: Arc<FlowControl>,
     ready: VecDeque<Piece>,
@@ -209,7 +441,7 @@ impl Answer {
     }
 
     /// The next piece, waiting for it; `None` if the stream stopped without an end.
-    async fn next(&mut self) -> Option<Piece> {
+    pub(super) async fn next(&mut self) -> Option<Piece> {
         loop {
             if let Some(piece) = self.ready.pop_front() {
                 return Some(piece);
@@ -220,7 +452,7 @@ impl Answer {
     }
 
     /// The next piece if one is already here.
-    fn next_ready(&mut self) -> Option<Piece> {
+    pub(super) fn next_ready(&mut self) -> Option<Piece> {
         loop {
             if let Some(piece) = self.ready.pop_front() {
                 return Some(piece);
@@ -230,8 +462,11 @@ impl Answer {
         }
     }
 
-    /// Ends the request as its stream said, answering the error to report if it failed.
-    fn end(&mut self, end: Result<Finish, ProviderError>) -> Result<Finish, OpenAiError> {
+    /// Ends the request as its stream said.
+    pub(super) fn finish(
+        &mut self,
+        end: Result<Finish, ProviderError>,
+    ) -> Result<Finish, ProviderError> {
         match end {
             Ok(finish) => {
                 self.request.finish(finish.reason, finish.usage);
@@ -239,15 +474,19 @@ impl Answer {
             }
             Err(e) => {
                 self.request.failed(&e);
-                Err(OpenAiError::of_provider(&e))
+                Err(e)
             }
         }
     }
 
+    /// Ends the request as its stream said, answering the error to report if it failed.
+    fn end(&mut self, end: Result<Finish, ProviderError>) -> Result<Finish, OpenAiError> {
+        self.finish(end).map_err(|e| OpenAiError::of_provider(&e))
+    }
+
     /// The stream stopped without saying how it ended.
-    fn broken(&mut self) -> OpenAiError {
+    pub(super) fn broken(&mut self) {
         self.request.finish(FinishReason::Error, Usage::default());
-        OpenAiError::new(ErrorReason::Internal, "the stream ended early")
     }
 }
 
@@ -260,34 +499,74 @@ impl Drop for Answer {
 fn finish_reason_str(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
         _ => "stop",
     }
 }
 
-/// `POST /v1/chat/completions`
-pub async fn completions(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    caller: Caller,
-    body: web::Json<CompletionRequest>,
-) -> Result<HttpResponse, OpenAiError> {
-    let body = body.into_inner();
-    let principal = caller.0;
-    let messages = to_messages(body.messages)?;
-    if messages.is_empty() {
-        return Err(OpenAiError::new(
-            ErrorReason::InvalidPayload,
-            "messages must not be empty",
-        ));
+/// A tool-call piece as a streamed `delta.tool_calls` entry.
+fn tool_call_delta(c: &Chunk) -> Value {
+    let d = c.tool_call.as_deref().cloned().unwrap_or(ToolCallDelta {
+        index: 0,
+        id: None,
+        name: None,
+    });
+    let mut function = json!({"arguments": c.text});
+    if let Some(name) = &d.name {
+        function["name"] = json!(name);
     }
+    let mut call = json!({"index": d.index, "function": function});
+    if let Some(id) = &d.id {
+        call["id"] = json!(id);
+        call["type"] = json!("function");
+    }
+    json!({"tool_calls": [call]})
+}
+
+/// A request the HTTP fronts have started: its answer, the answer's first piece, and what the
+/// gateway added to that piece (microseconds).
+pub(super) struct Begun {
+    pub answer: Answer,
+    pub first: Piece,
+    pub added_us: u64,
+    pub model: String,
+}
+
+/// Why an HTTP front's request produced nothing: refused, failed before its first piece, or
+/// its stream stopped without an end.
+pub(super) enum Failure {
+    Refused(Refusal),
+    Provider(ProviderError),
+    Broken,
+}
+
+impl From<Failure> for OpenAiError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Refused(r) => OpenAiError::new(r.reason, r.message),
+            Failure::Provider(e) => OpenAiError::of_provider(&e),
+            Failure::Broken => OpenAiError::new(ErrorReason::Internal, "the stream ended early"),
+        }
+    }
+}
+
+/// Runs `provider_request` for `principal` through the engine (admission, limits, the
+/// provider stream) up to its first piece, so that a failure before anything was sent is an
+/// HTTP status.
+pub(super) async fn begin(
+    req: &HttpRequest,
+    state: &AppState,
+    principal: crate::access::Principal,
+    mut provider_request: ProviderRequest,
+) -> Result<Begun, Failure> {
     let session = super::caller::session_of(
         principal,
         format!("http-{}", uuid::Uuid::new_v4().simple()),
-        &state,
-        &req,
+        state,
+        req,
     );
     let request_id = session.session_id.to_string();
-    let model = body.model;
+    let model = provider_request.model.clone();
     let span = tracing::info_span!(
         "chat_request",
         request.id = %request_id,
@@ -301,19 +580,14 @@ pub async fn completions(
         finish_reason = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    ai_gateway_actors::trace::adopt(&span, &super::chat::trace_headers(&req));
+    ai_gateway_actors::trace::adopt(&span, &super::chat::trace_headers(req));
     ai_gateway_actors::trace::record_trace_id(&span);
     let start = RequestStart {
         session: session.clone(),
         request_id: request_id.clone(),
-        request: ProviderRequest {
-            model: model.clone(),
-            upstream_model: String::new(),
-            system: None,
-            messages,
-            temperature: body.temperature,
-            max_tokens: body.max_completion_tokens.or(body.max_tokens),
-            span: span.clone(),
+        request: {
+            provider_request.span = span.clone();
+            provider_request
         },
         conversation_id: None,
     };
@@ -333,7 +607,7 @@ pub async fn completions(
     let (sink, events) = ChunkSink::channel(0, flow.clone());
     let refused = |request: ChatRequest, refusal: Refusal| {
         request.refused();
-        OpenAiError::new(refusal.reason, refusal.message)
+        Failure::Refused(refusal)
     };
     let admission = match engine.clone().admit(start).await {
         Ok(admission) => admission,
@@ -354,9 +628,15 @@ pub async fn completions(
     // Nothing is sent before the first piece, so an upstream that fails at once gets a proper
     // HTTP error status instead of a broken 200.
     let first = match answer.next().await {
-        Some(Piece::End(Err(e))) => return Err(answer.end(Err(e)).unwrap_err()),
+        Some(Piece::End(Err(e))) => {
+            answer.request.failed(&e);
+            return Err(Failure::Provider(e));
+        }
         Some(piece) => piece,
-        None => return Err(answer.broken()),
+        None => {
+            answer.broken();
+            return Err(Failure::Broken);
+        }
     };
     // What the gateway added to the first chunk: from the provider producing it to now, when
     // the response starts.
@@ -364,10 +644,40 @@ pub async fn completions(
         Piece::Chunk(c) => c.produced_at.elapsed().as_micros() as u64,
         Piece::End(_) => 0,
     };
+    Ok(Begun {
+        answer,
+        first,
+        added_us,
+        model,
+    })
+}
+
+/// `POST /v1/chat/completions`
+pub async fn completions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<CompletionRequest>,
+) -> Result<HttpResponse, OpenAiError> {
+    let body = body.into_inner();
+    let principal = caller.0;
+    let stream = body.stream;
+    let include_usage = body
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let provider_request = body.into_request()?;
+    let Begun {
+        mut answer,
+        first,
+        added_us,
+        model,
+    } = begin(&req, &state, principal, provider_request)
+        .await
+        .map_err(OpenAiError::from)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = unix_now();
-    if body.stream {
-        let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
+    if stream {
         let stream = SseStream {
             inner: Box::pin(sse_events(answer, first, id, created, model, include_usage)),
         };
@@ -379,6 +689,7 @@ pub async fn completions(
     }
 
     let (mut content, mut reasoning) = (String::new(), String::new());
+    let mut calls: Vec<(ToolCallDelta, String)> = Vec::new();
     let mut next = Some(first);
     loop {
         match next {
@@ -387,13 +698,33 @@ pub async fn completions(
                 match chunk.kind {
                     ChunkKind::Text => content.push_str(&chunk.text),
                     ChunkKind::Reasoning => reasoning.push_str(&chunk.text),
+                    ChunkKind::ToolCall => {
+                        if let Some(d) = chunk.tool_call {
+                            calls.push((*d, chunk.text));
+                        }
+                    }
                 }
             }
             Some(Piece::End(end)) => {
                 let Finish { reason, usage } = answer.end(end)?;
+                let calls = joined_tool_calls(&calls);
+                let content = if content.is_empty() && !calls.is_empty() {
+                    Value::Null
+                } else {
+                    json!(content)
+                };
                 let mut message = json!({"role": "assistant", "content": content});
                 if !reasoning.is_empty() {
                     message["reasoning_content"] = json!(reasoning);
+                }
+                if !calls.is_empty() {
+                    message["tool_calls"] = calls
+                        .iter()
+                        .map(|c| {
+                            json!({"id": c.id, "type": "function",
+                                "function": {"name": c.name, "arguments": c.arguments}})
+                        })
+                        .collect();
                 }
                 return Ok(HttpResponse::Ok()
                     .insert_header((ADDED_LATENCY_HEADER, added_us.to_string()))
@@ -403,7 +734,10 @@ pub async fn completions(
                     "usage": usage,
                 })));
             }
-            None => return Err(answer.broken()),
+            None => {
+                answer.broken();
+                return Err(Failure::Broken.into());
+            }
         }
         next = answer.next().await;
     }
@@ -411,9 +745,9 @@ pub async fn completions(
 
 /// Events already waiting are written together, up to this many bytes: one socket write
 /// instead of one per event, and no waiting for events that have not come.
-const SSE_BATCH_BYTES: usize = 16 * 1024;
+pub(super) const SSE_BATCH_BYTES: usize = 16 * 1024;
 
-fn push_sse(out: &mut BytesMut, v: &Value) {
+pub(super) fn push_sse(out: &mut BytesMut, v: &Value) {
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(v.to_string().as_bytes());
     out.extend_from_slice(b"\n\n");
@@ -445,6 +779,7 @@ fn sse_events(
                     let delta = match c.kind {
                         ChunkKind::Text => json!({"content": c.text}),
                         ChunkKind::Reasoning => json!({"reasoning_content": c.text}),
+                        ChunkKind::ToolCall => tool_call_delta(&c),
                     };
                     chunk(&mut out, delta, None);
                 }
@@ -467,8 +802,8 @@ fn sse_events(
                     break;
                 }
                 None => {
-                    let e = answer.broken();
-                    push_sse(&mut out, &e.body());
+                    answer.broken();
+                    push_sse(&mut out, &OpenAiError::from(Failure::Broken).body());
                     yield out.split().freeze();
                     break;
                 }
@@ -487,8 +822,8 @@ fn sse_events(
     }
 }
 
-struct SseStream<S> {
-    inner: Pin<Box<S>>,
+pub(super) struct SseStream<S> {
+    pub inner: Pin<Box<S>>,
 }
 
 impl<S: Stream<Item = Bytes>> Stream for SseStream<S> {

@@ -75,7 +75,10 @@ async fn get_with(
 
 fn assert_refused(got: &(u16, Option<u64>, Value), status: u16, what: &str) {
     assert_eq!(got.0, status, "{what}: {got:?}");
-    assert!(got.2["error"].is_string(), "{what}: a JSON error: {got:?}");
+    assert!(
+        error_message(&got.2).is_some(),
+        "{what}: a JSON error: {got:?}"
+    );
     if status == 429 || status == 503 {
         assert!(
             got.1.is_some_and(|s| s >= 1),
@@ -249,7 +252,7 @@ async fn api_keys_per_user_are_capped() {
         for refused in made.iter().filter(|g| g.0 != 201) {
             assert_refused(refused, 409, "a fourth key");
             assert!(
-                refused.2["error"].as_str().unwrap().contains("at most 3"),
+                error_message(&refused.2).unwrap().contains("at most 3"),
                 "{refused:?}"
             );
         }

@@ -72,6 +72,7 @@ fn the_declarations_match_the_protocol_schema() {
         (&server, "SystemPayload"),
         (&server, "SessionLimits"),
         (&server, "Usage"),
+        (&server, "ToolCallPiece"),
     ];
     for (schema, name) in wire {
         let declared = dts

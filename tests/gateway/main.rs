@@ -2,6 +2,7 @@
 
 mod abuse;
 mod admin;
+mod anthropic_front;
 mod auth;
 mod backpressure;
 mod browser;

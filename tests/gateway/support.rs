@@ -437,3 +437,11 @@ pub async fn scrape(t: &TestGateway) -> String {
     assert_eq!(res.status(), 200);
     res.text().await.unwrap()
 }
+
+/// The message of an error body: the seed's `{"error": message}`, or OpenAI's
+/// `{"error": {"message", ...}}` (every `/v1/*` error).
+pub fn error_message(body: &Value) -> Option<&str> {
+    body["error"]
+        .as_str()
+        .or_else(|| body["error"]["message"].as_str())
+}

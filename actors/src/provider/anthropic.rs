@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
-use ai_gateway_proto::{ChunkKind, FinishReason, Role, Usage};
+use ai_gateway_proto::{ChunkKind, FinishReason, Usage};
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use super::{
     http::{self, ErrorDetails, InvalidSettings, Timeouts},
-    ApiKey, ChunkSink, Finish, Provider, ProviderError, ProviderRequest,
+    ApiKey, ChunkSink, Finish, ImageSource, Message, Part, Provider, ProviderError,
+    ProviderRequest, Role, Tool, ToolCallDelta, ToolChoice,
 };
 
 const NAME: &str = "anthropic";
@@ -131,20 +133,135 @@ impl AnthropicProvider {
 struct MessagesRequest<'a> {
     model: &'a str,
     max_tokens: u32,
-    messages: Vec<WireMessage<'a>>,
+    messages: Vec<WireMessage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stop_sequences: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     thinking: Option<Thinking>,
     stream: bool,
 }
 
 #[derive(Serialize)]
-struct WireMessage<'a> {
+struct WireMessage {
     role: &'static str,
-    content: &'a str,
+    /// Content blocks: `text`, `image`, `tool_use`, `tool_result`.
+    content: Vec<Value>,
+}
+
+/// What this API takes of [`super::PARAMS`]; the rest is refused by name.
+pub const SUPPORTED: &[&str] = &[
+    "top_p",
+    "stop",
+    "reasoning_effort",
+    "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "image_url",
+    "tool_messages",
+];
+
+/// An image as a content block: by URL or base64.
+fn image_block(source: &ImageSource) -> Value {
+    match source {
+        ImageSource::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+        ImageSource::Base64 { media_type, data } => json!({"type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data}}),
+    }
+}
+
+/// A message's parts as content blocks; empty text is left out (the API refuses it).
+fn blocks(m: &Message) -> Vec<Value> {
+    m.content
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) if t.is_empty() => None,
+            Part::Text(t) => Some(json!({"type": "text", "text": t})),
+            Part::Image { source, .. } => Some(image_block(source)),
+        })
+        .collect()
+}
+
+/// The messages in this API's form: system turns left out (they join `system`), an assistant's
+/// tool calls as `tool_use` blocks, tool results as `tool_result` blocks of a user turn, and
+/// consecutive turns of one role merged (the API wants every result of a turn's calls in the
+/// one user message after it).
+fn wire_messages(messages: &[Message]) -> Result<Vec<WireMessage>, ProviderError> {
+    let mut out: Vec<WireMessage> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let (role, content) = match m.role {
+            Role::System => continue,
+            Role::User => ("user", blocks(m)),
+            Role::Assistant => {
+                let mut content = blocks(m);
+                for (j, call) in m.tool_calls.iter().enumerate() {
+                    let input: Value = if call.arguments.trim().is_empty() {
+                        json!({})
+                    } else {
+                        serde_json::from_str(&call.arguments).map_err(|e| {
+                            ProviderError::Unsupported {
+                                provider: NAME,
+                                param: format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                                message: format!("the arguments are not JSON: {e}"),
+                            }
+                        })?
+                    };
+                    content.push(json!({"type": "tool_use", "id": call.id,
+                        "name": call.name, "input": input}));
+                }
+                ("assistant", content)
+            }
+            Role::Tool => {
+                let mut result = json!({"type": "tool_result",
+                    "tool_use_id": m.tool_call_id.clone().unwrap_or_default()});
+                let content = blocks(m);
+                if !content.is_empty() {
+                    result["content"] = Value::Array(content);
+                }
+                ("user", vec![result])
+            }
+        };
+        match out.last_mut() {
+            Some(last) if last.role == role => last.content.extend(content),
+            _ => out.push(WireMessage { role, content }),
+        }
+    }
+    Ok(out)
+}
+
+fn wire_tool(t: &Tool) -> Value {
+    let mut tool = json!({"name": t.name, "input_schema": t.parameters});
+    if let Some(d) = &t.description {
+        tool["description"] = json!(d);
+    }
+    tool
+}
+
+/// `tool_choice`, with `disable_parallel_tool_use` for `parallel_tool_calls: false`.
+fn wire_tool_choice(choice: Option<&ToolChoice>, parallel: Option<bool>) -> Option<Value> {
+    let mut c = match choice {
+        None if parallel != Some(false) => return None,
+        None | Some(ToolChoice::Auto) => json!({"type": "auto"}),
+        Some(ToolChoice::None) => return Some(json!({"type": "none"})),
+        Some(ToolChoice::Required) => json!({"type": "any"}),
+        Some(ToolChoice::Tool(name)) => json!({"type": "tool", "name": name}),
+    };
+    if parallel == Some(false) {
+        c["disable_parallel_tool_use"] = json!(true);
+    }
+    Some(c)
 }
 
 #[derive(Serialize)]
@@ -162,9 +279,13 @@ enum StreamEvent {
         message: MessageStart,
     },
     ContentBlockStart {
+        #[serde(default)]
+        index: u32,
         content_block: ContentBlock,
     },
     ContentBlockDelta {
+        #[serde(default)]
+        index: u32,
         delta: BlockDelta,
     },
     MessageDelta {
@@ -197,6 +318,8 @@ enum ContentBlock {
         #[serde(default)]
         thinking: String,
     },
+    /// A call of one of the client's tools (not `server_tool_use`, which the API runs itself).
+    ToolUse { id: String, name: String },
     #[serde(other)]
     Other,
 }
@@ -210,7 +333,13 @@ enum BlockDelta {
     ThinkingDelta {
         thinking: String,
     },
-    /// `signature_delta`, `input_json_delta`, ...: nothing to show.
+    /// A piece of a tool call's input (of a `tool_use` block; a `server_tool_use` block's are
+    /// not the client's).
+    InputJsonDelta {
+        #[serde(default)]
+        partial_json: String,
+    },
+    /// `signature_delta`, ...: nothing to show.
     #[serde(other)]
     Other,
 }
@@ -300,59 +429,67 @@ fn stream_error(error: &WireError) -> ProviderError {
 fn finish_reason(reason: Option<&str>) -> Result<FinishReason, ProviderError> {
     match reason {
         Some("max_tokens") => Ok(FinishReason::Length),
+        Some("tool_use") => Ok(FinishReason::ToolCalls),
         Some("refusal") => Err(ProviderError::Filtered {
             provider: NAME,
             reason: "stop_reason refusal".into(),
         }),
-        // end_turn, stop_sequence, and tool_use / pause_turn, which the gateway never asks for.
+        // end_turn, stop_sequence, pause_turn.
         _ => Ok(FinishReason::Stop),
     }
 }
 
 impl AnthropicProvider {
-    fn body<'a>(&self, request: &'a ProviderRequest) -> MessagesRequest<'a> {
+    fn body<'a>(&self, request: &'a ProviderRequest) -> Result<MessagesRequest<'a>, ProviderError> {
         // The API takes the system prompt apart from the turns; system turns join it.
-        let system: Vec<&str> = request
+        let system: Vec<String> = request
             .system
-            .as_deref()
+            .clone()
             .into_iter()
             .chain(
                 request
                     .messages
                     .iter()
                     .filter(|m| m.role == Role::System)
-                    .map(|m| m.content.as_str()),
+                    .map(|m| m.text_content()),
             )
             .collect();
-        let messages = request
-            .messages
-            .iter()
-            .filter_map(|m| {
-                let role = match m.role {
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                    Role::System => return None,
-                };
-                Some(WireMessage {
-                    role,
-                    content: &m.content,
+        let messages = wire_messages(&request.messages)?;
+        // The client's reasoning effort, as a thinking budget; else the provider's setting.
+        let budget = match request.reasoning_effort.as_deref() {
+            Some("low" | "minimal") => Some(MIN_THINKING_BUDGET_TOKENS),
+            Some("medium") => Some(4096),
+            Some("high") => Some(16384),
+            Some(other) => {
+                return Err(ProviderError::Unsupported {
+                    provider: NAME,
+                    param: "reasoning_effort".into(),
+                    message: format!("{other:?} is not low, medium or high"),
                 })
-            })
-            .collect();
-        let budget = self.settings.thinking_budget_tokens;
+            }
+            None => self.settings.thinking_budget_tokens,
+        };
         let max_tokens = request.max_tokens.unwrap_or(self.settings.max_tokens);
-        MessagesRequest {
+        Ok(MessagesRequest {
             model: &request.upstream_model,
             max_tokens: max_tokens.saturating_add(budget.unwrap_or(0)),
             messages,
             system: (!system.is_empty()).then(|| system.join("\n\n")),
             temperature: request.temperature.filter(|_| budget.is_none()),
+            top_p: request.top_p,
+            stop_sequences: request.stop.clone(),
+            metadata: request.user.as_ref().map(|u| json!({"user_id": u})),
+            tools: request.tools.iter().map(wire_tool).collect(),
+            tool_choice: wire_tool_choice(
+                request.tool_choice.as_ref(),
+                request.parallel_tool_calls,
+            ),
             thinking: budget.map(|budget_tokens| Thinking {
                 kind: "enabled",
                 budget_tokens,
             }),
             stream: true,
-        }
+        })
     }
 
     async fn answer(
@@ -360,23 +497,30 @@ impl AnthropicProvider {
         request: ProviderRequest,
         sink: ChunkSink,
     ) -> Result<Finish, ProviderError> {
+        request.refuse_unsupported(NAME, SUPPORTED)?;
+        let body = self.body(&request)?;
         let http = self
             .client
             .post(&self.url)
             .header("x-api-key", self.settings.api_key.expose())
             .header("anthropic-version", &self.settings.version)
-            .json(&self.body(&request));
+            .json(&body);
         let mut events =
             http::open_events(NAME, self.settings.timeouts(), http, read_error).await?;
         let mut usage = Usage::default();
         let mut stop_reason = None;
+        // The API's block index of each tool_use block, by its index among the answer's calls.
+        let mut calls: Vec<u32> = Vec::new();
         while let Some(event) = events.next(&sink).await? {
             match events.parse::<StreamEvent>(&event)? {
                 StreamEvent::MessageStart { message } => {
                     usage.prompt_tokens = message.usage.input().unwrap_or(0);
                     usage.completion_tokens = message.usage.output_tokens.unwrap_or(0);
                 }
-                StreamEvent::ContentBlockStart { content_block } => match content_block {
+                StreamEvent::ContentBlockStart {
+                    index,
+                    content_block,
+                } => match content_block {
                     ContentBlock::Text { text } => {
                         events.emit(&sink, ChunkKind::Text, Some(text)).await?
                     }
@@ -385,9 +529,18 @@ impl AnthropicProvider {
                             .emit(&sink, ChunkKind::Reasoning, Some(thinking))
                             .await?
                     }
+                    ContentBlock::ToolUse { id, name } => {
+                        let delta = ToolCallDelta {
+                            index: calls.len() as u32,
+                            id: Some(id),
+                            name: Some(name),
+                        };
+                        calls.push(index);
+                        events.emit_tool_call(&sink, delta, String::new()).await?
+                    }
                     ContentBlock::Other => {}
                 },
-                StreamEvent::ContentBlockDelta { delta } => match delta {
+                StreamEvent::ContentBlockDelta { index, delta } => match delta {
                     BlockDelta::TextDelta { text } => {
                         events.emit(&sink, ChunkKind::Text, Some(text)).await?
                     }
@@ -395,6 +548,16 @@ impl AnthropicProvider {
                         events
                             .emit(&sink, ChunkKind::Reasoning, Some(thinking))
                             .await?
+                    }
+                    BlockDelta::InputJsonDelta { partial_json } => {
+                        if let Some(call) = calls.iter().position(|b| *b == index) {
+                            let delta = ToolCallDelta {
+                                index: call as u32,
+                                id: None,
+                                name: None,
+                            };
+                            events.emit_tool_call(&sink, delta, partial_json).await?
+                        }
                     }
                     BlockDelta::Other => {}
                 },
@@ -429,6 +592,10 @@ impl Provider for AnthropicProvider {
         NAME
     }
 
+    fn supported_params(&self) -> &'static [&'static str] {
+        SUPPORTED
+    }
+
     fn stream(
         self: Arc<Self>,
         request: ProviderRequest,
@@ -444,7 +611,7 @@ impl Provider for AnthropicProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ai_gateway_proto::ChatMessage;
+    use crate::provider::Message;
 
     #[test]
     fn settings_need_a_key_and_reject_unknown_fields() {
@@ -465,24 +632,17 @@ mod tests {
             upstream_model: "claude".into(),
             system: Some("be brief".into()),
             messages: vec![
-                ChatMessage {
-                    role: Role::System,
-                    content: "in French".into(),
-                },
-                ChatMessage {
-                    role: Role::User,
-                    content: "hi".into(),
-                },
+                Message::text(Role::System, "in French"),
+                Message::text(Role::User, "hi"),
             ],
             temperature: Some(0.5),
-            max_tokens: None,
-            span: tracing::Span::none(),
+            ..ProviderRequest::default()
         };
-        let body = serde_json::to_value(p.body(&request)).unwrap();
+        let body = serde_json::to_value(p.body(&request).unwrap()).unwrap();
         assert_eq!(body["system"], "be brief\n\nin French");
         assert_eq!(
             body["messages"],
-            serde_json::json!([{"role": "user", "content": "hi"}])
+            serde_json::json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
         );
         assert_eq!(body["max_tokens"], DEFAULT_MAX_TOKENS);
         assert_eq!(body["temperature"], 0.5);

@@ -279,6 +279,23 @@ impl Events {
     }
 }
 
+impl Events {
+    /// Sends a piece of a tool call; a piece with neither a new id, name nor argument text is
+    /// skipped.
+    pub async fn emit_tool_call(
+        &mut self,
+        sink: &ChunkSink,
+        delta: super::ToolCallDelta,
+        arguments: String,
+    ) -> Result<(), ProviderError> {
+        if delta.id.is_none() && delta.name.is_none() && arguments.is_empty() {
+            return Ok(());
+        }
+        self.answer_started = true;
+        Ok(sink.tool_call(delta, arguments).await?)
+    }
+}
+
 /// A request that got no response.
 fn send_error(provider: &'static str, timeouts: &Timeouts, e: reqwest::Error) -> ProviderError {
     let e = e.without_url();

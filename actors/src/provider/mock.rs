@@ -9,12 +9,12 @@ use std::{
     time::Duration,
 };
 
-use ai_gateway_proto::{ChunkKind, FinishReason, Role, Usage};
+use ai_gateway_proto::{ChunkKind, FinishReason, Usage};
 use futures_util::future::LocalBoxFuture;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{ChunkSink, Finish, Provider, ProviderError, ProviderRequest};
+use super::{ChunkSink, Finish, Message, Provider, ProviderError, ProviderRequest, Role};
 
 /// The text part of the seed's mock answer.
 pub const MOCK_ANSWER: &str = "\nOkay, here is the answer: [Mock Output]";
@@ -132,7 +132,7 @@ fn prompt_tokens(request: &ProviderRequest) -> u64 {
         + request
             .messages
             .iter()
-            .map(|m| words(&m.content))
+            .map(|m| words(&m.text_content()))
             .sum::<u64>()
 }
 
@@ -141,20 +141,26 @@ impl Provider for MockProvider {
         "mock"
     }
 
+    fn supported_params(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     fn stream(
         self: Arc<Self>,
         request: ProviderRequest,
         sink: ChunkSink,
     ) -> LocalBoxFuture<'static, Result<Finish, ProviderError>> {
         Box::pin(async move {
+            request.refuse_unsupported("mock", &[])?;
             let s = &self.settings;
             let input = request
                 .messages
                 .iter()
                 .rev()
                 .find(|m| m.role == Role::User)
-                .map_or("", |m| m.content.as_str());
-            let reasoning = mock_reasoning(input);
+                .map(Message::text_content)
+                .unwrap_or_default();
+            let reasoning = mock_reasoning(&input);
             let text = MOCK_ANSWER.repeat(s.text_repeat);
             let limit = request.max_tokens.map_or(u64::MAX, u64::from);
             let mut usage = Usage {

@@ -6,6 +6,8 @@
 pub mod anthropic;
 mod api_key;
 pub mod breaker;
+pub mod chat;
+pub mod estimate;
 pub mod gemini;
 mod http;
 pub mod mock;
@@ -23,7 +25,7 @@ use std::{
 };
 
 use actix::prelude::*;
-use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Usage};
+use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 use futures_util::future::LocalBoxFuture;
 use prometheus_client::metrics::{family::Family, histogram::Histogram};
 use tokio::sync::mpsc;
@@ -34,11 +36,15 @@ use crate::{
 };
 pub use api_key::ApiKey;
 pub use breaker::{Breaker, BreakerState};
+pub use chat::{
+    Extra, ImageSource, Message, Part, ResponseFormat, Role, Tool, ToolCall, ToolCallDelta,
+    ToolChoice,
+};
 pub use http::{InvalidSettings, Timeouts};
 pub use route::{RetryPolicy, Route, Target, Upstream};
 pub use stream::{CancelStream, ProviderStream, StreamHandle};
 
-/// What a provider is asked to answer.
+/// What a provider is asked to answer: the provider-neutral chat model (see [`chat`]).
 #[derive(Debug, Clone)]
 pub struct ProviderRequest {
     /// The model name the client asked for.
@@ -47,11 +53,178 @@ pub struct ProviderRequest {
     pub upstream_model: String,
     pub system: Option<String>,
     /// Earlier turns, oldest first, then the new user message last.
-    pub messages: Vec<ChatMessage>,
+    pub messages: Vec<Message>,
     pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<i64>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// Most tokens to generate (reasoning included, for models that think).
     pub max_tokens: Option<u32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// `low`, `medium`, `high` (OpenAI's `reasoning_effort`).
+    pub reasoning_effort: Option<String>,
+    /// The end user, for the upstream's abuse monitoring.
+    pub user: Option<String>,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: Option<ResponseFormat>,
+    /// Fields of the client's request the front did not know, for upstreams of the same format.
+    pub extra: Extra,
     /// The request's span; each provider call is a child of it.
     pub span: tracing::Span,
+}
+
+impl Default for ProviderRequest {
+    fn default() -> Self {
+        ProviderRequest {
+            model: String::new(),
+            upstream_model: String::new(),
+            system: None,
+            messages: Vec::new(),
+            temperature: None,
+            top_p: None,
+            seed: None,
+            stop: Vec::new(),
+            max_tokens: None,
+            presence_penalty: None,
+            frequency_penalty: None,
+            reasoning_effort: None,
+            user: None,
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            response_format: None,
+            extra: Extra::new(),
+            span: tracing::Span::none(),
+        }
+    }
+}
+
+/// Every parameter a request may carry beyond the model, the messages' text, `temperature`
+/// and `max_tokens`, by the name of OpenAI's field. A provider lists those it takes; what it
+/// does not take is refused by name ([`ProviderRequest::refuse_unsupported`]).
+pub const PARAMS: [&str; 14] = [
+    "top_p",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "reasoning_effort",
+    "user",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "image_url",
+    "tool_messages",
+    "extra",
+];
+
+impl ProviderRequest {
+    /// The parameters of [`PARAMS`] this request uses, each with the field to name in an
+    /// error (`extra` fields by their own name).
+    pub fn params_used(&self) -> Vec<(&'static str, String)> {
+        let mut used = Vec::new();
+        let mut add = |p: &'static str, on: bool| {
+            if on {
+                used.push((p, p.to_owned()));
+            }
+        };
+        add("top_p", self.top_p.is_some());
+        add("seed", self.seed.is_some());
+        add("stop", !self.stop.is_empty());
+        add("presence_penalty", self.presence_penalty.is_some());
+        add("frequency_penalty", self.frequency_penalty.is_some());
+        add("reasoning_effort", self.reasoning_effort.is_some());
+        add("user", self.user.is_some());
+        add("tools", !self.tools.is_empty());
+        add("tool_choice", self.tool_choice.is_some());
+        // `true` is every API's default; only turning it off asks something of the upstream.
+        add(
+            "parallel_tool_calls",
+            self.parallel_tool_calls == Some(false),
+        );
+        add(
+            "response_format",
+            !matches!(self.response_format, None | Some(ResponseFormat::Text)),
+        );
+        for (i, m) in self.messages.iter().enumerate() {
+            if m.has_images() {
+                used.push(("image_url", format!("messages[{i}].content")));
+            }
+            if m.role == Role::Tool || !m.tool_calls.is_empty() {
+                used.push(("tool_messages", format!("messages[{i}]")));
+            }
+        }
+        used.extend(self.extra.keys().map(|k| ("extra", k.clone())));
+        used
+    }
+
+    /// Drops the request parameters not in `supported` (a model's opt-in `drop_params`).
+    /// Message content (images, tool messages) is never dropped: it stays refused.
+    pub fn drop_unsupported(&mut self, supported: &[&str]) {
+        let drop = |p: &str| !supported.contains(&p);
+        if drop("top_p") {
+            self.top_p = None;
+        }
+        if drop("seed") {
+            self.seed = None;
+        }
+        if drop("stop") {
+            self.stop.clear();
+        }
+        if drop("presence_penalty") {
+            self.presence_penalty = None;
+        }
+        if drop("frequency_penalty") {
+            self.frequency_penalty = None;
+        }
+        if drop("reasoning_effort") {
+            self.reasoning_effort = None;
+        }
+        if drop("user") {
+            self.user = None;
+        }
+        if drop("tools") {
+            self.tools.clear();
+        }
+        if drop("tool_choice") {
+            self.tool_choice = None;
+        }
+        if drop("parallel_tool_calls") {
+            self.parallel_tool_calls = None;
+        }
+        if drop("response_format") {
+            self.response_format = None;
+        }
+        if drop("extra") {
+            self.extra.clear();
+        }
+    }
+
+    /// Refuses the first parameter of this request that is not in `supported` (names from
+    /// [`PARAMS`]).
+    pub fn refuse_unsupported(
+        &self,
+        provider: &'static str,
+        supported: &[&str],
+    ) -> Result<(), ProviderError> {
+        match self
+            .params_used()
+            .into_iter()
+            .find(|(p, _)| !supported.contains(p))
+        {
+            None => Ok(()),
+            Some((_, param)) => Err(ProviderError::Unsupported {
+                provider,
+                message: format!("this upstream cannot take `{param}`"),
+                param,
+            }),
+        }
+    }
 }
 
 /// How a stream ended when it ended well.
@@ -104,6 +277,14 @@ pub enum ProviderError {
         provider: &'static str,
         reason: String,
     },
+    /// The request asks for something this upstream cannot do; `param` names it (as the
+    /// client's OpenAI-style request would: `tools`, `response_format`, `seed`, ...).
+    #[error("{provider} does not support the parameter `{param}`: {message}")]
+    Unsupported {
+        provider: &'static str,
+        param: String,
+        message: String,
+    },
     /// The session went away; nobody is left to tell.
     #[error("session closed")]
     SessionClosed,
@@ -118,6 +299,7 @@ impl ProviderError {
             ProviderError::RateLimited { .. } => ErrorReason::RateLimited,
             ProviderError::Timeout { .. } => ErrorReason::ProviderTimeout,
             ProviderError::Unavailable { .. } => ErrorReason::ProviderUnavailable,
+            ProviderError::Unsupported { .. } => ErrorReason::InvalidPayload,
             ProviderError::SessionClosed => ErrorReason::Internal,
         }
     }
@@ -135,6 +317,7 @@ impl ProviderError {
             | ProviderError::Unavailable { .. } => true,
             ProviderError::Protocol { .. }
             | ProviderError::Filtered { .. }
+            | ProviderError::Unsupported { .. }
             | ProviderError::SessionClosed => false,
         }
     }
@@ -151,6 +334,11 @@ pub trait Provider: Send + Sync + 'static {
     /// Short name used in logs, metrics and `GET /v1/models`.
     fn name(&self) -> &'static str;
 
+    /// The parameters of [`PARAMS`] this provider takes; it refuses the others by name.
+    fn supported_params(&self) -> &'static [&'static str] {
+        &PARAMS
+    }
+
     /// Produces the answer into `sink`, chunk by chunk. Runs on the session's arbiter; dropping
     /// the future must abort the work.
     fn stream(
@@ -164,7 +352,10 @@ pub trait Provider: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Chunk {
     pub kind: ChunkKind,
+    /// Text, reasoning, or a piece of a tool call's arguments.
     pub text: String,
+    /// Which tool call the piece belongs to (kind [`ChunkKind::ToolCall`] only).
+    pub tool_call: Option<Box<ToolCallDelta>>,
     /// When the provider produced it, to measure what the gateway adds.
     pub produced_at: Instant,
 }
@@ -172,7 +363,10 @@ pub struct Chunk {
 impl Chunk {
     /// Bytes this chunk is charged against its receiver's flow: its text and the frame around it.
     pub fn charge(&self) -> usize {
-        self.text.len() + CHUNK_FRAME_OVERHEAD_BYTES
+        let call = self.tool_call.as_ref().map_or(0, |c| {
+            c.id.as_ref().map_or(0, String::len) + c.name.as_ref().map_or(0, String::len)
+        });
+        self.text.len() + call + CHUNK_FRAME_OVERHEAD_BYTES
     }
 }
 
@@ -247,6 +441,9 @@ pub struct ChunkSink {
     sent: Arc<AtomicU64>,
     pending: Arc<Mutex<Pending>>,
     first_chunk: Option<Family<ProviderLabel, Histogram>>,
+    /// Every piece of the current attempt's answer, for estimating its tokens when the
+    /// upstream reports none.
+    answer: Arc<Mutex<String>>,
 }
 
 impl ChunkSink {
@@ -274,6 +471,7 @@ impl ChunkSink {
             sent: Arc::default(),
             pending: Arc::default(),
             first_chunk: None,
+            answer: Arc::default(),
         }
     }
 
@@ -294,9 +492,32 @@ impl ChunkSink {
 
     /// Adds one chunk to the batch; hands the batch over when it is full.
     pub async fn chunk(&self, kind: ChunkKind, text: String) -> Result<(), SessionClosed> {
+        self.push(kind, text, None).await
+    }
+
+    /// Adds a piece of a tool call: `arguments` is the next piece of its arguments' text.
+    pub async fn tool_call(
+        &self,
+        delta: ToolCallDelta,
+        arguments: String,
+    ) -> Result<(), SessionClosed> {
+        self.push(ChunkKind::ToolCall, arguments, Some(Box::new(delta)))
+            .await
+    }
+
+    async fn push(
+        &self,
+        kind: ChunkKind,
+        text: String,
+        tool_call: Option<Box<ToolCallDelta>>,
+    ) -> Result<(), SessionClosed> {
         if self.flow.is_closed() {
             return Err(SessionClosed);
         }
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_str(&text);
         let full = {
             let mut p = self.pending();
             if let Some((provider, began)) = p.attempt.take() {
@@ -310,6 +531,7 @@ impl ChunkSink {
             let chunk = Chunk {
                 kind,
                 text,
+                tool_call,
                 produced_at: Instant::now(),
             };
             p.charge += chunk.charge();
@@ -355,8 +577,20 @@ impl ChunkSink {
         Ok(())
     }
 
+    /// The text, reasoning and tool arguments of the current attempt's answer.
+    pub(crate) fn answer_text(&self) -> String {
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// An upstream attempt begins: `provider` (its configured name) answers from now on.
     pub(crate) fn started(&self, provider: Arc<str>) {
+        self.answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let mut p = self.pending();
         p.provider = Some(provider.clone());
         p.attempt = Some((provider, Instant::now()));

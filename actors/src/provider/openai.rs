@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use ai_gateway_proto::{ChunkKind, FinishReason, Role, Usage};
+use ai_gateway_proto::{ChunkKind, FinishReason, Usage};
 use futures_util::future::LocalBoxFuture;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
 use super::{
     http::{self, ErrorDetails, InvalidSettings, Timeouts},
-    ApiKey, ChunkSink, Finish, Provider, ProviderError, ProviderRequest,
+    ApiKey, ChunkSink, Finish, Message, Part, Provider, ProviderError, ProviderRequest,
+    ResponseFormat, Role, Tool, ToolCallDelta, ToolChoice,
 };
 
 const NAME: &str = "openai";
@@ -30,6 +32,10 @@ pub struct OpenAiSettings {
     /// Ask for the usage chunk (`stream_options.include_usage`); without it usage is zero.
     #[serde(default = "yes")]
     pub include_usage: bool,
+    /// Send the client's token limit as `max_tokens` (for servers that know only the older
+    /// name) instead of `max_completion_tokens`, which OpenAI's reasoning models require.
+    #[serde(default)]
+    pub legacy_max_tokens: bool,
     #[serde(default = "http::default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     #[serde(default = "http::default_first_chunk_timeout_ms")]
@@ -55,6 +61,7 @@ impl OpenAiSettings {
             base_url: base_url.into(),
             api_key,
             include_usage: true,
+            legacy_max_tokens: false,
             connect_timeout_ms: http::DEFAULT_CONNECT_TIMEOUT_MS,
             first_chunk_timeout_ms: http::DEFAULT_FIRST_CHUNK_TIMEOUT_MS,
             idle_chunk_timeout_ms: http::DEFAULT_IDLE_CHUNK_TIMEOUT_MS,
@@ -91,30 +98,6 @@ impl OpenAiProvider {
     }
 }
 
-#[derive(Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    messages: Vec<WireMessage<'a>>,
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_options: Option<StreamOptions>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u32>,
-}
-
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    role: &'static str,
-    content: &'a str,
-}
-
-#[derive(Serialize)]
-struct StreamOptions {
-    include_usage: bool,
-}
-
 #[derive(Deserialize)]
 struct Chunk {
     #[serde(default)]
@@ -135,10 +118,27 @@ struct Choice {
 #[derive(Default, Deserialize)]
 struct Delta {
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCallDelta>,
     /// DeepSeek, vLLM and most reasoning servers.
     reasoning_content: Option<String>,
     /// OpenRouter and some others.
     reasoning: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCallDelta {
+    #[serde(default)]
+    index: u32,
+    id: Option<String>,
+    #[serde(default)]
+    function: WireFunctionDelta,
+}
+
+#[derive(Default, Deserialize)]
+struct WireFunctionDelta {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -172,6 +172,180 @@ fn role(role: Role) -> &'static str {
         Role::System => "system",
         Role::User => "user",
         Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
+}
+
+/// A message in OpenAI's format: text alone as a string, parts as an array.
+pub fn wire_message(m: &Message) -> Value {
+    let mut out = Map::new();
+    out.insert("role".into(), json!(role(m.role)));
+    let only_text = m.content.iter().all(|p| matches!(p, Part::Text(_)));
+    let content = if m.content.is_empty() {
+        Value::Null
+    } else if only_text {
+        json!(m.text_content())
+    } else {
+        Value::Array(
+            m.content
+                .iter()
+                .map(|p| match p {
+                    Part::Text(text) => json!({"type": "text", "text": text}),
+                    Part::Image { source, detail } => {
+                        let mut image = json!({"url": source.to_url()});
+                        if let Some(d) = detail {
+                            image["detail"] = json!(d);
+                        }
+                        json!({"type": "image_url", "image_url": image})
+                    }
+                })
+                .collect(),
+        )
+    };
+    // An assistant message with tool calls may have no content.
+    if !content.is_null() || m.tool_calls.is_empty() {
+        out.insert("content".into(), content);
+    }
+    if let Some(name) = &m.name {
+        out.insert("name".into(), json!(name));
+    }
+    if !m.tool_calls.is_empty() {
+        let calls: Vec<Value> = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+        out.insert("tool_calls".into(), Value::Array(calls));
+    }
+    if let Some(id) = &m.tool_call_id {
+        out.insert("tool_call_id".into(), json!(id));
+    }
+    Value::Object(out)
+}
+
+/// A tool in OpenAI's format.
+pub fn wire_tool(t: &Tool) -> Value {
+    let mut function = json!({"name": t.name, "parameters": t.parameters});
+    if let Some(d) = &t.description {
+        function["description"] = json!(d);
+    }
+    if let Some(strict) = t.strict {
+        function["strict"] = json!(strict);
+    }
+    json!({"type": "function", "function": function})
+}
+
+/// `tool_choice` in OpenAI's format.
+pub fn wire_tool_choice(c: &ToolChoice) -> Value {
+    match c {
+        ToolChoice::Auto => json!("auto"),
+        ToolChoice::None => json!("none"),
+        ToolChoice::Required => json!("required"),
+        ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+    }
+}
+
+/// `response_format` in OpenAI's format.
+pub fn wire_response_format(f: &ResponseFormat) -> Value {
+    match f {
+        ResponseFormat::Text => json!({"type": "text"}),
+        ResponseFormat::JsonObject => json!({"type": "json_object"}),
+        ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        } => {
+            let mut s = json!({"name": name, "schema": schema});
+            if let Some(d) = description {
+                s["description"] = json!(d);
+            }
+            if let Some(strict) = strict {
+                s["strict"] = json!(strict);
+            }
+            json!({"type": "json_schema", "json_schema": s})
+        }
+    }
+}
+
+/// An `f32` as the decimal the client wrote (`0.9`, not `0.8999999761581421`).
+fn num(f: f32) -> Value {
+    f.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+impl OpenAiProvider {
+    /// The upstream request body: the client's unknown fields first, then everything the
+    /// gateway knows written over them.
+    fn body(&self, request: &ProviderRequest) -> Value {
+        let mut body = request.extra.clone();
+        let mut set = |k: &str, v: Value| {
+            body.insert(k.to_owned(), v);
+        };
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
+        if let Some(system) = request.system.as_deref() {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.extend(request.messages.iter().map(wire_message));
+        set("model", json!(request.upstream_model));
+        set("messages", Value::Array(messages));
+        set("stream", json!(true));
+        if self.settings.include_usage {
+            set("stream_options", json!({"include_usage": true}));
+        }
+        let fields = [
+            ("temperature", request.temperature.map(num)),
+            ("top_p", request.top_p.map(num)),
+            ("seed", request.seed.map(|t| json!(t))),
+            (
+                "stop",
+                (!request.stop.is_empty()).then(|| json!(request.stop)),
+            ),
+            (
+                if self.settings.legacy_max_tokens {
+                    "max_tokens"
+                } else {
+                    "max_completion_tokens"
+                },
+                request.max_tokens.map(|t| json!(t)),
+            ),
+            ("presence_penalty", request.presence_penalty.map(num)),
+            ("frequency_penalty", request.frequency_penalty.map(num)),
+            (
+                "reasoning_effort",
+                request.reasoning_effort.as_ref().map(|t| json!(t)),
+            ),
+            ("user", request.user.as_ref().map(|t| json!(t))),
+            (
+                "tools",
+                (!request.tools.is_empty())
+                    .then(|| Value::Array(request.tools.iter().map(wire_tool).collect())),
+            ),
+            (
+                "tool_choice",
+                request.tool_choice.as_ref().map(wire_tool_choice),
+            ),
+            (
+                "parallel_tool_calls",
+                request.parallel_tool_calls.map(|t| json!(t)),
+            ),
+            (
+                "response_format",
+                request.response_format.as_ref().map(wire_response_format),
+            ),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                set(k, v);
+            }
+        }
+        Value::Object(body)
     }
 }
 
@@ -189,27 +363,7 @@ impl OpenAiProvider {
         request: ProviderRequest,
         sink: ChunkSink,
     ) -> Result<Finish, ProviderError> {
-        let mut messages = Vec::with_capacity(request.messages.len() + 1);
-        if let Some(system) = request.system.as_deref() {
-            messages.push(WireMessage {
-                role: "system",
-                content: system,
-            });
-        }
-        messages.extend(request.messages.iter().map(|m| WireMessage {
-            role: role(m.role),
-            content: &m.content,
-        }));
-        let body = ChatRequest {
-            model: &request.upstream_model,
-            messages,
-            stream: true,
-            stream_options: self.settings.include_usage.then_some(StreamOptions {
-                include_usage: true,
-            }),
-            temperature: request.temperature,
-            max_tokens: request.max_tokens,
-        };
+        let body = self.body(&request);
         let mut http = self.client.post(&self.url).json(&body);
         if let Some(key) = &self.settings.api_key {
             http = http.bearer_auth(key.expose());
@@ -238,12 +392,14 @@ impl OpenAiProvider {
                     } else {
                         u.prompt_tokens + u.completion_tokens
                     },
+                    estimated: false,
                 };
             }
             // The gateway asks for one choice (no `n`), so only index 0 is the answer.
             for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
                 let Delta {
                     content,
+                    tool_calls,
                     reasoning_content,
                     reasoning,
                 } = choice.delta;
@@ -251,6 +407,16 @@ impl OpenAiProvider {
                     .emit(&sink, ChunkKind::Reasoning, reasoning_content.or(reasoning))
                     .await?;
                 events.emit(&sink, ChunkKind::Text, content).await?;
+                for call in tool_calls {
+                    let delta = ToolCallDelta {
+                        index: call.index,
+                        id: call.id.filter(|s| !s.is_empty()),
+                        name: call.function.name.filter(|s| !s.is_empty()),
+                    };
+                    events
+                        .emit_tool_call(&sink, delta, call.function.arguments.unwrap_or_default())
+                        .await?;
+                }
                 if let Some(r) = choice.finish_reason {
                     reason = Some(finish_reason(&r)?);
                 }
@@ -266,11 +432,12 @@ impl OpenAiProvider {
 fn finish_reason(reason: &str) -> Result<FinishReason, ProviderError> {
     match reason {
         "length" => Ok(FinishReason::Length),
+        "tool_calls" | "function_call" => Ok(FinishReason::ToolCalls),
         "content_filter" => Err(ProviderError::Filtered {
             provider: NAME,
             reason: "finish_reason content_filter".into(),
         }),
-        // "stop", and "tool_calls"/"function_call", which the gateway never asks for.
+        // "stop", and anything a server invents.
         _ => Ok(FinishReason::Stop),
     }
 }

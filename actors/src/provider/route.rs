@@ -42,6 +42,9 @@ impl Upstream {
 pub struct Target {
     pub upstream: Upstream,
     pub upstream_model: String,
+    /// Drop the request parameters the upstream cannot take instead of refusing the request
+    /// (a model's opt-in `drop_params`).
+    pub drop_params: bool,
 }
 
 impl Target {
@@ -49,7 +52,14 @@ impl Target {
         Target {
             upstream,
             upstream_model: upstream_model.to_owned(),
+            drop_params: false,
         }
+    }
+
+    /// The same target, dropping what its upstream cannot take when `drop` is set.
+    pub fn dropping_params(mut self, drop: bool) -> Self {
+        self.drop_params = drop;
+        self
     }
 }
 
@@ -100,6 +110,7 @@ fn counts_against_breaker(e: &ProviderError) -> bool {
         | ProviderError::Protocol { .. } => true,
         ProviderError::RateLimited { .. }
         | ProviderError::Filtered { .. }
+        | ProviderError::Unsupported { .. }
         | ProviderError::SessionClosed => false,
     }
 }
@@ -137,12 +148,15 @@ impl Route {
                 };
                 sink.started(target.upstream.name.clone());
                 let sent_before = sink.chunks_sent();
-                let request = ProviderRequest {
+                let mut attempt_request = ProviderRequest {
                     upstream_model: target.upstream_model.clone(),
                     ..request.clone()
                 };
+                if target.drop_params {
+                    attempt_request.drop_unsupported(provider.supported_params());
+                }
                 let call = tracing::info_span!(
-                    parent: &request.span,
+                    parent: &attempt_request.span,
                     "provider_call",
                     provider = %target.upstream.name,
                     upstream_model = %target.upstream_model,
@@ -151,15 +165,26 @@ impl Route {
                 );
                 let result = provider
                     .clone()
-                    .stream(request, sink.clone())
+                    .stream(attempt_request, sink.clone())
                     .instrument(call.clone())
                     .await;
                 if let Err(e) = &result {
                     call.record("error", tracing::field::display(e));
                 }
                 let error = match result {
-                    Ok(finish) => {
+                    Ok(mut finish) => {
                         permit.succeeded();
+                        // Usage is never silently zero: what the upstream did not report, the
+                        // gateway counts.
+                        let u = finish.usage;
+                        if u.prompt_tokens == 0 || u.completion_tokens == 0 {
+                            finish.usage = super::estimate::complete(
+                                u,
+                                &request,
+                                &target.upstream_model,
+                                &sink.answer_text(),
+                            );
+                        }
                         return Ok(finish);
                     }
                     Err(ProviderError::SessionClosed) => return Err(ProviderError::SessionClosed),
