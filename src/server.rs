@@ -331,7 +331,9 @@ impl Gateway {
     pub async fn shutdown(self) {
         tracing::info!("draining");
         self.state.draining.store(true, Ordering::Relaxed);
-        let stopped = self.server.stop(true);
+        // Stop accepting now, but keep the workers: answers run on them until they end, even
+        // with every connection gone (their clients resume on another node).
+        self.server.pause().await;
         let _ = self
             .state
             .registry
@@ -356,7 +358,7 @@ impl Gateway {
         {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
-        stopped.await;
+        self.server.stop(true).await;
         let _ = self.serving.await;
         self.writes.flush().await;
         self.registry_arbiter.stop();
