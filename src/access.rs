@@ -11,8 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use actix::Addr;
-use ai_gateway_actors::{CloseRevoked, Revoked, SessionRegistry};
+use ai_gateway_actors::{Registry, Revoked};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -103,7 +102,7 @@ struct UserStatus {
 pub struct Access {
     identity: Arc<dyn IdentityStore>,
     tokens: TokenIssuer,
-    registry: Addr<SessionRegistry>,
+    registry: Registry,
     cluster: Option<Arc<Cluster>>,
     users: moka::sync::Cache<String, UserStatus>,
     keys: moka::sync::Cache<Vec<u8>, ApiKey>,
@@ -138,7 +137,7 @@ impl Access {
     pub fn new(
         identity: Arc<dyn IdentityStore>,
         tokens: TokenIssuer,
-        registry: Addr<SessionRegistry>,
+        registry: Registry,
         cluster: Option<Arc<Cluster>>,
         cache_ttl: Duration,
     ) -> Access {
@@ -334,10 +333,7 @@ impl Access {
                 (Revoked::User(id.clone()), "user disabled")
             }
         };
-        self.registry.do_send(CloseRevoked {
-            revoked,
-            reason: reason.to_owned(),
-        });
+        self.registry.close_revoked(revoked, reason);
     }
 
     /// Pulls what was revoked since the last pull and applies it; also forgets revoked tokens

@@ -9,12 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{Actor, Addr};
-use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    close_code, Drain, Engine, KillSession, Metrics, MockProvider, NoDirectory, SessionCount,
-    SessionDirectory, SessionEnv, SessionRegistry,
+    close_code, Engine, KillSession, Metrics, MockProvider, NoDirectory, Registry,
+    SessionDirectory, SessionEnv,
 };
 use rand::RngCore;
 
@@ -47,7 +45,6 @@ pub struct Gateway {
     open_connections: Arc<AtomicUsize>,
     drain_timeout: Duration,
     close_grace: Duration,
-    registry_arbiter: Arbiter,
 }
 
 /// Retries `attempt` with backoff until it succeeds, saying each time what is unreachable.
@@ -122,12 +119,12 @@ impl Gateway {
             )),
             None => Arc::new(NoDirectory),
         };
-        let refresh = Duration::from_millis(config.directory.refresh_interval_ms);
-        let registry_arbiter = Arbiter::new();
-        let registry_router = router.clone();
-        let registry = SessionRegistry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-            SessionRegistry::new(registry_router).with_directory(directory, refresh)
-        });
+        let registry = Registry::with_directory(router.clone(), directory);
+        if cluster.is_some() {
+            registry.refresh_directory_every(Duration::from_millis(
+                config.directory.refresh_interval_ms,
+            ));
+        }
 
         let access = Arc::new(Access::new(
             stores.identity.clone(),
@@ -148,11 +145,16 @@ impl Gateway {
                 move |event| match event {
                     ClusterEvent::Revoked(r) => on_event.apply(&r),
                     ClusterEvent::KillSession { session_id, reason } => {
-                        local.do_send(KillSession {
-                            session_id,
-                            code: close_code::POLICY,
-                            reason,
-                        })
+                        let local = local.clone();
+                        actix_rt::spawn(async move {
+                            local
+                                .kill(KillSession {
+                                    session_id,
+                                    code: close_code::POLICY,
+                                    reason,
+                                })
+                                .await
+                        });
                     }
                     ClusterEvent::UserChanged { user_id } => on_event.forget_user(&user_id),
                 },
@@ -260,7 +262,6 @@ impl Gateway {
             open_connections,
             drain_timeout,
             close_grace,
-            registry_arbiter,
         })
     }
 
@@ -272,7 +273,7 @@ impl Gateway {
         &self.node_id
     }
 
-    pub fn registry(&self) -> &Addr<SessionRegistry> {
+    pub fn registry(&self) -> &Registry {
         &self.state.registry
     }
 
@@ -305,7 +306,7 @@ impl Gateway {
 
     /// Live sessions on this node.
     pub async fn session_count(&self) -> usize {
-        self.state.registry.send(SessionCount).await.unwrap_or(0)
+        self.state.registry.count()
     }
 
     /// Graceful shutdown: stop accepting, let running streams finish for up to the drain
@@ -314,22 +315,14 @@ impl Gateway {
         tracing::info!("draining");
         self.state.draining.store(true, Ordering::Relaxed);
         let stopped = self.server.stop(true);
-        let _ = self
-            .state
-            .registry
-            .send(Drain {
-                timeout: self.drain_timeout,
-            })
-            .await;
-        let deadline =
-            Instant::now() + self.drain_timeout + self.close_grace + Duration::from_secs(1);
-        while self.session_count().await > 0 && Instant::now() < deadline {
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        let registry = &self.state.registry;
+        registry.drain(self.drain_timeout);
+        let patience = self.drain_timeout + self.close_grace + Duration::from_secs(1);
+        let _ = actix_rt::time::timeout(patience, registry.until_empty()).await;
         stopped.await;
         let _ = self.serving.await;
         self.writes.flush().await;
-        self.registry_arbiter.stop();
+        registry.stop();
         tracing::info!("stopped");
     }
 }

@@ -16,13 +16,12 @@ use std::{
     time::Duration,
 };
 
-use actix::Addr;
 use actix_web::{
     error::{JsonPayloadError, PayloadError},
     http::StatusCode,
     middleware, web, HttpResponse, ResponseError,
 };
-use ai_gateway_actors::{Router, SessionEnv, SessionRegistry};
+use ai_gateway_actors::{Registry, Router, SessionEnv};
 use serde_json::json;
 
 pub use admin::AdminContext;
@@ -45,7 +44,7 @@ pub struct AppState {
     pub stores: Stores,
     pub limits: Arc<Limits>,
     pub cluster: Option<Arc<Cluster>>,
-    pub registry: Addr<SessionRegistry>,
+    pub registry: Registry,
     pub session_env: SessionEnv,
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,

@@ -7,7 +7,7 @@ use std::{
 };
 
 use actix_web::{http::StatusCode, web, HttpResponse};
-use ai_gateway_actors::{close_code, CloseRevoked, KillSession, ListSessions, Revoked};
+use ai_gateway_actors::{close_code, KillSession, Revoked};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -51,14 +51,8 @@ async fn all_sessions(state: &AppState) -> Result<Vec<DirectoryEntry>, ApiError>
         Some(cluster) => list_sessions(cluster).await.map_err(directory_down)?,
         None => state
             .registry
-            .send(ListSessions)
+            .sessions()
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Registry stopped".to_owned(),
-                )
-            })?
             .iter()
             .map(DirectoryEntry::from)
             .collect(),
@@ -126,13 +120,12 @@ pub async fn show(
 async fn close(state: &AppState, session: &DirectoryEntry, reason: &str) -> Result<(), ApiError> {
     let here = state
         .registry
-        .send(KillSession {
+        .kill(KillSession {
             session_id: session.session_id.clone(),
             code: close_code::POLICY,
             reason: reason.to_owned(),
         })
-        .await
-        .unwrap_or(false);
+        .await;
     if here {
         return Ok(());
     }
@@ -197,13 +190,9 @@ pub async fn kill_user(
         )
         .await?;
     // This node's own, including any that joined since the list was read.
-    let _ = state
+    state
         .registry
-        .send(CloseRevoked {
-            revoked: Revoked::User(user_id.clone()),
-            reason: reason.clone(),
-        })
-        .await;
+        .close_revoked(Revoked::User(user_id.clone()), &reason);
     for session in sessions.iter().filter(|s| s.node_id != state.admin.node_id) {
         close(&state, session, &reason).await?;
     }
