@@ -12,12 +12,12 @@ use std::{
 };
 
 use ai_gateway_actors::{Registry, Revoked};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
     auth::{TokenError, TokenIssuer},
     cluster::{Cluster, ClusterEvent},
+    revocation::Revocation,
     store::{ApiKey, IdentityStore, Role, StoreError},
 };
 
@@ -72,24 +72,6 @@ pub enum AuthError {
     Disabled,
     #[error("Identity store unavailable")]
     Unavailable,
-}
-
-/// A credential or user taken away, as sent between nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Revocation {
-    Token {
-        jti: String,
-        user_id: String,
-        expires_at_unix: u64,
-    },
-    ApiKey {
-        id: String,
-    },
-    /// The user was disabled.
-    User {
-        id: String,
-    },
 }
 
 #[derive(Clone)]

@@ -11,9 +11,10 @@ use serde_json::json;
 
 use super::{ApiError, AppState, Caller};
 use crate::{
-    access::{Credential, Revocation},
+    access::Credential,
     auth,
     limits::{Decision, Failure, Rate},
+    revocation::Revocation,
     store::Role,
 };
 

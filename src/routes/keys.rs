@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::{ApiError, AppState, Caller};
 use crate::{
-    access::{api_key_hash, new_api_key, Revocation},
+    access::{api_key_hash, new_api_key},
+    revocation::Revocation,
     store::{ApiKey, Role},
 };
 

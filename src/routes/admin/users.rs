@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{Admin, Paging};
 use crate::{
-    access::Revocation,
+    revocation::Revocation,
     routes::{
         account::{self, Credentials},
         ApiError, AppState,
