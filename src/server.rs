@@ -35,16 +35,26 @@ const LIMITS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running node. Dropping it leaves the server running; call [`Gateway::shutdown`].
 pub struct Gateway {
-    addr: SocketAddr,
-    node_id: String,
-    state: web::Data<AppState>,
-    server: ServerHandle,
-    serving: actix_rt::task::JoinHandle<std::io::Result<()>>,
-    mock: Arc<MockProvider>,
-    writes: WriteBehind,
-    open_connections: Arc<AtomicUsize>,
+    node: Node,
+    listener: Listener,
     drain_timeout: Duration,
     close_grace: Duration,
+}
+
+/// What a node is made of, wired together before it listens.
+struct Node {
+    node_id: String,
+    state: web::Data<AppState>,
+    mock: Arc<MockProvider>,
+    writes: WriteBehind,
+}
+
+/// The HTTP server answering a node's routes.
+struct Listener {
+    addr: SocketAddr,
+    server: ServerHandle,
+    serving: actix_rt::task::JoinHandle<std::io::Result<()>>,
+    open_connections: Arc<AtomicUsize>,
 }
 
 /// Retries `attempt` with backoff until it succeeds, saying each time what is unreachable.
@@ -67,50 +77,111 @@ where
     }
 }
 
-impl Gateway {
-    /// Binds `config.listen` and starts serving. Must run inside an actix system. Waits (with
-    /// backoff) for PostgreSQL and Redis when they are configured.
-    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
-        let node_id = if config.node_id.is_empty() {
-            format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-        } else {
-            config.node_id.clone()
-        };
-        let secret = if config.jwt_secret.is_empty() {
-            tracing::warn!(
-                "no jwt_secret configured: using a random one; tokens die with this process"
-            );
-            let mut bytes = [0u8; 32];
-            rand::rng().fill_bytes(&mut bytes);
-            bytes.to_vec()
-        } else {
-            config.jwt_secret.clone().into_bytes()
-        };
+fn node_id(config: &Config) -> String {
+    if config.node_id.is_empty() {
+        format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    } else {
+        config.node_id.clone()
+    }
+}
 
-        let mut postgres_store = None;
-        let stores = if config.database_url.is_empty() {
-            Stores::from_backend(Arc::new(MemoryStore::default()))
-        } else {
-            let url = config.database_url.clone();
-            let applied = with_retry("PostgreSQL", || postgres::migrate(&url)).await;
-            if !applied.is_empty() {
-                tracing::info!(migrations = ?applied, "database migrated");
+fn jwt_secret(config: &Config) -> Vec<u8> {
+    if config.jwt_secret.is_empty() {
+        tracing::warn!(
+            "no jwt_secret configured: using a random one; tokens die with this process"
+        );
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        bytes.to_vec()
+    } else {
+        config.jwt_secret.clone().into_bytes()
+    }
+}
+
+/// The stores (PostgreSQL, migrated, when configured; else memory) and the PostgreSQL store
+/// for the readiness probe.
+async fn open_stores(config: &Config) -> anyhow::Result<(Stores, Option<Arc<postgres::PgStore>>)> {
+    if config.database_url.is_empty() {
+        return Ok((Stores::from_backend(Arc::new(MemoryStore::default())), None));
+    }
+    let url = config.database_url.clone();
+    let applied = with_retry("PostgreSQL", || postgres::migrate(&url)).await;
+    if !applied.is_empty() {
+        tracing::info!(migrations = ?applied, "database migrated");
+    }
+    let pg = Arc::new(postgres::PgStore::connect(&url)?);
+    with_retry("PostgreSQL", || pg.ping()).await;
+    Ok((Stores::from_backend(pg.clone()), Some(pg)))
+}
+
+async fn join_cluster(config: &Config) -> anyhow::Result<Option<Arc<Cluster>>> {
+    if config.redis_url.is_empty() {
+        return Ok(None);
+    }
+    let cluster = Arc::new(Cluster::new(&config.redis_url, &config.redis_prefix)?);
+    with_retry("Redis", || cluster.ping()).await;
+    Ok(Some(cluster))
+}
+
+/// Applies what other nodes announce: revocations, kills of sessions held here, user changes.
+fn dispatch_cluster_events(cluster: &Arc<Cluster>, access: &Arc<Access>, registry: &Registry) {
+    let on_event = access.clone();
+    let on_connected = Arc::downgrade(access);
+    let local = registry.clone();
+    cluster.subscribe(
+        move |event| match event {
+            ClusterEvent::Revoked(r) => on_event.apply(&r),
+            ClusterEvent::KillSession { session_id, reason } => {
+                let local = local.clone();
+                actix_rt::spawn(async move {
+                    local
+                        .kill(KillSession {
+                            session_id,
+                            code: close_code::POLICY,
+                            reason,
+                        })
+                        .await
+                });
             }
-            let pg = Arc::new(postgres::PgStore::connect(&url)?);
-            with_retry("PostgreSQL", || pg.ping()).await;
-            postgres_store = Some(pg.clone());
-            Stores::from_backend(pg)
-        };
-        let cluster = if config.redis_url.is_empty() {
-            None
-        } else {
-            let cluster = Arc::new(Cluster::new(&config.redis_url, &config.redis_prefix)?);
-            with_retry("Redis", || cluster.ping()).await;
-            Some(cluster)
-        };
+            ClusterEvent::UserChanged { user_id } => on_event.forget_user(&user_id),
+        },
+        // Catch up on what was revoked while the subscription was down.
+        move || {
+            if let Some(access) = on_connected.upgrade() {
+                actix_rt::spawn(async move {
+                    let _ = access.sync().await;
+                });
+            }
+        },
+    );
+}
+
+/// Forgets idle in-memory limiter state every [`LIMITS_PRUNE_INTERVAL`] while `limits` lives.
+fn prune_limits(limits: &Arc<Limits>) {
+    let pruned = Arc::downgrade(limits);
+    actix_rt::spawn(async move {
+        let mut tick = actix_rt::time::interval(LIMITS_PRUNE_INTERVAL);
+        loop {
+            tick.tick().await;
+            match pruned.upgrade() {
+                Some(l) => l.prune(),
+                None => return,
+            }
+        }
+    });
+}
+
+impl Node {
+    /// Connects the stores and Redis, and wires the router, registry, access, limits, hooks
+    /// and the state every handler shares.
+    async fn wire(config: &Config) -> anyhow::Result<Node> {
+        let node_id = node_id(config);
+        let secret = jwt_secret(config);
+        let (stores, postgres_store) = open_stores(config).await?;
+        let cluster = join_cluster(config).await?;
 
         let mock = MockProvider::new(config.mock.clone());
-        let router = Arc::new(crate::routing::build_router(&config, mock.clone())?);
+        let router = Arc::new(crate::routing::build_router(config, mock.clone())?);
         let directory: Arc<dyn SessionDirectory> = match &cluster {
             Some(c) => Arc::new(RedisDirectory::start(
                 c.clone(),
@@ -138,35 +209,7 @@ impl Gateway {
         }
         access.spawn_sync(Duration::from_millis(config.revocation_sync_ms));
         if let Some(c) = &cluster {
-            let on_event = access.clone();
-            let on_connected = Arc::downgrade(&access);
-            let local = registry.clone();
-            c.subscribe(
-                move |event| match event {
-                    ClusterEvent::Revoked(r) => on_event.apply(&r),
-                    ClusterEvent::KillSession { session_id, reason } => {
-                        let local = local.clone();
-                        actix_rt::spawn(async move {
-                            local
-                                .kill(KillSession {
-                                    session_id,
-                                    code: close_code::POLICY,
-                                    reason,
-                                })
-                                .await
-                        });
-                    }
-                    ClusterEvent::UserChanged { user_id } => on_event.forget_user(&user_id),
-                },
-                // Catch up on what was revoked while the subscription was down.
-                move || {
-                    if let Some(access) = on_connected.upgrade() {
-                        actix_rt::spawn(async move {
-                            let _ = access.sync().await;
-                        });
-                    }
-                },
-            );
+            dispatch_cluster_events(c, &access, &registry);
         }
 
         let metrics = Metrics::new();
@@ -175,17 +218,7 @@ impl Gateway {
             cluster.clone(),
             metrics.rate_limit_rejections.clone(),
         );
-        let pruned = Arc::downgrade(&limits);
-        actix_rt::spawn(async move {
-            let mut tick = actix_rt::time::interval(LIMITS_PRUNE_INTERVAL);
-            loop {
-                tick.tick().await;
-                match pruned.upgrade() {
-                    Some(l) => l.prune(),
-                    None => return,
-                }
-            }
-        });
+        prune_limits(&limits);
         let writes = WriteBehind::start(stores.clone(), config.write_queue_capacity);
         let hooks = Arc::new(GatewayHooks {
             stores: stores.clone(),
@@ -204,7 +237,7 @@ impl Gateway {
                 config: config.session_config(&node_id),
                 engine: Arc::new(Engine {
                     hooks,
-                    router: router.clone(),
+                    router,
                     registry: registry.clone(),
                     metrics: metrics.clone(),
                 }),
@@ -222,9 +255,20 @@ impl Gateway {
                 token: config.admin_token.clone(),
                 node_id: node_id.clone(),
             },
-            guards: routes::Guards::new(&config),
+            guards: routes::Guards::new(config),
         });
+        Ok(Node {
+            node_id,
+            state,
+            mock,
+            writes,
+        })
+    }
+}
 
+impl Listener {
+    /// Binds `config.listen` and serves `state`'s routes on `config.workers` worker threads.
+    fn bind(config: &Config, state: &web::Data<AppState>) -> anyhow::Result<Listener> {
         let drain_timeout = Duration::from_millis(config.shutdown.drain_timeout_ms);
         let close_grace = Duration::from_millis(config.session.close_grace_ms);
         let app_state = state.clone();
@@ -250,78 +294,87 @@ impl Gateway {
         let server = server.run();
         let handle = server.handle();
         let serving = actix_rt::spawn(server);
-        tracing::info!(%addr, node_id, "ai-gateway listening");
-        Ok(Gateway {
+        Ok(Listener {
             addr,
-            node_id,
-            state,
             server: handle,
             serving,
-            mock,
-            writes,
             open_connections,
-            drain_timeout,
-            close_grace,
+        })
+    }
+}
+
+impl Gateway {
+    /// Binds `config.listen` and starts serving. Must run inside an actix system. Waits (with
+    /// backoff) for PostgreSQL and Redis when they are configured.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        let node = Node::wire(&config).await?;
+        let listener = Listener::bind(&config, &node.state)?;
+        tracing::info!(addr = %listener.addr, node_id = node.node_id, "ai-gateway listening");
+        Ok(Gateway {
+            node,
+            listener,
+            drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
+            close_grace: Duration::from_millis(config.session.close_grace_ms),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr
     }
 
     pub fn node_id(&self) -> &str {
-        &self.node_id
+        &self.node.node_id
     }
 
     pub fn registry(&self) -> &Registry {
-        &self.state.registry
+        &self.node.state.registry
     }
 
     /// Waits until every usage record and conversation turn queued so far is stored.
     pub async fn flush_writes(&self) {
-        self.writes.flush().await;
+        self.node.writes.flush().await;
     }
 
     pub fn access(&self) -> &Arc<Access> {
-        &self.state.access
+        &self.node.state.access
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.state.cluster.as_ref()
+        self.node.state.cluster.as_ref()
     }
 
     pub fn stores(&self) -> &Stores {
-        &self.state.stores
+        &self.node.state.stores
     }
 
     /// The mock provider, for tests that count what it produced.
     pub fn mock(&self) -> &MockProvider {
-        &self.mock
+        &self.node.mock
     }
 
     /// TCP connections open on this node (HTTP and WebSocket).
     pub fn open_connections(&self) -> usize {
-        self.open_connections.load(Ordering::Relaxed)
+        self.listener.open_connections.load(Ordering::Relaxed)
     }
 
     /// Live sessions on this node.
     pub async fn session_count(&self) -> usize {
-        self.state.registry.count()
+        self.node.state.registry.count()
     }
 
     /// Graceful shutdown: stop accepting, let running streams finish for up to the drain
     /// timeout, close every session with 1012, then stop the server.
     pub async fn shutdown(self) {
         tracing::info!("draining");
-        self.state.draining.store(true, Ordering::Relaxed);
-        let stopped = self.server.stop(true);
-        let registry = &self.state.registry;
+        self.node.state.draining.store(true, Ordering::Relaxed);
+        let stopped = self.listener.server.stop(true);
+        let registry = &self.node.state.registry;
         registry.drain(self.drain_timeout);
         let patience = self.drain_timeout + self.close_grace + Duration::from_secs(1);
         let _ = actix_rt::time::timeout(patience, registry.until_empty()).await;
         stopped.await;
-        let _ = self.serving.await;
-        self.writes.flush().await;
+        let _ = self.listener.serving.await;
+        self.node.writes.flush().await;
         registry.stop();
         tracing::info!("stopped");
     }
