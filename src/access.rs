@@ -11,7 +11,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ai_gateway_actors::{Registry, Revoked};
+use ai_gateway_actors::{
+    unix_time::{from_unix_secs, unix_secs},
+    Registry, Revoked,
+};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -20,13 +23,6 @@ use crate::{
     revocation::Revocation,
     store::{ApiKey, IdentityStore, Role, StoreError},
 };
-
-/// `secs` after the Unix epoch, saturating instead of overflowing.
-pub fn unix_time(secs: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        .checked_add(Duration::from_secs(secs))
-        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2))
-}
 
 /// Every API key starts with this, so it can be told from a JWT at a glance.
 pub const API_KEY_PREFIX: &str = "agw_";
@@ -178,7 +174,7 @@ impl Access {
             role: user.role,
             credential: Credential::Token {
                 jti: claims.jti,
-                expires_at: unix_time(claims.exp),
+                expires_at: from_unix_secs(claims.exp),
             },
         })
     }
@@ -253,7 +249,7 @@ impl Access {
                 user_id,
                 expires_at_unix,
             } => {
-                let exp = unix_time(*expires_at_unix);
+                let exp = from_unix_secs(*expires_at_unix);
                 self.identity.revoke_token(jti, user_id, exp).await?;
             }
             Revocation::ApiKey { id } => {
@@ -302,7 +298,7 @@ impl Access {
                 expires_at_unix,
                 ..
             } => {
-                let exp = unix_time(*expires_at_unix);
+                let exp = from_unix_secs(*expires_at_unix);
                 self.revoked().tokens.insert(jti.clone(), exp);
                 (Revoked::Credential(jti.clone()), "token revoked")
             }
@@ -330,9 +326,7 @@ impl Access {
         for (jti, exp) in found.tokens {
             let fresh = !self.revoked().tokens.contains_key(&jti);
             if fresh {
-                let expires_at_unix = exp
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let expires_at_unix = unix_secs(exp);
                 self.apply(&Revocation::Token {
                     jti,
                     user_id: String::new(),

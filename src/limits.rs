@@ -11,10 +11,10 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
-use ai_gateway_actors::metrics::LimitLabel;
+use ai_gateway_actors::{metrics::LimitLabel, unix_time::now_unix_secs};
 use deadpool_redis::redis;
 use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prometheus_client::metrics::{counter::Counter, family::Family};
@@ -358,12 +358,6 @@ fn local_key(failure: Failure, key: &str) -> String {
     format!("{}:{key}", failure.name())
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Limits {
     pub fn new(settings: RateLimitSettings, cluster: Option<Arc<Cluster>>) -> Arc<Limits> {
         Self::counted(settings, cluster, Family::default())
@@ -413,7 +407,7 @@ impl Limits {
     }
 
     fn redis_failed(&self, what: &str, e: &dyn std::fmt::Display) {
-        let now = now_unix();
+        let now = now_unix_secs();
         let last = self.last_warned.load(Ordering::Relaxed);
         if now >= last + WARN_EVERY_SECS
             && self

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod request;
 pub mod session;
 pub mod trace;
+pub mod unix_time;
 
 pub use flow::FlowControl;
 pub use frames::close_code;

@@ -35,7 +35,7 @@ pub struct SessionInfo {
     pub role: String,
     pub node_id: Arc<str>,
     pub remote_addr: Option<String>,
-    #[serde(with = "unix_ms")]
+    #[serde(with = "crate::unix_time::as_unix_ms")]
     pub started_at: SystemTime,
     /// The token id (`jti`) or API key id the session authenticated with.
     #[serde(skip)]
@@ -46,17 +46,6 @@ pub struct SessionInfo {
     pub running: u32,
     /// The model of the session's latest request.
     pub last_model: Option<String>,
-}
-
-mod unix_ms {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let ms = t
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        s.serialize_u64(ms)
-    }
 }
 
 /// Closes the session with this code and reason (operator kill, revocation, end of a drain).

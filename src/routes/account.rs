@@ -1,11 +1,9 @@
 //! `POST /register` and `POST /login`, with the seed's bodies and answers.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, SystemTime},
-};
+use std::{net::IpAddr, time::Duration};
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+use ai_gateway_actors::unix_time::unix_secs;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -235,9 +233,7 @@ pub async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
             "API keys are revoked with DELETE /v1/keys/{id}".to_owned(),
         ));
     };
-    let expires_at_unix = expires_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let expires_at_unix = unix_secs(expires_at);
     state
         .access
         .revoke(Revocation::Token {

@@ -7,13 +7,12 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use ai_gateway_actors::{
-    provider::Finish, ChatRequest, Chunk, ChunkSink, FlowControl, Front, ProviderError,
-    ProviderRequest, Refusal, RequestStart, StreamEvent,
+    provider::Finish, unix_time::now_unix_secs, ChatRequest, Chunk, ChunkSink, FlowControl, Front,
+    ProviderError, ProviderRequest, Refusal, RequestStart, StreamEvent,
 };
 use ai_gateway_proto::{ChatMessage, ChunkKind, ErrorReason, FinishReason, Role, Usage};
 use bytes::{Bytes, BytesMut};
@@ -172,12 +171,6 @@ pub async fn models(state: web::Data<AppState>, _caller: Caller) -> HttpResponse
         })
         .collect();
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A piece of a running answer, as the HTTP front writes it.
@@ -365,7 +358,7 @@ pub async fn completions(
         Piece::End(_) => 0,
     };
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = unix_now();
+    let created = now_unix_secs();
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
         let stream = SseStream {

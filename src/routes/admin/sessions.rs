@@ -1,13 +1,10 @@
 //! Live sessions and nodes: from the Redis directory when nodes share one (every node's
 //! sessions), else from this node's registry.
 
-use std::{
-    collections::BTreeMap,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::collections::BTreeMap;
 
 use actix_web::{http::StatusCode, web, HttpResponse};
-use ai_gateway_actors::{close_code, KillSession, Revoked};
+use ai_gateway_actors::{close_code, unix_time::now_unix_ms, KillSession, Revoked};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -221,9 +218,7 @@ pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
             }
         }
         None => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now = now_unix_ms();
             let id = state.admin.node_id.clone();
             load.insert(
                 id.clone(),

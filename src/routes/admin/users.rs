@@ -1,8 +1,7 @@
 //! Users, their credentials, the providers and the audit trail.
 
-use std::time::UNIX_EPOCH;
-
 use actix_web::{http::StatusCode, web, HttpResponse};
+use ai_gateway_actors::unix_time::unix_secs;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -34,10 +33,7 @@ impl From<User> for UserView {
             username: u.username,
             role: u.role,
             disabled: u.disabled,
-            created_at: u
-                .created_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created_at: unix_secs(u.created_at),
         }
     }
 }
