@@ -25,22 +25,18 @@ pub struct Credentials {
     pub(super) password: String,
 }
 
-fn bad_request(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message.to_owned())
-}
-
 pub(super) fn validate(c: &Credentials) -> Result<(), ApiError> {
     let name_ok = USERNAME_CHARS.contains(&c.username.chars().count())
         && c.username
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
     if !name_ok {
-        return Err(bad_request(
+        return Err(ApiError::bad_request(
             "username must be 3 to 64 characters of letters, digits, '_', '.' or '-'",
         ));
     }
     if !PASSWORD_BYTES.contains(&c.password.len()) {
-        return Err(bad_request("password must be 8 to 1024 bytes"));
+        return Err(ApiError::bad_request("password must be 8 to 1024 bytes"));
     }
     Ok(())
 }

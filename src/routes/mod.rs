@@ -10,6 +10,7 @@ mod health;
 mod keys;
 mod openai;
 mod pages;
+mod paging;
 
 use std::{
     sync::{atomic::AtomicBool, Arc},
@@ -27,6 +28,7 @@ use serde_json::json;
 pub use admin::AdminContext;
 pub use caller::Caller;
 pub use health::Telemetry;
+pub use paging::Paging;
 
 use crate::{
     access::{Access, AuthError},
@@ -94,7 +96,7 @@ fn json_error(err: JsonPayloadError) -> ApiError {
             "Request body too large".to_owned(),
         )
     } else {
-        ApiError::new(StatusCode::BAD_REQUEST, err.to_string())
+        ApiError::bad_request(err.to_string())
     }
 }
 
@@ -118,9 +120,10 @@ pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.service(
             web::scope("")
                 .app_data(json_config(max_body))
-                .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                    ApiError::new(StatusCode::BAD_REQUEST, err.to_string()).into()
-                }))
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|err, _| ApiError::bad_request(err.to_string()).into()),
+                )
                 .wrap(pages::cors(&origins))
                 .wrap(middleware::from_fn(pages::security_headers))
                 .configure(|cfg| configure(cfg, small_body))
@@ -169,6 +172,12 @@ fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
         .configure(admin::configure);
 }
 
+/// Whole seconds a client is told to wait (`Retry-After`, and the same figure in messages):
+/// rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
 /// An HTTP error answered as `{"error": message}`, the seed's shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -186,6 +195,11 @@ impl ApiError {
             message,
             retry_after: None,
         }
+    }
+
+    /// A 400 with this message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message.into())
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -213,8 +227,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status);
         if let Some(wait) = self.retry_after {
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            res.insert_header(("Retry-After", secs.to_string()));
+            res.insert_header(("Retry-After", retry_after_secs(wait).to_string()));
         }
         res.json(json!({ "error": self.message }))
     }

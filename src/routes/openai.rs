@@ -7,6 +7,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
@@ -66,7 +67,7 @@ impl OpenAiError {
             ..
         } = e
         {
-            err.retry_after_secs = Some(ms.div_ceil(1000).max(1));
+            err.retry_after_secs = Some(super::retry_after_secs(Duration::from_millis(*ms)));
         }
         err
     }

@@ -8,10 +8,10 @@ use ai_gateway_actors::{close_code, unix_time::now_unix_ms, KillSession, Revoked
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Admin, KillReason, Paging};
+use super::{Admin, KillReason};
 use crate::{
     cluster::{list_nodes, list_sessions, ClusterError, ClusterEvent, DirectoryEntry},
-    routes::{ApiError, AppState},
+    routes::{ApiError, AppState, Paging},
 };
 
 /// `GET /admin/sessions` filters; each is an exact match.
