@@ -11,23 +11,18 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use actix::Addr;
-use ai_gateway_actors::{CloseRevoked, Revoked, SessionRegistry};
-use serde::{Deserialize, Serialize};
+use ai_gateway_actors::{
+    unix_time::{from_unix_secs, unix_secs},
+    Registry, Revoked,
+};
 use sha2::{Digest, Sha256};
 
 use crate::{
     auth::{TokenError, TokenIssuer},
     cluster::{Cluster, ClusterEvent},
+    revocation::Revocation,
     store::{ApiKey, IdentityStore, Role, StoreError},
 };
-
-/// `secs` after the Unix epoch, saturating instead of overflowing.
-pub fn unix_time(secs: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        .checked_add(Duration::from_secs(secs))
-        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2))
-}
 
 /// Every API key starts with this, so it can be told from a JWT at a glance.
 pub const API_KEY_PREFIX: &str = "agw_";
@@ -75,24 +70,6 @@ pub enum AuthError {
     Unavailable,
 }
 
-/// A credential or user taken away, as sent between nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Revocation {
-    Token {
-        jti: String,
-        user_id: String,
-        expires_at_unix: u64,
-    },
-    ApiKey {
-        id: String,
-    },
-    /// The user was disabled.
-    User {
-        id: String,
-    },
-}
-
 #[derive(Clone)]
 struct UserStatus {
     username: String,
@@ -103,7 +80,7 @@ struct UserStatus {
 pub struct Access {
     identity: Arc<dyn IdentityStore>,
     tokens: TokenIssuer,
-    registry: Addr<SessionRegistry>,
+    registry: Registry,
     cluster: Option<Arc<Cluster>>,
     users: moka::sync::Cache<String, UserStatus>,
     keys: moka::sync::Cache<Vec<u8>, ApiKey>,
@@ -138,7 +115,7 @@ impl Access {
     pub fn new(
         identity: Arc<dyn IdentityStore>,
         tokens: TokenIssuer,
-        registry: Addr<SessionRegistry>,
+        registry: Registry,
         cluster: Option<Arc<Cluster>>,
         cache_ttl: Duration,
     ) -> Access {
@@ -197,7 +174,7 @@ impl Access {
             role: user.role,
             credential: Credential::Token {
                 jti: claims.jti,
-                expires_at: unix_time(claims.exp),
+                expires_at: from_unix_secs(claims.exp),
             },
         })
     }
@@ -272,7 +249,7 @@ impl Access {
                 user_id,
                 expires_at_unix,
             } => {
-                let exp = unix_time(*expires_at_unix);
+                let exp = from_unix_secs(*expires_at_unix);
                 self.identity.revoke_token(jti, user_id, exp).await?;
             }
             Revocation::ApiKey { id } => {
@@ -321,7 +298,7 @@ impl Access {
                 expires_at_unix,
                 ..
             } => {
-                let exp = unix_time(*expires_at_unix);
+                let exp = from_unix_secs(*expires_at_unix);
                 self.revoked().tokens.insert(jti.clone(), exp);
                 (Revoked::Credential(jti.clone()), "token revoked")
             }
@@ -334,10 +311,7 @@ impl Access {
                 (Revoked::User(id.clone()), "user disabled")
             }
         };
-        self.registry.do_send(CloseRevoked {
-            revoked,
-            reason: reason.to_owned(),
-        });
+        self.registry.close_revoked(revoked, reason);
     }
 
     /// Pulls what was revoked since the last pull and applies it; also forgets revoked tokens
@@ -352,9 +326,7 @@ impl Access {
         for (jti, exp) in found.tokens {
             let fresh = !self.revoked().tokens.contains_key(&jti);
             if fresh {
-                let expires_at_unix = exp
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                let expires_at_unix = unix_secs(exp);
                 self.apply(&Revocation::Token {
                     jti,
                     user_id: String::new(),

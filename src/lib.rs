@@ -9,6 +9,7 @@ mod conn;
 pub mod limits;
 pub mod limits_nofile;
 pub mod request_hooks;
+pub mod revocation;
 pub mod routes;
 pub mod routing;
 pub mod server;

@@ -11,16 +11,22 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
-use ai_gateway_actors::metrics::LimitLabel;
+use ai_gateway_actors::{metrics::LimitLabel, unix_time::now_unix_secs};
 use deadpool_redis::redis;
 use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::{cluster::Cluster, store::utc_day};
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+
+use crate::{
+    cluster::{Cluster, ClusterError},
+    store::utc_day,
+};
 
 /// The limits, each configurable; `GATEWAY_RATE_LIMITS=off` turns them all off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -303,9 +309,152 @@ const WARN_EVERY_SECS: u64 = 10;
 pub struct Limits {
     settings: RateLimitSettings,
     rejections: Family<LimitLabel, Counter>,
-    cluster: Option<Arc<Cluster>>,
+    /// Shared by every node; asked first when configured.
+    redis: Option<RedisLimits>,
+    /// This node's own; answers whenever Redis does not.
     local: LocalLimits,
     last_warned: AtomicU64,
+}
+
+/// What a GCRA paces: a rate, or a kind of failure.
+#[derive(Debug, Clone, Copy)]
+enum Paced {
+    Rate(Rate),
+    Failure(Failure),
+}
+
+impl Paced {
+    fn name(self) -> &'static str {
+        match self {
+            Paced::Rate(r) => r.name(),
+            Paced::Failure(f) => f.name(),
+        }
+    }
+}
+
+/// Where limits are counted: Redis, for every node, or this node's memory, which never fails.
+#[async_trait]
+trait LimitBackend: Send + Sync {
+    /// One GCRA decision for `key`; `spend` counts the event when it is allowed.
+    async fn pace(
+        &self,
+        paced: Paced,
+        key: &str,
+        pace: Pace,
+        spend: bool,
+    ) -> Result<Decision, ClusterError>;
+
+    /// One of the user's `limit` concurrent stream slots, or `None` when all are taken.
+    async fn stream_slot(
+        &self,
+        user_id: &str,
+        limit: u32,
+        lease_ttl_ms: u64,
+    ) -> Result<Option<StreamLease>, ClusterError>;
+
+    /// Completion tokens the user spent on `day`.
+    async fn tokens_spent(&self, user_id: &str, day: &str) -> Result<u64, ClusterError>;
+
+    async fn spend_tokens(&self, user_id: &str, day: &str, tokens: u64)
+        -> Result<(), ClusterError>;
+}
+
+struct RedisLimits {
+    cluster: Arc<Cluster>,
+}
+
+#[async_trait]
+impl LimitBackend for RedisLimits {
+    async fn pace(
+        &self,
+        paced: Paced,
+        key: &str,
+        (interval_ms, burst): Pace,
+        spend: bool,
+    ) -> Result<Decision, ClusterError> {
+        let tolerance_ms = interval_ms * u64::from(burst.max(1) - 1);
+        let key = self.cluster.key(&format!("rl:{}:{key}", paced.name()));
+        let mut conn = self.cluster.conn().await?;
+        let wait_ms: u64 = redis::Script::new(GCRA)
+            .key(key)
+            .arg(interval_ms)
+            .arg(tolerance_ms)
+            .arg(if spend { "0" } else { "1" })
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match wait_ms {
+            0 => Decision::Allowed,
+            ms => Decision::Denied {
+                retry_after: Duration::from_millis(ms),
+            },
+        })
+    }
+
+    async fn stream_slot(
+        &self,
+        user_id: &str,
+        limit: u32,
+        lease_ttl_ms: u64,
+    ) -> Result<Option<StreamLease>, ClusterError> {
+        let key = self.cluster.key(&format!("streams:{user_id}"));
+        let mut conn = self.cluster.conn().await?;
+        let got: u8 = redis::Script::new(ACQUIRE)
+            .key(&key)
+            .arg(limit)
+            .arg(lease_ttl_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        if got == 0 {
+            return Ok(None);
+        }
+        let cluster = self.cluster.clone();
+        let release = move || {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            rt.spawn(async move {
+                if let Ok(mut conn) = cluster.conn().await {
+                    let _: Result<i64, _> = redis::Script::new(RELEASE)
+                        .key(key)
+                        .invoke_async(&mut conn)
+                        .await;
+                }
+            });
+        };
+        Ok(Some(StreamLease {
+            release: Some(Box::new(release)),
+        }))
+    }
+
+    async fn tokens_spent(&self, user_id: &str, day: &str) -> Result<u64, ClusterError> {
+        let key = self.cluster.key(&format!("tokens:{user_id}:{day}"));
+        let mut conn = self.cluster.conn().await?;
+        let used: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
+        Ok(used.unwrap_or(0))
+    }
+
+    async fn spend_tokens(
+        &self,
+        user_id: &str,
+        day: &str,
+        tokens: u64,
+    ) -> Result<(), ClusterError> {
+        let key = self.cluster.key(&format!("tokens:{user_id}:{day}"));
+        let mut conn = self.cluster.conn().await?;
+        redis::pipe()
+            .atomic()
+            .cmd("INCRBY")
+            .arg(&key)
+            .arg(tokens)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(2 * 24 * 3600)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
 }
 
 struct LocalLimits {
@@ -319,6 +468,70 @@ struct LocalLimits {
     sessions: Arc<Mutex<HashMap<String, u32>>>,
     /// `(user, day)` → completion tokens.
     tokens: Mutex<HashMap<(String, String), u64>>,
+}
+
+#[async_trait]
+impl LimitBackend for LocalLimits {
+    async fn pace(
+        &self,
+        paced: Paced,
+        key: &str,
+        pace: Pace,
+        spend: bool,
+    ) -> Result<Decision, ClusterError> {
+        let limiter = match paced {
+            Paced::Rate(Rate::HandshakePerIp) => &self.handshakes,
+            Paced::Rate(Rate::LoginPerIp) => &self.logins,
+            Paced::Rate(Rate::ChatPerUser) => &self.chats,
+            Paced::Rate(Rate::RegisterPerIp) => &self.registrations,
+            Paced::Failure(failure) => {
+                return Ok(
+                    match self.failures.decide(&local_key(failure, key), pace, spend) {
+                        0 => Decision::Allowed,
+                        ms => Decision::Denied {
+                            retry_after: Duration::from_millis(ms),
+                        },
+                    },
+                );
+            }
+        };
+        Ok(match limiter.check_key(&key.to_owned()) {
+            Ok(()) => Decision::Allowed,
+            Err(not_until) => Decision::Denied {
+                retry_after: not_until
+                    .wait_time_from(governor::clock::DefaultClock::default().now()),
+            },
+        })
+    }
+
+    async fn stream_slot(
+        &self,
+        user_id: &str,
+        limit: u32,
+        _: u64,
+    ) -> Result<Option<StreamLease>, ClusterError> {
+        Ok(counted_slot(&self.streams, user_id, limit))
+    }
+
+    async fn tokens_spent(&self, user_id: &str, day: &str) -> Result<u64, ClusterError> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(tokens
+            .get(&(user_id.to_owned(), day.to_owned()))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    async fn spend_tokens(
+        &self,
+        user_id: &str,
+        day: &str,
+        tokens: u64,
+    ) -> Result<(), ClusterError> {
+        let mut map = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|(_, d), _| d == day);
+        *map.entry((user_id.to_owned(), day.to_owned())).or_default() += tokens;
+        Ok(())
+    }
 }
 
 fn quota(per_min: u32, burst: u32) -> Quota {
@@ -360,12 +573,6 @@ fn local_key(failure: Failure, key: &str) -> String {
     format!("{}:{key}", failure.name())
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Limits {
     pub fn new(settings: RateLimitSettings, cluster: Option<Arc<Cluster>>) -> Arc<Limits> {
         Self::counted(settings, cluster, Family::default())
@@ -400,7 +607,7 @@ impl Limits {
         Arc::new(Limits {
             settings,
             rejections,
-            cluster,
+            redis: cluster.map(|cluster| RedisLimits { cluster }),
             local,
             last_warned: AtomicU64::new(0),
         })
@@ -415,7 +622,7 @@ impl Limits {
     }
 
     fn redis_failed(&self, what: &str, e: &dyn std::fmt::Display) {
-        let now = now_unix();
+        let now = now_unix_secs();
         let last = self.last_warned.load(Ordering::Relaxed);
         if now >= last + WARN_EVERY_SECS
             && self
@@ -425,6 +632,22 @@ impl Limits {
         {
             tracing::warn!(error = %e, limit = what, "Redis unreachable: rate limits hold per node until it returns");
         }
+    }
+
+    /// Asks Redis when it is configured; when it is not, or cannot be reached, this node's
+    /// memory, so the limits still hold per node, neither failing open nor locking users out.
+    async fn shared_or_local<'a, T>(
+        &'a self,
+        what: &'static str,
+        ask: impl Fn(&'a dyn LimitBackend) -> BoxFuture<'a, Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        if let Some(redis) = &self.redis {
+            match ask(redis).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => self.redis_failed(what, &e),
+            }
+        }
+        ask(&self.local).await
     }
 
     /// One more event of `rate` for `key` (an address or a user id).
@@ -453,58 +676,10 @@ impl Limits {
                 s.registration_burst,
             ),
         };
-        if let Some(decision) = self.redis_gcra(rate.name(), key, pace, true).await {
-            return decision;
-        }
-        let limiter = match rate {
-            Rate::HandshakePerIp => &self.local.handshakes,
-            Rate::LoginPerIp => &self.local.logins,
-            Rate::ChatPerUser => &self.local.chats,
-            Rate::RegisterPerIp => &self.local.registrations,
-        };
-        match limiter.check_key(&key.to_owned()) {
-            Ok(()) => Decision::Allowed,
-            Err(not_until) => Decision::Denied {
-                retry_after: not_until
-                    .wait_time_from(governor::clock::DefaultClock::default().now()),
-            },
-        }
-    }
-
-    /// One GCRA decision in Redis; `None` without Redis or when it failed (then the caller
-    /// decides in memory).
-    async fn redis_gcra(
-        &self,
-        name: &'static str,
-        key: &str,
-        (interval_ms, burst): Pace,
-        spend: bool,
-    ) -> Option<Decision> {
-        let cluster = self.cluster.as_ref()?;
-        let tolerance_ms = interval_ms * u64::from(burst.max(1) - 1);
-        let key = cluster.key(&format!("rl:{name}:{key}"));
-        let result: Result<u64, _> = async {
-            let mut conn = cluster.conn().await?;
-            let wait: u64 = redis::Script::new(GCRA)
-                .key(key)
-                .arg(interval_ms)
-                .arg(tolerance_ms)
-                .arg(if spend { "0" } else { "1" })
-                .invoke_async(&mut conn)
-                .await?;
-            Ok::<_, crate::cluster::ClusterError>(wait)
-        }
-        .await;
-        match result {
-            Ok(0) => Some(Decision::Allowed),
-            Ok(wait_ms) => Some(Decision::Denied {
-                retry_after: Duration::from_millis(wait_ms),
-            }),
-            Err(e) => {
-                self.redis_failed(name, &e);
-                None
-            }
-        }
+        self.shared_or_local(rate.name(), |b| b.pace(Paced::Rate(rate), key, pace, true))
+            .await
+            // Memory never fails.
+            .unwrap_or(Decision::Allowed)
     }
 
     fn failure_pace(&self, failure: Failure) -> Pace {
@@ -527,19 +702,12 @@ impl Limits {
             return Decision::Allowed;
         }
         let pace = self.failure_pace(failure);
-        let decision = match self.redis_gcra(failure.name(), key, pace, false).await {
-            Some(d) => d,
-            None => match self
-                .local
-                .failures
-                .decide(&local_key(failure, key), pace, false)
-            {
-                0 => Decision::Allowed,
-                ms => Decision::Denied {
-                    retry_after: Duration::from_millis(ms),
-                },
-            },
-        };
+        let decision = self
+            .shared_or_local(failure.name(), |b| {
+                b.pace(Paced::Failure(failure), key, pace, false)
+            })
+            .await
+            .unwrap_or(Decision::Allowed);
         if decision != Decision::Allowed {
             self.rejected(failure.name());
         }
@@ -552,69 +720,30 @@ impl Limits {
             return;
         }
         let pace = self.failure_pace(failure);
-        if self
-            .redis_gcra(failure.name(), key, pace, true)
-            .await
-            .is_none()
-        {
-            self.local
-                .failures
-                .decide(&local_key(failure, key), pace, true);
-        }
+        let _ = self
+            .shared_or_local(failure.name(), |b| {
+                b.pace(Paced::Failure(failure), key, pace, true)
+            })
+            .await;
     }
 
     /// Takes one of the user's concurrent stream slots, or says none is free.
     pub async fn acquire_stream(&self, user_id: &str) -> Option<StreamLease> {
-        let lease = self.take_stream_slot(user_id).await;
+        if !self.settings.enabled {
+            return Some(StreamLease { release: None });
+        }
+        let (limit, ttl_ms) = (
+            self.settings.concurrent_streams_per_user,
+            self.settings.stream_lease_ttl_ms,
+        );
+        let lease = self
+            .shared_or_local("streams", |b| b.stream_slot(user_id, limit, ttl_ms))
+            .await
+            .unwrap_or(None);
         if lease.is_none() {
             self.rejected("streams");
         }
         lease
-    }
-
-    async fn take_stream_slot(&self, user_id: &str) -> Option<StreamLease> {
-        if !self.settings.enabled {
-            return Some(StreamLease { release: None });
-        }
-        let limit = self.settings.concurrent_streams_per_user;
-        if let Some(cluster) = &self.cluster {
-            let key = cluster.key(&format!("streams:{user_id}"));
-            let result: Result<u8, _> = async {
-                let mut conn = cluster.conn().await?;
-                let got: u8 = redis::Script::new(ACQUIRE)
-                    .key(&key)
-                    .arg(limit)
-                    .arg(self.settings.stream_lease_ttl_ms)
-                    .invoke_async(&mut conn)
-                    .await?;
-                Ok::<_, crate::cluster::ClusterError>(got)
-            }
-            .await;
-            match result {
-                Ok(0) => return None,
-                Ok(_) => {
-                    let cluster = cluster.clone();
-                    let release = move || {
-                        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                            return;
-                        };
-                        rt.spawn(async move {
-                            if let Ok(mut conn) = cluster.conn().await {
-                                let _: Result<i64, _> = redis::Script::new(RELEASE)
-                                    .key(key)
-                                    .invoke_async(&mut conn)
-                                    .await;
-                            }
-                        });
-                    };
-                    return Some(StreamLease {
-                        release: Some(Box::new(release)),
-                    });
-                }
-                Err(e) => self.redis_failed("streams", &e),
-            }
-        }
-        counted_slot(&self.local.streams, user_id, limit)
     }
 
     /// Takes one of the user's WebSocket session places on this node, or says none is free. The
@@ -636,34 +765,20 @@ impl Limits {
 
     /// Whether the user has spent today's token budget.
     pub async fn token_budget_spent(&self, user_id: &str) -> bool {
-        let spent = self.budget_spent(user_id).await;
-        if spent {
-            self.rejected("tokens");
-        }
-        spent
-    }
-
-    async fn budget_spent(&self, user_id: &str) -> bool {
         let budget = self.settings.tokens_per_user_per_day;
         if !self.settings.enabled || budget == 0 {
             return false;
         }
         let day = utc_day(SystemTime::now());
-        if let Some(cluster) = &self.cluster {
-            let key = cluster.key(&format!("tokens:{user_id}:{day}"));
-            let result: Result<Option<u64>, _> = async {
-                let mut conn = cluster.conn().await?;
-                let used: Option<u64> = redis::cmd("GET").arg(key).query_async(&mut conn).await?;
-                Ok::<_, crate::cluster::ClusterError>(used)
-            }
-            .await;
-            match result {
-                Ok(used) => return used.unwrap_or(0) >= budget,
-                Err(e) => self.redis_failed("tokens", &e),
-            }
+        let spent = self
+            .shared_or_local("tokens", |b| b.tokens_spent(user_id, &day))
+            .await
+            .unwrap_or(0)
+            >= budget;
+        if spent {
+            self.rejected("tokens");
         }
-        let tokens = self.local.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.get(&(user_id.to_owned(), day)).copied().unwrap_or(0) >= budget
+        spent
     }
 
     /// Counts the tokens (prompt and completion) a finished request spent.
@@ -672,33 +787,9 @@ impl Limits {
             return;
         }
         let day = utc_day(SystemTime::now());
-        if let Some(cluster) = &self.cluster {
-            let key = cluster.key(&format!("tokens:{user_id}:{day}"));
-            let result: Result<(), _> = async {
-                let mut conn = cluster.conn().await?;
-                redis::pipe()
-                    .atomic()
-                    .cmd("INCRBY")
-                    .arg(&key)
-                    .arg(tokens)
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(2 * 24 * 3600)
-                    .ignore()
-                    .query_async::<()>(&mut conn)
-                    .await?;
-                Ok::<_, crate::cluster::ClusterError>(())
-            }
+        let _ = self
+            .shared_or_local("tokens", |b| b.spend_tokens(user_id, &day, tokens))
             .await;
-            match result {
-                Ok(()) => return,
-                Err(e) => self.redis_failed("tokens", &e),
-            }
-        }
-        let mut map = self.local.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|(_, d), _| *d == day);
-        *map.entry((user_id.to_owned(), day)).or_default() += tokens;
     }
 
     /// Forgets idle in-memory limiter state; call now and then so memory stays bounded.

@@ -24,7 +24,7 @@ pub struct GatewayHooks {
 }
 
 fn rate_limited(what: &str, retry_after: std::time::Duration) -> Refusal {
-    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let secs = crate::routes::retry_after_secs(retry_after);
     Refusal::new(
         ErrorReason::RateLimited,
         format!("{what}; retry in {secs} s"),

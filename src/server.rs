@@ -9,12 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{Actor, Addr};
-use actix_rt::Arbiter;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use ai_gateway_actors::{
-    answer::SharedJournals, close_code, AnswerHub, Drain, Engine, KillSession, Metrics,
-    MockProvider, NoDirectory, SessionCount, SessionDirectory, SessionEnv, SessionRegistry,
+    answer::SharedJournals, close_code, AnswerHub, Engine, KillSession, Metrics, MockProvider,
+    NoDirectory, Registry, SessionDirectory, SessionEnv,
 };
 use rand::RngCore;
 
@@ -36,75 +34,168 @@ const LIMITS_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running node. Dropping it leaves the server running; call [`Gateway::shutdown`].
 pub struct Gateway {
-    addr: SocketAddr,
-    node_id: String,
-    state: web::Data<AppState>,
-    server: ServerHandle,
-    serving: actix_rt::task::JoinHandle<std::io::Result<()>>,
-    mock: Arc<MockProvider>,
-    writes: WriteBehind,
-    open_connections: Arc<AtomicUsize>,
+    node: Node,
+    listener: Listener,
     drain_timeout: Duration,
     close_grace: Duration,
-    registry_arbiter: Arbiter,
 }
 
-impl Gateway {
-    /// Binds `config.listen` and starts serving. Must run inside an actix system. Refuses
-    /// published secrets ([`Config::check_secrets`]). Waits (with backoff, up to
-    /// `db_connect_timeout_secs`) for PostgreSQL and Redis when they are configured.
-    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
-        config.check_secrets()?;
-        // rustls (provider calls, PostgreSQL, `rediss://`) with ring; the redis crate asks for
-        // the process's default provider. Already installed is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let wait_limit = startup::limit(config.db_connect_timeout_secs);
-        let node_id = if config.node_id.is_empty() {
-            format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-        } else {
-            config.node_id.clone()
-        };
-        let secret = if config.jwt_secret.is_empty() {
-            tracing::warn!(
-                "no jwt_secret configured: using a random one; tokens die with this process"
-            );
-            let mut bytes = [0u8; 32];
-            rand::rng().fill_bytes(&mut bytes);
-            bytes.to_vec()
-        } else {
-            config.jwt_secret.clone().into_bytes()
-        };
+/// What a node is made of, wired together before it listens.
+struct Node {
+    node_id: String,
+    state: web::Data<AppState>,
+    mock: Arc<MockProvider>,
+    writes: WriteBehind,
+}
 
-        let mut postgres_store = None;
-        let stores = if config.database_url.is_empty() {
-            Stores::from_backend(Arc::new(MemoryStore::default()))
-        } else {
-            let url = config.database_url.clone();
-            let tls =
-                startup::wait_for_postgres(&url, &config.database_ca_file, wait_limit).await?;
-            let applied = postgres::migrate(&url, &tls).await?;
-            if !applied.is_empty() {
-                tracing::info!(migrations = ?applied, "database migrated");
+/// The HTTP server answering a node's routes.
+struct Listener {
+    addr: SocketAddr,
+    server: ServerHandle,
+    serving: actix_rt::task::JoinHandle<std::io::Result<()>>,
+    open_connections: Arc<AtomicUsize>,
+}
+
+fn node_id(config: &Config) -> String {
+    if config.node_id.is_empty() {
+        format!("gw-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    } else {
+        config.node_id.clone()
+    }
+}
+
+fn jwt_secret(config: &Config) -> Vec<u8> {
+    if config.jwt_secret.is_empty() {
+        tracing::warn!(
+            "no jwt_secret configured: using a random one; tokens die with this process"
+        );
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        bytes.to_vec()
+    } else {
+        config.jwt_secret.clone().into_bytes()
+    }
+}
+
+/// The stores (PostgreSQL, migrated, when configured; else memory) and the PostgreSQL store
+/// for the readiness probe. Waits up to `db_connect_timeout_secs` for a database that is late.
+async fn open_stores(config: &Config) -> anyhow::Result<(Stores, Option<Arc<postgres::PgStore>>)> {
+    if config.database_url.is_empty() {
+        return Ok((Stores::from_backend(Arc::new(MemoryStore::default())), None));
+    }
+    let wait_limit = startup::limit(config.db_connect_timeout_secs);
+    let url = config.database_url.clone();
+    let tls = startup::wait_for_postgres(&url, &config.database_ca_file, wait_limit).await?;
+    let applied = postgres::migrate(&url, &tls).await?;
+    if !applied.is_empty() {
+        tracing::info!(migrations = ?applied, "database migrated");
+    }
+    let pg = Arc::new(postgres::PgStore::connect(&url, &tls)?);
+    let target = redact_url(&url);
+    startup::wait_for("PostgreSQL", &target, wait_limit, |_| true, || pg.ping()).await?;
+    Ok((Stores::from_backend(pg.clone()), Some(pg)))
+}
+
+async fn join_cluster(config: &Config) -> anyhow::Result<Option<Arc<Cluster>>> {
+    if config.redis_url.is_empty() {
+        return Ok(None);
+    }
+    let wait_limit = startup::limit(config.db_connect_timeout_secs);
+    let cluster = Arc::new(Cluster::new(&config.redis_url, &config.redis_prefix)?);
+    let target = redact_url(&config.redis_url);
+    // Every Redis error is retried up to the limit: the redis crate reports a certificate that
+    // does not verify as text, not as a rustls error.
+    startup::wait_for("Redis", &target, wait_limit, |_| true, || cluster.ping()).await?;
+    Ok(Some(cluster))
+}
+
+/// The node's journals of answers (shared through Redis when it is there), swept now and then.
+fn answer_hub(
+    config: &Config,
+    node_id: &str,
+    cluster: Option<&Arc<Cluster>>,
+    metrics: &Metrics,
+) -> Arc<AnswerHub> {
+    let retention = Duration::from_millis(config.resume.retention_ms);
+    let shared = cluster.map(|c| {
+        Arc::new(RedisJournals::new(c.clone(), node_id.to_owned(), retention))
+            as Arc<dyn SharedJournals>
+    });
+    let answers = AnswerHub::sharing(config.resume.to_actors(), metrics.journal.clone(), shared);
+    let swept = Arc::downgrade(&answers);
+    let sweep_every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    actix_rt::spawn(async move {
+        let mut tick = actix_rt::time::interval(sweep_every);
+        loop {
+            tick.tick().await;
+            match swept.upgrade() {
+                Some(hub) => hub.sweep(),
+                None => return,
             }
-            let pg = Arc::new(postgres::PgStore::connect(&url, &tls)?);
-            let target = redact_url(&url);
-            startup::wait_for("PostgreSQL", &target, wait_limit, |_| true, || pg.ping()).await?;
-            postgres_store = Some(pg.clone());
-            Stores::from_backend(pg)
-        };
-        let cluster = if config.redis_url.is_empty() {
-            None
-        } else {
-            let cluster = Arc::new(Cluster::new(&config.redis_url, &config.redis_prefix)?);
-            let target = redact_url(&config.redis_url);
-            // Every Redis error is retried up to the limit: the redis crate reports a
-            // certificate that does not verify as text, not as a rustls error.
-            startup::wait_for("Redis", &target, wait_limit, |_| true, || cluster.ping()).await?;
-            Some(cluster)
-        };
+        }
+    });
+    answers
+}
+
+/// Applies what other nodes announce: revocations, kills of sessions held here, user changes.
+fn dispatch_cluster_events(cluster: &Arc<Cluster>, access: &Arc<Access>, registry: &Registry) {
+    let on_event = access.clone();
+    let on_connected = Arc::downgrade(access);
+    let local = registry.clone();
+    cluster.subscribe(
+        move |event| match event {
+            ClusterEvent::Revoked(r) => on_event.apply(&r),
+            ClusterEvent::KillSession { session_id, reason } => {
+                let local = local.clone();
+                actix_rt::spawn(async move {
+                    local
+                        .kill(KillSession {
+                            session_id,
+                            code: close_code::POLICY,
+                            reason,
+                        })
+                        .await
+                });
+            }
+            ClusterEvent::UserChanged { user_id } => on_event.forget_user(&user_id),
+        },
+        // Catch up on what was revoked while the subscription was down.
+        move || {
+            if let Some(access) = on_connected.upgrade() {
+                actix_rt::spawn(async move {
+                    let _ = access.sync().await;
+                });
+            }
+        },
+    );
+}
+
+/// Forgets idle in-memory limiter state every [`LIMITS_PRUNE_INTERVAL`] while `limits` lives.
+fn prune_limits(limits: &Arc<Limits>) {
+    let pruned = Arc::downgrade(limits);
+    actix_rt::spawn(async move {
+        let mut tick = actix_rt::time::interval(LIMITS_PRUNE_INTERVAL);
+        loop {
+            tick.tick().await;
+            match pruned.upgrade() {
+                Some(l) => l.prune(),
+                None => return,
+            }
+        }
+    });
+}
+
+impl Node {
+    /// Connects the stores and Redis, and wires the router, registry, access, limits, hooks
+    /// and the state every handler shares.
+    async fn wire(config: &Config) -> anyhow::Result<Node> {
+        let node_id = node_id(config);
+        let secret = jwt_secret(config);
+        let (stores, postgres_store) = open_stores(config).await?;
+        let cluster = join_cluster(config).await?;
 
         let mock = MockProvider::new(config.mock.clone());
-        let router = Arc::new(crate::routing::build_router(&config, mock.clone())?);
+        let router = Arc::new(crate::routing::build_router(config, mock.clone())?);
         let directory: Arc<dyn SessionDirectory> = match &cluster {
             Some(c) => Arc::new(RedisDirectory::start(
                 c.clone(),
@@ -113,12 +204,12 @@ impl Gateway {
             )),
             None => Arc::new(NoDirectory),
         };
-        let refresh = Duration::from_millis(config.directory.refresh_interval_ms);
-        let registry_arbiter = Arbiter::new();
-        let registry_router = router.clone();
-        let registry = SessionRegistry::start_in_arbiter(&registry_arbiter.handle(), move |_| {
-            SessionRegistry::new(registry_router).with_directory(directory, refresh)
-        });
+        let registry = Registry::with_directory(router.clone(), directory);
+        if cluster.is_some() {
+            registry.refresh_directory_every(Duration::from_millis(
+                config.directory.refresh_interval_ms,
+            ));
+        }
 
         let access = Arc::new(Access::new(
             stores.identity.clone(),
@@ -132,30 +223,7 @@ impl Gateway {
         }
         access.spawn_sync(Duration::from_millis(config.revocation_sync_ms));
         if let Some(c) = &cluster {
-            let on_event = access.clone();
-            let on_connected = Arc::downgrade(&access);
-            let local = registry.clone();
-            c.subscribe(
-                move |event| match event {
-                    ClusterEvent::Revoked(r) => on_event.apply(&r),
-                    ClusterEvent::KillSession { session_id, reason } => {
-                        local.do_send(KillSession {
-                            session_id,
-                            code: close_code::POLICY,
-                            reason,
-                        })
-                    }
-                    ClusterEvent::UserChanged { user_id } => on_event.forget_user(&user_id),
-                },
-                // Catch up on what was revoked while the subscription was down.
-                move || {
-                    if let Some(access) = on_connected.upgrade() {
-                        actix_rt::spawn(async move {
-                            let _ = access.sync().await;
-                        });
-                    }
-                },
-            );
+            dispatch_cluster_events(c, &access, &registry);
         }
 
         let metrics = Metrics::new();
@@ -164,17 +232,7 @@ impl Gateway {
             cluster.clone(),
             metrics.rate_limit_rejections.clone(),
         );
-        let pruned = Arc::downgrade(&limits);
-        actix_rt::spawn(async move {
-            let mut tick = actix_rt::time::interval(LIMITS_PRUNE_INTERVAL);
-            loop {
-                tick.tick().await;
-                match pruned.upgrade() {
-                    Some(l) => l.prune(),
-                    None => return,
-                }
-            }
-        });
+        prune_limits(&limits);
         let writes = WriteBehind::start(stores.clone(), config.write_queue_capacity);
         let hooks = Arc::new(GatewayHooks {
             stores: stores.clone(),
@@ -182,32 +240,7 @@ impl Gateway {
             writes: writes.clone(),
         });
 
-        let shared_journals = cluster.as_ref().map(|c| {
-            Arc::new(RedisJournals::new(
-                c.clone(),
-                node_id.clone(),
-                Duration::from_millis(config.resume.retention_ms),
-            )) as Arc<dyn SharedJournals>
-        });
-        let answers = AnswerHub::sharing(
-            config.resume.to_actors(),
-            metrics.journal.clone(),
-            shared_journals,
-        );
-        let swept = Arc::downgrade(&answers);
-        let sweep_every = (Duration::from_millis(config.resume.retention_ms) / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(10));
-        actix_rt::spawn(async move {
-            let mut tick = actix_rt::time::interval(sweep_every);
-            loop {
-                tick.tick().await;
-                match swept.upgrade() {
-                    Some(hub) => hub.sweep(),
-                    None => return,
-                }
-            }
-        });
-
+        let answers = answer_hub(config, &node_id, cluster.as_ref(), &metrics);
         let state = web::Data::new(AppState {
             router: router.clone(),
             access,
@@ -219,13 +252,13 @@ impl Gateway {
                 config: config.session_config(&node_id),
                 engine: Arc::new(Engine {
                     hooks,
-                    router: router.clone(),
+                    router,
                     registry: registry.clone(),
                     metrics: metrics.clone(),
                 }),
                 registry,
                 metrics: metrics.clone(),
-                answers: answers.clone(),
+                answers,
             },
             telemetry: crate::routes::Telemetry::new(metrics),
             postgres: postgres_store,
@@ -238,9 +271,20 @@ impl Gateway {
                 token: config.admin_token.clone(),
                 node_id: node_id.clone(),
             },
-            guards: routes::Guards::new(&config),
+            guards: routes::Guards::new(config),
         });
+        Ok(Node {
+            node_id,
+            state,
+            mock,
+            writes,
+        })
+    }
+}
 
+impl Listener {
+    /// Binds `config.listen` and serves `state`'s routes on `config.workers` worker threads.
+    fn bind(config: &Config, state: &web::Data<AppState>) -> anyhow::Result<Listener> {
         let drain_timeout = Duration::from_millis(config.shutdown.drain_timeout_ms);
         let close_grace = Duration::from_millis(config.session.close_grace_ms);
         let app_state = state.clone();
@@ -266,102 +310,110 @@ impl Gateway {
         let server = server.run();
         let handle = server.handle();
         let serving = actix_rt::spawn(server);
-        tracing::info!(%addr, node_id, "ai-gateway listening");
-        Ok(Gateway {
+        Ok(Listener {
             addr,
-            node_id,
-            state,
             server: handle,
             serving,
-            mock,
-            writes,
             open_connections,
-            drain_timeout,
-            close_grace,
-            registry_arbiter,
+        })
+    }
+}
+
+impl Gateway {
+    /// Binds `config.listen` and starts serving. Must run inside an actix system. Refuses
+    /// published secrets ([`Config::check_secrets`]). Waits (with backoff, up to
+    /// `db_connect_timeout_secs`) for PostgreSQL and Redis when they are configured.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        config.check_secrets()?;
+        // rustls (provider calls, PostgreSQL, `rediss://`) with ring; the redis crate asks for
+        // the process's default provider. Already installed is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let node = Node::wire(&config).await?;
+        let listener = Listener::bind(&config, &node.state)?;
+        tracing::info!(addr = %listener.addr, node_id = node.node_id, "ai-gateway listening");
+        Ok(Gateway {
+            node,
+            listener,
+            drain_timeout: Duration::from_millis(config.shutdown.drain_timeout_ms),
+            close_grace: Duration::from_millis(config.session.close_grace_ms),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.addr
     }
 
     pub fn node_id(&self) -> &str {
-        &self.node_id
+        &self.node.node_id
     }
 
-    pub fn registry(&self) -> &Addr<SessionRegistry> {
-        &self.state.registry
+    pub fn registry(&self) -> &Registry {
+        &self.node.state.registry
     }
 
     /// Waits until every usage record and conversation turn queued so far is stored.
     pub async fn flush_writes(&self) {
-        self.writes.flush().await;
+        self.node.writes.flush().await;
     }
 
     pub fn access(&self) -> &Arc<Access> {
-        &self.state.access
+        &self.node.state.access
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.state.cluster.as_ref()
+        self.node.state.cluster.as_ref()
     }
 
     pub fn stores(&self) -> &Stores {
-        &self.state.stores
+        &self.node.state.stores
     }
 
     /// The mock provider, for tests that count what it produced.
     pub fn mock(&self) -> &MockProvider {
-        &self.mock
+        &self.node.mock
     }
 
     /// TCP connections open on this node (HTTP and WebSocket).
     pub fn open_connections(&self) -> usize {
-        self.open_connections.load(Ordering::Relaxed)
+        self.listener.open_connections.load(Ordering::Relaxed)
     }
 
     /// Live sessions on this node.
     pub async fn session_count(&self) -> usize {
-        self.state.registry.send(SessionCount).await.unwrap_or(0)
+        self.node.state.registry.count()
     }
 
     /// Graceful shutdown: stop accepting, let running streams finish for up to the drain
     /// timeout, close every session with 1012, then stop the server.
     pub async fn shutdown(self) {
         tracing::info!("draining");
-        self.state.draining.store(true, Ordering::Relaxed);
+        self.node.state.draining.store(true, Ordering::Relaxed);
         // Stop accepting now, but keep the workers: answers run on them until they end, even
         // with every connection gone (their clients resume on another node).
-        self.server.pause().await;
-        let _ = self
-            .state
-            .registry
-            .send(Drain {
-                timeout: self.drain_timeout,
-            })
-            .await;
+        self.listener.server.pause().await;
+        let registry = &self.node.state.registry;
+        registry.drain(self.drain_timeout);
         // Answers run on until they end, also those whose clients went to resume them on
         // another node; what is still running at the drain timeout ends with an error there.
-        let answers = &self.state.session_env.answers;
+        let answers = &self.node.state.session_env.answers;
         let drained = Instant::now() + self.drain_timeout;
-        while (self.session_count().await > 0 || answers.running() > 0) && Instant::now() < drained
-        {
+        while (registry.count() > 0 || answers.running() > 0) && Instant::now() < drained {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
         if answers.running() > 0 {
             let msg = "the node shut down before this answer finished; retry elsewhere";
             answers.fail_running(ai_gateway_proto::ErrorReason::ShuttingDown, msg);
         }
-        let deadline = Instant::now() + self.close_grace + Duration::from_secs(1);
-        while (self.session_count().await > 0 || answers.running() > 0) && Instant::now() < deadline
-        {
+        let patience = self.close_grace + Duration::from_secs(1);
+        let _ = actix_rt::time::timeout(patience, registry.until_empty()).await;
+        let deadline = Instant::now() + patience;
+        while answers.running() > 0 && Instant::now() < deadline {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
-        self.server.stop(true).await;
-        let _ = self.serving.await;
-        self.writes.flush().await;
-        self.registry_arbiter.stop();
+        self.listener.server.stop(true).await;
+        let _ = self.listener.serving.await;
+        self.node.writes.flush().await;
+        registry.stop();
         tracing::info!("stopped");
     }
 }

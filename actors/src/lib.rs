@@ -1,6 +1,6 @@
-//! The gateway's actors: one [`SessionActor`] per WebSocket connection, the [`SessionRegistry`]
-//! that knows every live session and forwards chat requests, and the provider streams that
-//! answer them. `docs/ARCHITECTURE.md` shows how they fit.
+//! The gateway's actors: one [`SessionActor`] per WebSocket connection, the [`Registry`] (a
+//! [`SessionRegistry`] shard per worker thread) that knows every live session and forwards chat
+//! requests, and the provider streams that answer them. `docs/ARCHITECTURE.md` shows how they fit.
 
 pub mod answer;
 mod flow;
@@ -14,6 +14,7 @@ mod relay;
 pub mod request;
 pub mod session;
 pub mod trace;
+pub mod unix_time;
 
 pub use answer::{AnswerHub, ResumeSettings};
 pub use flow::FlowControl;
@@ -31,8 +32,7 @@ pub use provider::{
     StreamEvent, StreamHandle, Timeouts,
 };
 pub use registry::{
-    CloseRevoked, Drain, KillSession, ListSessions, Revoked, SessionCount, SessionInfo,
-    SessionRegistry, StartChat,
+    CloseSession, DrainSession, KillSession, Registry, Revoked, SessionInfo, SessionRegistry,
 };
 pub use request::{ChatRequest, Engine};
 pub use session::{ConnectionAbort, SessionActor, SessionConfig, SessionEnv};

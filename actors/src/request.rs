@@ -10,14 +10,13 @@
 
 use std::{any::Any, sync::Arc, time::Instant};
 
-use actix::Addr;
 use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 
 use crate::{
     hooks::{Admission, Refusal, RequestHooks, RequestOutcome, RequestStart},
     metrics::{Direction, Front, Outcome, ProviderErrorLabels, RequestLabels, TokenLabels},
     provider::{Chunk, ChunkSink, ProviderError, ProviderRequest, Router, StreamHandle},
-    registry::{SessionInfo, SessionRegistry, StartChat},
+    registry::{Registry, SessionInfo},
     Metrics,
 };
 
@@ -26,7 +25,7 @@ use crate::{
 pub struct Engine {
     pub hooks: Arc<dyn RequestHooks>,
     pub router: Arc<Router>,
-    pub registry: Addr<SessionRegistry>,
+    pub registry: Registry,
     pub metrics: Arc<Metrics>,
 }
 
@@ -49,11 +48,7 @@ impl Engine {
     ) -> Result<StreamHandle, Refusal> {
         let sink = sink.timing_first_chunks(self.metrics.upstream_first_chunk.clone());
         self.registry
-            .send(StartChat {
-                request,
-                sink,
-                arbiter: actix_rt::Arbiter::current(),
-            })
+            .start_chat(request, sink)
             .await
             .map_err(|_| Refusal::new(ErrorReason::Internal, "registry unavailable"))?
             .map_err(|unknown| Refusal::new(ErrorReason::UnknownModel, unknown.to_string()))

@@ -27,7 +27,10 @@ use crate::{
     metrics::{Front, ReasonLabel},
     outbox::{Outbox, Outgoing},
     provider::{chat, ChunkSink, ProviderRequest, StreamEvent, StreamHandle},
-    registry::{Register, RequestsChanged, SessionInfo, SessionRegistry, Unregister},
+    registry::{
+        CloseSession, DrainSession, Register, Registry, RequestsChanged, SessionInfo,
+        SessionRegistry, Unregister,
+    },
     relay::{error_frame, replay, replay_remote, Reader, Relay, RelayNews},
     request::{ChatRequest, Engine},
     FlowControl, Metrics,
@@ -108,7 +111,7 @@ pub trait ConnectionAbort: 'static {
 #[derive(Clone)]
 pub struct SessionEnv {
     pub config: Arc<SessionConfig>,
-    pub registry: Addr<SessionRegistry>,
+    pub registry: Registry,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     /// The node's journals of answers, for `resume`.
@@ -143,7 +146,9 @@ pub struct SessionActor {
     /// Parent of every request's span.
     span: tracing::Span,
     config: Arc<SessionConfig>,
-    registry: Addr<SessionRegistry>,
+    registry: Registry,
+    /// This thread's registry shard, where the session registers (set in `started`).
+    shard: Option<Addr<SessionRegistry>>,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
     answers: Arc<AnswerHub>,
@@ -180,6 +185,7 @@ impl SessionActor {
             ),
             config: env.config,
             registry: env.registry,
+            shard: None,
             engine: env.engine,
             metrics: env.metrics,
             answers: env.answers,
@@ -519,11 +525,13 @@ impl SessionActor {
     }
 
     fn requests_changed(&self) {
-        self.registry.do_send(RequestsChanged {
-            session_id: self.info.session_id.clone(),
-            running: self.requests.len() as u32,
-            last_model: self.info.last_model.clone(),
-        });
+        if let Some(shard) = &self.shard {
+            shard.do_send(RequestsChanged {
+                session_id: self.info.session_id.clone(),
+                running: self.requests.len() as u32,
+                last_model: self.info.last_model.clone(),
+            });
+        }
     }
 
     fn cancel(&mut self, id: &str, ctx: &mut Context<Self>) {
@@ -712,10 +720,13 @@ impl Actor for SessionActor {
         self.metrics.sessions_live.inc();
         self.incoming = Some(ctx.add_stream(stream.max_frame_size(self.config.max_frame_bytes)));
 
-        self.registry.do_send(Register {
+        let shard = self.registry.shard();
+        shard.do_send(Register {
             info: self.info.clone(),
-            addr: ctx.address(),
+            close: ctx.address().recipient(),
+            drain: ctx.address().recipient(),
         });
+        self.shard = Some(shard);
 
         let heartbeat = self.config.heartbeat_interval;
         ctx.run_interval(heartbeat, |act, _| {
@@ -776,9 +787,11 @@ impl Actor for SessionActor {
         if let Some(outbox) = &self.outbox {
             outbox.end();
         }
-        self.registry.do_send(Unregister {
-            session_id: self.info.session_id.clone(),
-        });
+        if let Some(shard) = &self.shard {
+            shard.do_send(Unregister {
+                session_id: self.info.session_id.clone(),
+            });
+        }
         Running::Stop
     }
 }
@@ -834,14 +847,6 @@ impl Handler<RelayNews> for SessionActor {
     }
 }
 
-/// Closes the session with this code and reason (operator kill).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct CloseSession {
-    pub code: u16,
-    pub reason: String,
-}
-
 impl Handler<CloseSession> for SessionActor {
     type Result = ();
 
@@ -852,14 +857,6 @@ impl Handler<CloseSession> for SessionActor {
         };
         self.close(why, &msg.reason, ctx);
     }
-}
-
-/// The node is draining: refuse new requests, finish running ones within `timeout`, then close
-/// with [`close_code::RESTART`].
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct DrainSession {
-    pub timeout: Duration,
 }
 
 impl Handler<DrainSession> for SessionActor {

@@ -4,12 +4,12 @@
 //! Keys: `session:{id}` (JSON, expires), `sessions` (sorted set of ids by expiry time, for
 //! listing), `node:{id}` and `nodes` the same for nodes.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
-use ai_gateway_actors::{SessionDirectory, SessionInfo};
+use ai_gateway_actors::{
+    unix_time::{now_unix_ms, unix_ms},
+    SessionDirectory, SessionInfo,
+};
 use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -44,11 +44,6 @@ pub struct NodeEntry {
     pub sessions: usize,
     /// Unix milliseconds of the last refresh.
     pub refreshed_at: u64,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl From<&SessionInfo> for DirectoryEntry {
@@ -119,7 +114,7 @@ async fn write(
     update: Update,
 ) -> Result<(), ClusterError> {
     let mut conn = cluster.conn().await?;
-    let now = unix_ms(SystemTime::now());
+    let now = now_unix_ms();
     let expires = now + ttl.as_millis() as u64;
     let ttl_ms = ttl.as_millis() as u64;
     let index = cluster.key("sessions");
@@ -186,7 +181,7 @@ async fn list_live<T: serde::de::DeserializeOwned>(
     kind: &str,
 ) -> Result<Vec<T>, ClusterError> {
     let mut conn = cluster.conn().await?;
-    let now = unix_ms(SystemTime::now());
+    let now = now_unix_ms();
     let ids: Vec<String> = redis::cmd("ZRANGE")
         .arg(cluster.key(index))
         .arg(now)

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use directory::{list_nodes, list_sessions, DirectoryEntry, NodeEntry, RedisDirectory};
 pub use journal::RedisJournals;
 
-use crate::access::Revocation;
+use crate::revocation::Revocation;
 
 /// Longest pause between two attempts to reach Redis again.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);

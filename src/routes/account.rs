@@ -1,19 +1,18 @@
 //! `POST /register` and `POST /login`, with the seed's bodies and answers.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, SystemTime},
-};
+use std::{net::IpAddr, time::Duration};
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+use ai_gateway_actors::unix_time::unix_secs;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, Caller};
 use crate::{
-    access::{Credential, Revocation},
+    access::Credential,
     auth,
     limits::{Decision, Failure, Rate},
+    revocation::Revocation,
     store::Role,
 };
 
@@ -26,22 +25,18 @@ pub struct Credentials {
     pub(super) password: String,
 }
 
-fn bad_request(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message.to_owned())
-}
-
 pub(super) fn validate(c: &Credentials) -> Result<(), ApiError> {
     let name_ok = USERNAME_CHARS.contains(&c.username.chars().count())
         && c.username
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
     if !name_ok {
-        return Err(bad_request(
+        return Err(ApiError::bad_request(
             "username must be 3 to 64 characters of letters, digits, '_', '.' or '-'",
         ));
     }
     if !PASSWORD_BYTES.contains(&c.password.len()) {
-        return Err(bad_request("password must be 8 to 1024 bytes"));
+        return Err(ApiError::bad_request("password must be 8 to 1024 bytes"));
     }
     Ok(())
 }
@@ -234,9 +229,7 @@ pub async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
             "API keys are revoked with DELETE /v1/keys/{id}".to_owned(),
         ));
     };
-    let expires_at_unix = expires_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let expires_at_unix = unix_secs(expires_at);
     state
         .access
         .revoke(Revocation::Token {

@@ -151,8 +151,8 @@ pub async fn upgrade(
                 "Too many open connections for this user; close one first".to_owned(),
             )
         })?;
-    let (response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let (response, session, stream) =
+        actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let response = response
         .map_body(|_, body| Leased {
             body,

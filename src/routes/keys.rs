@@ -7,9 +7,10 @@ use actix_web::{http::StatusCode, web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, Caller};
+use super::{ApiError, AppState, Caller, Paging};
 use crate::{
-    access::{api_key_hash, new_api_key, Revocation},
+    access::{api_key_hash, new_api_key},
+    revocation::Revocation,
     store::{ApiKey, Role},
 };
 
@@ -18,10 +19,6 @@ const MAX_KEY_NAME_CHARS: usize = 100;
 
 /// Longest lifetime a key may be given: ten years.
 pub const MAX_KEY_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
-
-/// Keys listed per page by default, and at most (as in the admin API).
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,21 +29,17 @@ pub struct NewKey {
     expires_in_secs: Option<u64>,
 }
 
-fn bad_request(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message.to_owned())
-}
-
 /// When a key asked to live `secs` from `now` expires: 1 second to ten years, else 400.
 fn expiry(now: SystemTime, secs: Option<u64>) -> Result<Option<SystemTime>, ApiError> {
     let Some(secs) = secs else { return Ok(None) };
     if !(1..=MAX_KEY_LIFETIME_SECS).contains(&secs) {
-        return Err(bad_request(&format!(
+        return Err(ApiError::bad_request(format!(
             "expires_in_secs must be 1 to {MAX_KEY_LIFETIME_SECS} (ten years), or absent for a key that does not expire"
         )));
     }
     now.checked_add(Duration::from_secs(secs))
         .map(Some)
-        .ok_or_else(|| bad_request("expires_in_secs is too large"))
+        .ok_or_else(|| ApiError::bad_request("expires_in_secs is too large"))
 }
 
 pub async fn create(
@@ -57,7 +50,7 @@ pub async fn create(
     let body = body.into_inner();
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > MAX_KEY_NAME_CHARS {
-        return Err(bad_request("name must be 1 to 100 characters"));
+        return Err(ApiError::bad_request("name must be 1 to 100 characters"));
     }
     let now = SystemTime::now();
     let expires_at = expiry(now, body.expires_in_secs)?;
@@ -88,22 +81,14 @@ pub async fn create(
     Ok(HttpResponse::Created().json(body))
 }
 
-/// `?offset=&limit=`, as in the admin API.
-#[derive(Deserialize)]
-pub struct KeyPage {
-    #[serde(default)]
-    offset: usize,
-    limit: Option<usize>,
-}
-
 /// `GET /v1/keys?offset=&limit=`: the caller's keys, oldest first, `limit` (default 100, at
 /// most 1000) from `offset`. `next_offset` is where the next page starts, or null.
 pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
-    page: web::Query<KeyPage>,
+    page: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = page.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = page.limit();
     let mut keys = state
         .access
         .identity()

@@ -11,13 +11,13 @@ mod health;
 mod keys;
 mod openai;
 mod pages;
+mod paging;
 
 use std::{
     sync::{atomic::AtomicBool, Arc},
     time::Duration,
 };
 
-use actix::Addr;
 use actix_web::{
     body::{BoxBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
@@ -26,12 +26,13 @@ use actix_web::{
     middleware::{self, Next},
     web, HttpResponse, ResponseError,
 };
-use ai_gateway_actors::{Router, SessionEnv, SessionRegistry};
+use ai_gateway_actors::{Registry, Router, SessionEnv};
 use serde_json::json;
 
 pub use admin::AdminContext;
 pub use caller::Caller;
 pub use health::Telemetry;
+pub use paging::Paging;
 
 use crate::{
     access::{Access, AuthError},
@@ -49,7 +50,7 @@ pub struct AppState {
     pub stores: Stores,
     pub limits: Arc<Limits>,
     pub cluster: Option<Arc<Cluster>>,
-    pub registry: Addr<SessionRegistry>,
+    pub registry: Registry,
     pub session_env: SessionEnv,
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -99,7 +100,7 @@ fn json_error(err: JsonPayloadError) -> ApiError {
             "Request body too large".to_owned(),
         )
     } else {
-        ApiError::new(StatusCode::BAD_REQUEST, err.to_string())
+        ApiError::bad_request(err.to_string())
     }
 }
 
@@ -123,9 +124,10 @@ pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.service(
             web::scope("")
                 .app_data(json_config(max_body))
-                .app_data(web::QueryConfig::default().error_handler(|err, _| {
-                    ApiError::new(StatusCode::BAD_REQUEST, err.to_string()).into()
-                }))
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|err, _| ApiError::bad_request(err.to_string()).into()),
+                )
                 .wrap(middleware::from_fn(v1_errors))
                 .wrap(pages::cors(&origins))
                 .wrap(middleware::from_fn(pages::security_headers))
@@ -246,6 +248,12 @@ pub fn openai_error_body(status: StatusCode, message: &str) -> serde_json::Value
     }})
 }
 
+/// Whole seconds a client is told to wait (`Retry-After`, and the same figure in messages):
+/// rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
 /// An HTTP error answered as `{"error": message}`, the seed's shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -263,6 +271,11 @@ impl ApiError {
             message,
             retry_after: None,
         }
+    }
+
+    /// A 400 with this message.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message.into())
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -290,8 +303,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status);
         if let Some(wait) = self.retry_after {
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            res.insert_header(("Retry-After", secs.to_string()));
+            res.insert_header(("Retry-After", retry_after_secs(wait).to_string()));
         }
         res.json(json!({ "error": self.message }))
     }

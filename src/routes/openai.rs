@@ -7,7 +7,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
@@ -16,6 +16,7 @@ use ai_gateway_actors::{
         chat::joined_tool_calls, Finish, ImageSource, Message, Part, ResponseFormat, Role, Tool,
         ToolCall, ToolCallDelta, ToolChoice,
     },
+    unix_time::now_unix_secs,
     ChatRequest, Chunk, ChunkSink, FlowControl, Front, ProviderError, ProviderRequest, Refusal,
     RequestStart, StreamEvent,
 };
@@ -88,7 +89,7 @@ impl OpenAiError {
             ..
         } = e
         {
-            err.retry_after_secs = Some(ms.div_ceil(1000).max(1));
+            err.retry_after_secs = Some(super::retry_after_secs(Duration::from_millis(*ms)));
         }
         err
     }
@@ -406,12 +407,6 @@ pub async fn models(state: web::Data<AppState>, _caller: Caller) -> HttpResponse
     HttpResponse::Ok().json(json!({"object": "list", "data": data}))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// A piece of a running answer, as the HTTP front writes it.
 pub(super) enum Piece {
     Chunk(Chunk),
@@ -676,7 +671,7 @@ pub async fn completions(
         .await
         .map_err(OpenAiError::from)?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = unix_now();
+    let created = now_unix_secs();
     if stream {
         let stream = SseStream {
             inner: Box::pin(sse_events(answer, first, id, created, model, include_usage)),

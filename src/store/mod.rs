@@ -8,6 +8,7 @@ mod writer;
 
 use std::{sync::Arc, time::SystemTime};
 
+use ai_gateway_actors::unix_time::{as_unix_secs, unix_secs};
 use ai_gateway_proto::Role as MessageRole;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -58,11 +59,11 @@ pub struct ApiKey {
     pub prefix: String,
     #[serde(skip)]
     pub key_hash: Vec<u8>,
-    #[serde(with = "unix_secs")]
+    #[serde(with = "as_unix_secs")]
     pub created_at: SystemTime,
-    #[serde(with = "unix_secs::option")]
+    #[serde(with = "as_unix_secs::option")]
     pub expires_at: Option<SystemTime>,
-    #[serde(with = "unix_secs::option")]
+    #[serde(with = "as_unix_secs::option")]
     pub revoked_at: Option<SystemTime>,
 }
 
@@ -85,9 +86,9 @@ pub struct Revocations {
 pub struct Conversation {
     pub id: String,
     pub title: String,
-    #[serde(with = "unix_secs")]
+    #[serde(with = "as_unix_secs")]
     pub created_at: SystemTime,
-    #[serde(with = "unix_secs")]
+    #[serde(with = "as_unix_secs")]
     pub updated_at: SystemTime,
 }
 
@@ -100,7 +101,7 @@ pub struct StoredMessage {
     pub completion_tokens: Option<u64>,
     pub first_chunk_ms: Option<u64>,
     pub duration_ms: Option<u64>,
-    #[serde(with = "unix_secs")]
+    #[serde(with = "as_unix_secs")]
     pub created_at: SystemTime,
 }
 
@@ -228,7 +229,7 @@ pub struct AuditEntry {
     pub action: String,
     pub target: String,
     pub detail: serde_json::Value,
-    #[serde(with = "unix_secs")]
+    #[serde(with = "as_unix_secs")]
     pub at: SystemTime,
 }
 
@@ -311,9 +312,7 @@ pub fn is_uuid(s: &str) -> bool {
 
 /// `YYYY-MM-DD` (UTC) of a moment.
 pub fn utc_day(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let secs = i64::try_from(unix_secs(t)).unwrap_or(i64::MAX);
     let date = time::OffsetDateTime::from_unix_timestamp(secs)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .date();
@@ -323,26 +322,4 @@ pub fn utc_day(t: SystemTime) -> String {
         u8::from(date.month()),
         date.day()
     )
-}
-
-mod unix_secs {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
-    }
-
-    pub mod option {
-        use std::time::SystemTime;
-
-        pub fn serialize<S: serde::Serializer>(
-            t: &Option<SystemTime>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => super::serialize(t, s),
-                None => s.serialize_none(),
-            }
-        }
-    }
 }

@@ -177,7 +177,46 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
+
+    /// Runs one statement on a pooled connection: its rows.
+    async fn query(&self, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
+        self.client()
+            .await?
+            .query(sql, params)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs one statement on a pooled connection: its row, if any.
+    async fn query_opt(&self, sql: &str, params: Params<'_>) -> StoreResult<Option<Row>> {
+        self.client()
+            .await?
+            .query_opt(sql, params)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs one statement on a pooled connection: its one row.
+    async fn query_one(&self, sql: &str, params: Params<'_>) -> StoreResult<Row> {
+        self.client()
+            .await?
+            .query_one(sql, params)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Runs one statement on a pooled connection: how many rows it changed.
+    async fn execute(&self, sql: &str, params: Params<'_>) -> StoreResult<u64> {
+        self.client()
+            .await?
+            .execute(sql, params)
+            .await
+            .map_err(unavailable)
+    }
 }
+
+/// A statement's parameters.
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
 fn unavailable(e: tokio_postgres::Error) -> StoreError {
     if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
@@ -264,14 +303,12 @@ impl IdentityStore for PgStore {
              RETURNING {USER_COLUMNS}"
         );
         let row = self
-            .client()
-            .await?
             .query_one(
                 &sql,
                 &[&Uuid::new_v4(), &username, &password_hash, &role.as_str()],
             )
             .await
-            .map_err(|e| match unavailable(e) {
+            .map_err(|e| match e {
                 StoreError::Conflict(_) => StoreError::Conflict("Username already exists".into()),
                 other => other,
             })?;
@@ -280,24 +317,14 @@ impl IdentityStore for PgStore {
 
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&username])
-            .await
-            .map_err(unavailable)?;
+        let row = self.query_opt(&sql, &[&username]).await?;
         Ok(row.as_ref().map(user_of))
     }
 
     async fn user_by_id(&self, id: &str) -> StoreResult<Option<User>> {
         let Some(id) = uuid(id) else { return Ok(None) };
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id])
-            .await
-            .map_err(unavailable)?;
+        let row = self.query_opt(&sql, &[&id]).await?;
         Ok(row.as_ref().map(user_of))
     }
 
@@ -306,14 +333,11 @@ impl IdentityStore for PgStore {
             return Ok(false);
         };
         let n = self
-            .client()
-            .await?
             .execute(
                 "UPDATE users SET disabled = $2, updated_at = now() WHERE id = $1",
                 &[&id, &disabled],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(n == 1)
     }
 
@@ -321,11 +345,8 @@ impl IdentityStore for PgStore {
         let sql =
             format!("SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id OFFSET $1 LIMIT $2");
         let rows = self
-            .client()
-            .await?
             .query(&sql, &[&pg_count(offset), &pg_count(limit)])
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(rows.iter().map(user_of).collect())
     }
 
@@ -334,14 +355,11 @@ impl IdentityStore for PgStore {
             return Ok(false);
         };
         let n = self
-            .client()
-            .await?
             .execute(
                 "UPDATE users SET role = $2, updated_at = now() WHERE id = $1",
                 &[&id, &role.as_str()],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(n == 1)
     }
 
@@ -354,15 +372,12 @@ impl IdentityStore for PgStore {
         let Some(user) = uuid(user_id) else {
             return Ok(());
         };
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES ($1, $2, $3) \
+        self.execute(
+            "INSERT INTO revoked_tokens (jti, user_id, expires_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (jti) DO NOTHING",
-                &[&jti, &user, &expires_at],
-            )
-            .await
-            .map_err(unavailable)?;
+            &[&jti, &user, &expires_at],
+        )
+        .await?;
         Ok(())
     }
 
@@ -413,24 +428,14 @@ impl IdentityStore for PgStore {
 
     async fn api_key_by_hash(&self, key_hash: &[u8]) -> StoreResult<Option<ApiKey>> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&key_hash])
-            .await
-            .map_err(unavailable)?;
+        let row = self.query_opt(&sql, &[&key_hash]).await?;
         Ok(row.as_ref().map(key_of))
     }
 
     async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKey>> {
         let Some(id) = uuid(id) else { return Ok(None) };
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id])
-            .await
-            .map_err(unavailable)?;
+        let row = self.query_opt(&sql, &[&id]).await?;
         Ok(row.as_ref().map(key_of))
     }
 
@@ -440,12 +445,7 @@ impl IdentityStore for PgStore {
         };
         let sql =
             format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at");
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&user])
-            .await
-            .map_err(unavailable)?;
+        let rows = self.query(&sql, &[&user]).await?;
         Ok(rows.iter().map(key_of).collect())
     }
 
@@ -463,26 +463,18 @@ impl IdentityStore for PgStore {
              ORDER BY created_at, id OFFSET $2 LIMIT $3"
         );
         let (offset, limit) = (pg_count(offset), pg_count(limit));
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&user, &offset, &limit])
-            .await
-            .map_err(unavailable)?;
+        let rows = self.query(&sql, &[&user, &offset, &limit]).await?;
         Ok(rows.iter().map(key_of).collect())
     }
 
     async fn revoke_api_key(&self, id: &str) -> StoreResult<bool> {
         let Some(id) = uuid(id) else { return Ok(false) };
         let n = self
-            .client()
-            .await?
             .execute(
                 "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
                 &[&id],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(n == 1)
     }
 
@@ -605,15 +597,12 @@ impl ConversationStore for PgStore {
             return Ok(vec![]);
         };
         let rows = self
-            .client()
-            .await?
             .query(
                 "SELECT id, title, created_at, updated_at FROM conversations \
                  WHERE user_id = $1 ORDER BY updated_at DESC",
                 &[&user],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(rows.iter().map(conversation_of).collect())
     }
 
@@ -652,14 +641,11 @@ impl ConversationStore for PgStore {
             return Ok(false);
         };
         let n = self
-            .client()
-            .await?
             .execute(
                 "DELETE FROM conversations WHERE id = $1 AND user_id = $2",
                 &[&conv, &user],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(n == 1)
     }
 }
@@ -671,32 +657,29 @@ impl UsageStore for PgStore {
             return Ok(());
         };
         let key = r.api_key_id.as_deref().and_then(uuid);
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO usage_records (id, user_id, api_key_id, session_id, request_id, \
+        self.execute(
+            "INSERT INTO usage_records (id, user_id, api_key_id, session_id, request_id, \
                  model, provider, prompt_tokens, completion_tokens, first_chunk_ms, duration_ms, \
                  finish_reason, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (id) DO NOTHING",
-                &[
-                    &id,
-                    &user,
-                    &key,
-                    &r.session_id,
-                    &r.request_id,
-                    &r.model,
-                    &r.provider,
-                    &(r.prompt_tokens as i64),
-                    &(r.completion_tokens as i64),
-                    &r.first_chunk_ms.map(|v| v as i64),
-                    &(r.duration_ms as i64),
-                    &r.finish_reason,
-                    &r.created_at,
-                ],
-            )
-            .await
-            .map_err(unavailable)?;
+            &[
+                &id,
+                &user,
+                &key,
+                &r.session_id,
+                &r.request_id,
+                &r.model,
+                &r.provider,
+                &(r.prompt_tokens as i64),
+                &(r.completion_tokens as i64),
+                &r.first_chunk_ms.map(|v| v as i64),
+                &(r.duration_ms as i64),
+                &r.finish_reason,
+                &r.created_at,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -704,19 +687,14 @@ impl UsageStore for PgStore {
         let Some(user) = uuid(user_id) else {
             return Ok(vec![]);
         };
-        let rows = self
-            .client()
-            .await?
-            .query(
+        let rows = self.query(
                 "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, model, \
                  count(*)::bigint, sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint \
                  FROM usage_records WHERE user_id = $1 \
                  AND created_at >= date_trunc('day', $2::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
                  GROUP BY 1, 2 ORDER BY 1, 2",
                 &[&user, &since],
-            )
-            .await
-            .map_err(unavailable)?;
+            ).await?;
         Ok(rows
             .iter()
             .map(|r| UsageTotal {
@@ -739,28 +717,21 @@ impl AuditStore for PgStore {
         target: &str,
         detail: &serde_json::Value,
     ) -> StoreResult<()> {
-        self.client()
-            .await?
-            .execute(
+        self.execute(
                 "INSERT INTO admin_audit (actor, action, target, detail) VALUES ($1, $2, $3, $4::text::jsonb)",
                 &[&actor, &action, &target, &detail.to_string()],
-            )
-            .await
-            .map_err(unavailable)?;
+            ).await?;
         Ok(())
     }
 
     async fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEntry>> {
         let rows = self
-            .client()
-            .await?
             .query(
                 "SELECT id, actor, action, target, detail::text AS detail, at FROM admin_audit \
                  ORDER BY id DESC LIMIT $1",
                 &[&(limit as i64)],
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| AuditEntry {

@@ -37,17 +37,66 @@ async fn a_killed_session_sees_the_reason() {
     let mut bystander = t.client().await;
     let killed =
         t.gw.registry()
-            .send(KillSession {
+            .kill(KillSession {
                 session_id: ws.session_id.clone(),
                 code: 1008,
                 reason: "killed by test".into(),
             })
-            .await
-            .unwrap();
+            .await;
     assert!(killed);
     assert_eq!(ws.close_code().await, (1008, "killed by test".to_owned()));
     assert_eq!(bystander.chat("b", "ok?").await.finish_reason(), "stop");
     t.wait_sessions(1, Duration::from_secs(5)).await;
+}
+
+#[actix_rt::test]
+async fn sessions_on_every_worker_are_listed_killed_and_drained() {
+    let t = start_with(|c| c.workers = 3).await;
+    let (_, token) = t.new_user().await;
+    let mut clients = Vec::new();
+    for _ in 0..9 {
+        clients.push(t.connect(&token).await);
+    }
+    t.wait_sessions(9, Duration::from_secs(5)).await;
+    let registry = t.gw.registry().clone();
+    assert_eq!(
+        registry.shard_count(),
+        3,
+        "connections spread over the workers, a registry shard on each"
+    );
+    assert_eq!(registry.sessions().await.len(), 9);
+    for (i, ws) in clients.iter_mut().enumerate() {
+        assert_eq!(
+            ws.chat(&format!("r{i}"), "hi").await.finish_reason(),
+            "stop"
+        );
+    }
+
+    let mut killed = clients.split_off(6);
+    for ws in &killed {
+        let kill = KillSession {
+            session_id: ws.session_id.clone(),
+            code: 1008,
+            reason: "killed by test".into(),
+        };
+        assert!(registry.kill(kill).await, "{} was live", ws.session_id);
+    }
+    for ws in &mut killed {
+        assert_eq!(ws.close_code().await, (1008, "killed by test".to_owned()));
+    }
+    t.wait_sessions(6, Duration::from_secs(5)).await;
+
+    let stopping = actix_rt::spawn(t.gw.shutdown());
+    for ws in &mut clients {
+        let f = ws.next_json().await;
+        assert_eq!(f["payload"]["event"], "draining", "{f}");
+        assert_eq!(ws.close_code().await.0, 1012);
+    }
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(registry.count(), 0);
 }
 
 #[actix_rt::test]

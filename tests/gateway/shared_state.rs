@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ai_gateway::{
-    access::Revocation,
     cluster::{list_nodes, list_sessions},
+    revocation::Revocation,
     store::postgres,
 };
 use serde_json::{json, Value};

@@ -3,14 +3,13 @@
 use std::sync::Arc;
 
 use ai_gateway_proto::{ChunkKind, FinishReason, Usage};
-use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
-    http::{self, ErrorDetails, InvalidSettings, Timeouts},
-    ApiKey, ChunkSink, Finish, ImageSource, Message, Part, Provider, ProviderError,
-    ProviderRequest, Role, Tool, ToolCallDelta, ToolChoice,
+    http::{self, ErrorDetails, InvalidSettings},
+    ApiKey, ChunkSink, Finish, ImageSource, Message, Part, ProviderError, ProviderRequest, Role,
+    Tool, ToolCallDelta, ToolChoice,
 };
 
 const NAME: &str = "anthropic";
@@ -74,15 +73,6 @@ impl AnthropicSettings {
             first_chunk_timeout_ms: http::DEFAULT_FIRST_CHUNK_TIMEOUT_MS,
             idle_chunk_timeout_ms: http::DEFAULT_IDLE_CHUNK_TIMEOUT_MS,
             total_timeout_ms: http::DEFAULT_TOTAL_TIMEOUT_MS,
-        }
-    }
-
-    pub fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            connect_timeout_ms: self.connect_timeout_ms,
-            first_chunk_timeout_ms: self.first_chunk_timeout_ms,
-            idle_chunk_timeout_ms: self.idle_chunk_timeout_ms,
-            total_timeout_ms: self.total_timeout_ms,
         }
     }
 
@@ -587,26 +577,7 @@ impl AnthropicProvider {
     }
 }
 
-impl Provider for AnthropicProvider {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn supported_params(&self) -> &'static [&'static str] {
-        SUPPORTED
-    }
-
-    fn stream(
-        self: Arc<Self>,
-        request: ProviderRequest,
-        sink: ChunkSink,
-    ) -> LocalBoxFuture<'static, Result<Finish, ProviderError>> {
-        Box::pin(async move {
-            let timeouts = self.settings.timeouts();
-            timeouts.total(NAME, self.answer(request, sink)).await
-        })
-    }
-}
+http::http_provider!(AnthropicProvider, AnthropicSettings, supported: SUPPORTED);
 
 #[cfg(test)]
 mod tests {

@@ -47,6 +47,59 @@ pub struct Timeouts {
     pub total_timeout_ms: u64,
 }
 
+/// What every HTTP provider writes the same way: its settings' `timeouts()` (from the four
+/// `*_timeout_ms` fields each settings struct declares, so that `deny_unknown_fields` keeps
+/// working) and the `Provider` impl that runs its `answer` under `total_timeout_ms`. The
+/// provider's module must have a `NAME`, the provider a `settings` field and an
+/// `async fn answer(&self, ProviderRequest, ChunkSink) -> Result<Finish, ProviderError>`.
+macro_rules! http_provider {
+    ($provider:ty, $settings:ty, supported: $supported:expr) => {
+        $crate::provider::http::http_provider!(@impl $provider, $settings, {
+            fn supported_params(&self) -> &'static [&'static str] {
+                $supported
+            }
+        });
+    };
+    ($provider:ty, $settings:ty) => {
+        $crate::provider::http::http_provider!(@impl $provider, $settings, {});
+    };
+    (@impl $provider:ty, $settings:ty, { $($extra:tt)* }) => {
+        impl $settings {
+            pub fn timeouts(&self) -> $crate::provider::Timeouts {
+                $crate::provider::Timeouts {
+                    connect_timeout_ms: self.connect_timeout_ms,
+                    first_chunk_timeout_ms: self.first_chunk_timeout_ms,
+                    idle_chunk_timeout_ms: self.idle_chunk_timeout_ms,
+                    total_timeout_ms: self.total_timeout_ms,
+                }
+            }
+        }
+
+        impl $crate::provider::Provider for $provider {
+            fn name(&self) -> &'static str {
+                NAME
+            }
+
+            $($extra)*
+
+            fn stream(
+                self: ::std::sync::Arc<Self>,
+                request: $crate::provider::ProviderRequest,
+                sink: $crate::provider::ChunkSink,
+            ) -> ::futures_util::future::LocalBoxFuture<
+                'static,
+                Result<$crate::provider::Finish, $crate::provider::ProviderError>,
+            > {
+                Box::pin(async move {
+                    let timeouts = self.settings.timeouts();
+                    timeouts.total(NAME, self.answer(request, sink)).await
+                })
+            }
+        }
+    };
+}
+pub(crate) use http_provider;
+
 fn limit(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
 }

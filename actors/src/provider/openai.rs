@@ -4,14 +4,13 @@
 use std::sync::Arc;
 
 use ai_gateway_proto::{ChunkKind, FinishReason, Usage};
-use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
-    http::{self, ErrorDetails, InvalidSettings, Timeouts},
-    ApiKey, ChunkSink, Finish, Message, Part, Provider, ProviderError, ProviderRequest,
-    ResponseFormat, Role, Tool, ToolCallDelta, ToolChoice,
+    http::{self, ErrorDetails, InvalidSettings},
+    ApiKey, ChunkSink, Finish, Message, Part, ProviderError, ProviderRequest, ResponseFormat, Role,
+    Tool, ToolCallDelta, ToolChoice,
 };
 
 const NAME: &str = "openai";
@@ -66,15 +65,6 @@ impl OpenAiSettings {
             first_chunk_timeout_ms: http::DEFAULT_FIRST_CHUNK_TIMEOUT_MS,
             idle_chunk_timeout_ms: http::DEFAULT_IDLE_CHUNK_TIMEOUT_MS,
             total_timeout_ms: http::DEFAULT_TOTAL_TIMEOUT_MS,
-        }
-    }
-
-    pub fn timeouts(&self) -> Timeouts {
-        Timeouts {
-            connect_timeout_ms: self.connect_timeout_ms,
-            first_chunk_timeout_ms: self.first_chunk_timeout_ms,
-            idle_chunk_timeout_ms: self.idle_chunk_timeout_ms,
-            total_timeout_ms: self.total_timeout_ms,
         }
     }
 }
@@ -465,22 +455,7 @@ fn stream_error(error: &WireError) -> ProviderError {
     }
 }
 
-impl Provider for OpenAiProvider {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn stream(
-        self: Arc<Self>,
-        request: ProviderRequest,
-        sink: ChunkSink,
-    ) -> LocalBoxFuture<'static, Result<Finish, ProviderError>> {
-        Box::pin(async move {
-            let timeouts = self.settings.timeouts();
-            timeouts.total(NAME, self.answer(request, sink)).await
-        })
-    }
-}
+http::http_provider!(OpenAiProvider, OpenAiSettings);
 
 #[cfg(test)]
 mod tests {

@@ -39,17 +39,34 @@ impl ProviderStream {
         sink: ChunkSink,
     ) -> StreamHandle {
         let addr = ProviderStream::start_in_arbiter(arbiter, move |_| {
-            let job = async move {
-                sink.started(provider.name().into());
-                let result = provider.stream(request, sink.clone()).await;
-                sink.end(result);
-            };
-            ProviderStream {
-                job: Some(Box::pin(job)),
-            }
+            ProviderStream::answering(provider, request, sink)
         });
         StreamHandle {
             stop: addr.recipient(),
+        }
+    }
+
+    /// Starts `provider` answering `request` on the current thread, without a hop through the
+    /// arbiter's queue.
+    pub fn start_here(
+        provider: Arc<dyn Provider>,
+        request: ProviderRequest,
+        sink: ChunkSink,
+    ) -> StreamHandle {
+        let addr = ProviderStream::answering(provider, request, sink).start();
+        StreamHandle {
+            stop: addr.recipient(),
+        }
+    }
+
+    fn answering(provider: Arc<dyn Provider>, request: ProviderRequest, sink: ChunkSink) -> Self {
+        let job = async move {
+            sink.started(provider.name().into());
+            let result = provider.stream(request, sink.clone()).await;
+            sink.end(result);
+        };
+        ProviderStream {
+            job: Some(Box::pin(job)),
         }
     }
 }

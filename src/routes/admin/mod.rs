@@ -33,10 +33,6 @@ const DEFAULT_KILL_REASON: &str = "closed by an administrator";
 /// The actor name the audit table records for the static admin token.
 pub const STATIC_TOKEN_ACTOR: &str = "static-token";
 
-/// Pages hold at most this many items.
-const MAX_PAGE: usize = 1000;
-const DEFAULT_PAGE: usize = 100;
-
 /// What the admin API needs beyond the rest of the app state.
 pub struct AdminContext {
     /// The static admin token; empty means none.
@@ -166,20 +162,6 @@ impl Admin {
             .await?;
         tracing::info!(actor = %self.name, action, target, "admin action");
         Ok(())
-    }
-}
-
-/// `?offset=&limit=`
-#[derive(Debug, Deserialize)]
-pub struct Paging {
-    #[serde(default)]
-    pub offset: usize,
-    pub limit: Option<usize>,
-}
-
-impl Paging {
-    fn limit(&self) -> usize {
-        self.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE)
     }
 }
 

@@ -1,20 +1,17 @@
 //! Live sessions and nodes: from the Redis directory when nodes share one (every node's
 //! sessions), else from this node's registry.
 
-use std::{
-    collections::BTreeMap,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::collections::BTreeMap;
 
 use actix_web::{http::StatusCode, web, HttpResponse};
-use ai_gateway_actors::{close_code, CloseRevoked, KillSession, ListSessions, Revoked};
+use ai_gateway_actors::{close_code, unix_time::now_unix_ms, KillSession, Revoked};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Admin, KillReason, Paging};
+use super::{Admin, KillReason};
 use crate::{
     cluster::{list_nodes, list_sessions, ClusterError, ClusterEvent, DirectoryEntry},
-    routes::{ApiError, AppState},
+    routes::{ApiError, AppState, Paging},
 };
 
 /// `GET /admin/sessions` filters; each is an exact match.
@@ -51,14 +48,8 @@ async fn all_sessions(state: &AppState) -> Result<Vec<DirectoryEntry>, ApiError>
         Some(cluster) => list_sessions(cluster).await.map_err(directory_down)?,
         None => state
             .registry
-            .send(ListSessions)
+            .sessions()
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Registry stopped".to_owned(),
-                )
-            })?
             .iter()
             .map(DirectoryEntry::from)
             .collect(),
@@ -126,13 +117,12 @@ pub async fn show(
 async fn close(state: &AppState, session: &DirectoryEntry, reason: &str) -> Result<(), ApiError> {
     let here = state
         .registry
-        .send(KillSession {
+        .kill(KillSession {
             session_id: session.session_id.clone(),
             code: close_code::POLICY,
             reason: reason.to_owned(),
         })
-        .await
-        .unwrap_or(false);
+        .await;
     if here {
         return Ok(());
     }
@@ -197,13 +187,9 @@ pub async fn kill_user(
         )
         .await?;
     // This node's own, including any that joined since the list was read.
-    let _ = state
+    state
         .registry
-        .send(CloseRevoked {
-            revoked: Revoked::User(user_id.clone()),
-            reason: reason.clone(),
-        })
-        .await;
+        .close_revoked(Revoked::User(user_id.clone()), &reason);
     for session in sessions.iter().filter(|s| s.node_id != state.admin.node_id) {
         close(&state, session, &reason).await?;
     }
@@ -232,9 +218,7 @@ pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
             }
         }
         None => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now = now_unix_ms();
             let id = state.admin.node_id.clone();
             load.insert(
                 id.clone(),

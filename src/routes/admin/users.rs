@@ -1,17 +1,17 @@
 //! Users, their credentials, the providers and the audit trail.
 
-use std::time::UNIX_EPOCH;
-
-use actix_web::{http::StatusCode, web, HttpResponse};
+use actix_web::{web, HttpResponse};
+use ai_gateway_actors::unix_time::unix_secs;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Admin, Paging};
+use super::Admin;
 use crate::{
-    access::Revocation,
+    revocation::Revocation,
     routes::{
         account::{self, Credentials},
-        ApiError, AppState,
+        paging::page_limit,
+        ApiError, AppState, Paging,
     },
     store::{Role, User},
 };
@@ -34,20 +34,13 @@ impl From<User> for UserView {
             username: u.username,
             role: u.role,
             disabled: u.disabled,
-            created_at: u
-                .created_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created_at: unix_secs(u.created_at),
         }
     }
 }
 
-fn bad_request(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message.to_owned())
-}
-
 fn parse_role(role: &str) -> Result<Role, ApiError> {
-    Role::parse(role).ok_or_else(|| bad_request("role must be \"user\" or \"admin\""))
+    Role::parse(role).ok_or_else(|| ApiError::bad_request("role must be \"user\" or \"admin\""))
 }
 
 async fn user(state: &AppState, id: &str) -> Result<User, ApiError> {
@@ -145,7 +138,7 @@ pub async fn update(
     let target = user(&state, &id).await?;
     let role = body.role.as_deref().map(parse_role).transpose()?;
     if role.is_none() && body.disabled.is_none() {
-        return Err(bad_request(
+        return Err(ApiError::bad_request(
             "nothing to change: give \"role\" or \"disabled\"",
         ));
     }
@@ -231,7 +224,7 @@ pub async fn revoke_token(
         .access
         .tokens()
         .verify(body.token.trim())
-        .map_err(|e| bad_request(&e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     admin
         .audit(
             &state,
@@ -291,7 +284,7 @@ pub async fn audit(
     _: Admin,
     query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(query.limit);
     let entries = state.stores.audit.recent_audit(limit).await?;
     Ok(HttpResponse::Ok().json(json!({ "entries": entries })))
 }
