@@ -28,6 +28,9 @@ const MAX_ENTRIES: usize = 20_000;
 const BLOCK_MS: u64 = 1_000;
 /// Silence after which a follower checks that the owning node still lives.
 const QUIET_BEFORE_CHECK: Duration = Duration::from_secs(3);
+/// An answer not in Redis yet is looked for this many more times, this far apart.
+const NOT_YET_RETRIES: u32 = 10;
+const NOT_YET_PAUSE: Duration = Duration::from_millis(100);
 /// How long a follower's mark lasts; it is renewed every `BLOCK_MS`.
 const FOLLOWER_TTL_MS: u64 = 3_000;
 
@@ -242,13 +245,22 @@ impl SharedJournals for RedisJournals {
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .ok()?;
-            let entries: Entries = redis::cmd("XRANGE")
-                .arg(&key)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut conn)
-                .await
-                .ok()?;
+            // A client may resume a moment after its cut, before the owning node's last writes
+            // (or its first) reached Redis: an answer not there yet is looked for again briefly.
+            let mut entries: Entries = Vec::new();
+            for attempt in 0..=NOT_YET_RETRIES {
+                entries = redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                if !entries.is_empty() || attempt == NOT_YET_RETRIES {
+                    break;
+                }
+                tokio::time::sleep(NOT_YET_PAUSE).await;
+            }
             let (_, fields) = entries.first()?;
             let meta: Meta = match fields.as_slice() {
                 [f, v] if f == "m" => serde_json::from_str(v).ok()?,
