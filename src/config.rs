@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the HTTP and WebSocket server binds.
     pub listen: SocketAddr,
+    /// When set, `/metrics` is served on this address only (an internal listener for the
+    /// scraper) and no longer on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     /// This node's name in logs, the welcome frame and (later) the session directory; a random
     /// one when empty.
     pub node_id: String,
@@ -268,6 +271,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             node_id: String::new(),
             workers: 0,
             jwt_secret: String::new(),

@@ -54,6 +54,8 @@ struct Listener {
     server: ServerHandle,
     serving: actix_rt::task::JoinHandle<std::io::Result<()>>,
     open_connections: Arc<AtomicUsize>,
+    /// The internal listener of `metrics_listen`, when configured.
+    metrics: Option<(SocketAddr, ServerHandle)>,
 }
 
 fn node_id(config: &Config) -> String {
@@ -310,12 +312,39 @@ impl Listener {
         let server = server.run();
         let handle = server.handle();
         let serving = actix_rt::spawn(server);
+        let metrics = match config.metrics_listen {
+            Some(listen) => Some(Self::bind_metrics(listen, state)?),
+            None => None,
+        };
         Ok(Listener {
             addr,
             server: handle,
             serving,
             open_connections,
+            metrics,
         })
+    }
+
+    /// `/metrics` alone, on an address of its own (one worker: a scraper is its only client).
+    fn bind_metrics(
+        listen: SocketAddr,
+        state: &web::Data<AppState>,
+    ) -> anyhow::Result<(SocketAddr, ServerHandle)> {
+        let app_state = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .configure(routes::configure_internal)
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(listen)?;
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        tracing::info!(%addr, "metrics listening");
+        Ok((addr, handle))
     }
 }
 
@@ -341,6 +370,11 @@ impl Gateway {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.addr
+    }
+
+    /// Where `/metrics` is served when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.listener.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn node_id(&self) -> &str {
@@ -412,6 +446,9 @@ impl Gateway {
         }
         self.listener.server.stop(true).await;
         let _ = self.listener.serving.await;
+        if let Some((_, metrics)) = &self.listener.metrics {
+            metrics.stop(true).await;
+        }
         self.node.writes.flush().await;
         registry.stop();
         tracing::info!("stopped");

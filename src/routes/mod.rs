@@ -65,6 +65,8 @@ pub struct AppState {
 
 /// What defends the gateway against abuse beyond the rate limits (docs/SECURITY.md).
 pub struct Guards {
+    /// `/metrics` is served on the public listener (no `metrics_listen`).
+    pub public_metrics: bool,
     pub open_registration: bool,
     pub max_body_bytes: usize,
     pub max_api_keys_per_user: u32,
@@ -75,6 +77,7 @@ pub struct Guards {
 impl Guards {
     pub fn new(config: &Config) -> Guards {
         Guards {
+            public_metrics: config.metrics_listen.is_none(),
             open_registration: config.open_registration,
             max_body_bytes: config.max_body_bytes,
             max_api_keys_per_user: config.max_api_keys_per_user,
@@ -119,6 +122,7 @@ fn json_config(limit: usize) -> web::JsonConfig {
 pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     let max_body = state.guards.max_body_bytes;
     let small_body = max_body.min(MAX_SMALL_BODY_BYTES);
+    let public_metrics = state.guards.public_metrics;
     let origins = state.allowed_origins.clone();
     move |cfg| {
         cfg.service(
@@ -131,7 +135,7 @@ pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                 .wrap(middleware::from_fn(v1_errors))
                 .wrap(pages::cors(&origins))
                 .wrap(middleware::from_fn(pages::security_headers))
-                .configure(|cfg| configure(cfg, small_body))
+                .configure(|cfg| configure(cfg, small_body, public_metrics))
                 .default_service(web::to(|| async {
                     ApiError::new(StatusCode::NOT_FOUND, "Not found".to_owned())
                 })),
@@ -139,7 +143,15 @@ pub fn configure_for(state: &AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
+/// The internal listener's routes (`metrics_listen`): `/metrics` only.
+pub fn configure_internal(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(health::metrics));
+}
+
+fn configure(cfg: &mut web::ServiceConfig, small_body: usize, public_metrics: bool) {
+    if public_metrics {
+        cfg.route("/metrics", web::get().to(health::metrics));
+    }
     cfg.route("/", web::get().to(pages::index))
         .route("/index.html", web::get().to(pages::index))
         .route("/gateway-client.js", web::get().to(pages::client_js))
@@ -176,7 +188,6 @@ fn configure(cfg: &mut web::ServiceConfig, small_body: usize) {
         .route("/v1/messages", web::post().to(anthropic::messages))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
-        .route("/metrics", web::get().to(health::metrics))
         .configure(admin::configure);
 }
 

@@ -137,3 +137,30 @@ async fn readiness_follows_the_dependencies() {
     }
     assert!(ok, "ready again once PostgreSQL is back");
 }
+
+#[actix_rt::test]
+async fn metrics_can_move_to_an_internal_listener() {
+    let t = start_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let public = t.http.get(t.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404, "not on the public listener");
+    let internal = t.gw.metrics_addr().expect("an internal listener");
+    let res = t
+        .http
+        .get(format!("http://{internal}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("gateway_build_info"));
+    let other = t
+        .http
+        .get(format!("http://{internal}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        404,
+        "the internal listener serves /metrics alone"
+    );
+}
