@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the HTTP and WebSocket server binds.
     pub listen: SocketAddr,
+    /// A stored conversation's newest turns sent to the model with a new message: at most this
+    /// many messages ...
+    pub conversation_history_messages: usize,
+    /// ... and this many bytes of their text; older turns are left out.
+    pub conversation_history_bytes: usize,
     /// When set, `/metrics` is served on this address only (an internal listener for the
     /// scraper) and no longer on `listen`.
     pub metrics_listen: Option<SocketAddr>,
@@ -272,6 +277,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             metrics_listen: None,
+            conversation_history_messages: 200,
+            conversation_history_bytes: 512 * 1024,
             node_id: String::new(),
             workers: 0,
             jwt_secret: String::new(),

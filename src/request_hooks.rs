@@ -21,6 +21,31 @@ pub struct GatewayHooks {
     pub stores: Stores,
     pub limits: Arc<Limits>,
     pub writes: WriteBehind,
+    pub history: HistoryCap,
+}
+
+/// How much of a stored conversation goes to the model with a new message: the newest turns,
+/// at most this many and this many bytes of text (the oldest are left out).
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryCap {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+impl HistoryCap {
+    /// Keeps the newest of `history` (oldest first) within the cap.
+    fn apply<T>(&self, mut history: Vec<T>, bytes: impl Fn(&T) -> usize) -> Vec<T> {
+        let mut total = 0usize;
+        let mut keep = 0usize;
+        for m in history.iter().rev() {
+            total = total.saturating_add(bytes(m));
+            if keep == self.max_messages || total > self.max_bytes {
+                break;
+            }
+            keep += 1;
+        }
+        history.split_off(history.len() - keep)
+    }
 }
 
 fn rate_limited(what: &str, retry_after: std::time::Duration) -> Refusal {
@@ -35,6 +60,7 @@ impl GatewayHooks {
     async fn admit(
         stores: Stores,
         limits: Arc<Limits>,
+        history_cap: HistoryCap,
         start: RequestStart,
     ) -> Result<Admission, Refusal> {
         let user = &start.session.user_id;
@@ -90,6 +116,7 @@ impl GatewayHooks {
                     ));
                 }
             };
+            let history = history_cap.apply(history, |m| m.content.len());
             let mut messages: Vec<Message> = history
                 .into_iter()
                 .map(|m| Message::text(m.role.into(), m.content))
@@ -106,7 +133,12 @@ impl GatewayHooks {
 
 impl RequestHooks for GatewayHooks {
     fn admit(&self, start: RequestStart) -> LocalBoxFuture<'static, Result<Admission, Refusal>> {
-        Box::pin(Self::admit(self.stores.clone(), self.limits.clone(), start))
+        Box::pin(Self::admit(
+            self.stores.clone(),
+            self.limits.clone(),
+            self.history,
+            start,
+        ))
     }
 
     fn finished(&self, o: RequestOutcome) {
@@ -154,5 +186,26 @@ impl RequestHooks for GatewayHooks {
         // A long prompt costs as much as a long answer: both count against the budget.
         let spent = o.usage.prompt_tokens + o.usage.completion_tokens;
         actix_rt::spawn(async move { limits.spend_tokens(&user, spent).await });
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::HistoryCap;
+
+    fn keep(history: &[&str]) -> Vec<String> {
+        let cap = HistoryCap {
+            max_messages: 3,
+            max_bytes: 10,
+        };
+        let owned: Vec<String> = history.iter().map(|m| m.to_string()).collect();
+        cap.apply(owned, |m| m.len())
+    }
+
+    #[test]
+    fn the_newest_turns_within_both_caps_are_kept() {
+        assert_eq!(keep(&["a", "b", "c", "d"]), ["b", "c", "d"]);
+        assert_eq!(keep(&["aaaa", "bbbb", "cccc"]), ["bbbb", "cccc"]);
+        assert!(keep(&["aaaaaaaaaaa"]).is_empty());
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     config::{redact_url, Config},
     conn,
     limits::Limits,
-    request_hooks::GatewayHooks,
+    request_hooks::{GatewayHooks, HistoryCap},
     routes::{self, AdminContext, AppState},
     startup,
     store::{memory::MemoryStore, postgres, Stores, WriteBehind},
@@ -240,6 +240,10 @@ impl Node {
             stores: stores.clone(),
             limits: limits.clone(),
             writes: writes.clone(),
+            history: HistoryCap {
+                max_messages: config.conversation_history_messages,
+                max_bytes: config.conversation_history_bytes,
+            },
         });
 
         let answers = answer_hub(config, &node_id, cluster.as_ref(), &metrics);

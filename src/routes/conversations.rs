@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, Caller};
+use super::{ApiError, AppState, Caller, Paging};
 
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let list = state
@@ -17,10 +17,13 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(json!({ "conversations": list })))
 }
 
+/// `GET /v1/conversations/{id}?offset=&limit=`: the conversation and a page of its messages,
+/// oldest first (100 by default, 1,000 at most), with their `total`.
 pub async fn show(
     state: web::Data<AppState>,
     caller: Caller,
     id: web::Path<String>,
+    page: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
     let (conversation, messages) = state
         .stores
@@ -28,8 +31,16 @@ pub async fn show(
         .conversation(&caller.0.user_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("Conversation"))?;
+    let total = messages.len();
+    let shown: Vec<_> = messages
+        .into_iter()
+        .skip(page.offset)
+        .take(page.limit())
+        .collect();
     let mut body = serde_json::to_value(conversation).expect("conversations serialize");
-    body["messages"] = json!(messages);
+    body["messages"] = json!(shown);
+    body["total"] = json!(total);
+    body["offset"] = json!(page.offset);
     Ok(HttpResponse::Ok().json(body))
 }
 

@@ -747,3 +747,49 @@ async fn websocket_sessions_per_user_are_capped() {
         }
     }
 }
+
+/// A long conversation no longer goes to the model whole, nor comes back in one response: the
+/// newest turns within `conversation_history_messages` go with a new message, and reads page.
+#[actix_rt::test]
+async fn conversation_history_is_capped_per_request_and_read_in_pages() {
+    let t = start_with(|c| c.conversation_history_messages = 2).await;
+    let (_, token) = t.new_user().await;
+    let conversation = uuid::Uuid::new_v4().to_string();
+    let mut ws = t.connect(&token).await;
+    let mut prompts = Vec::new();
+    for (id, content) in [("q1", "a a a a a"), ("q2", "b"), ("q3", "c")] {
+        ws.send_json(json!({"type": "chat", "id": id, "payload": {"content": content, "conversation_id": conversation}}))
+            .await;
+        let done = ws.answer(id).await.done;
+        prompts.push(done["payload"]["usage"]["prompt_tokens"].as_u64().unwrap());
+        t.gw.flush_writes().await;
+    }
+    // The mock counts words. q2: q1 (5) + its answer (7) + "b"; q3: only q2 and its answer
+    // (1 + 7) + "c", not the 21 words of the whole history.
+    assert_eq!(prompts, [5, 13, 9], "the history sent with each question");
+
+    let page = |query: &str| {
+        t.http
+            .get(t.url(&format!("/v1/conversations/{conversation}{query}")))
+            .bearer_auth(&token)
+            .send()
+    };
+    let all: Value = page("").await.unwrap().json().await.unwrap();
+    assert_eq!(all["total"], 6, "{all}");
+    assert_eq!(all["messages"].as_array().unwrap().len(), 6);
+    let second: Value = page("?offset=2&limit=2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let contents: Vec<&str> = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents[0], "b", "{second}");
+    assert_eq!(contents.len(), 2);
+    assert_eq!(second["total"], 6);
+}
