@@ -4,7 +4,7 @@
 
 export type Role = 'system' | 'user' | 'assistant' | 'tool';
 export type ChunkKind = 'reasoning' | 'text' | 'tool_call';
-export type FinishReason = 'stop' | 'length' | 'tool_calls' | 'cancelled' | 'error';
+export type FinishReason = 'stop' | 'length' | 'tool_calls' | 'content_filter' | 'cancelled' | 'error';
 
 /** Text, or an image by URL (`data:` URLs carry base64). */
 export type ContentPart =

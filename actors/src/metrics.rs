@@ -44,6 +44,8 @@ pub enum Front {
 pub enum Outcome {
     Stop,
     Length,
+    /// The provider stopped the answer for its content.
+    ContentFilter,
     Cancelled,
     /// The provider (or the node) failed it.
     Error,
@@ -96,6 +98,7 @@ label_values! {
     Outcome {
         Stop => "stop",
         Length => "length",
+        ContentFilter => "content_filter",
         Cancelled => "cancelled",
         Error => "error",
         Refused => "refused",

@@ -259,6 +259,7 @@ impl ChatRequest {
         let outcome = match reason {
             FinishReason::Stop | FinishReason::ToolCalls => Outcome::Stop,
             FinishReason::Length => Outcome::Length,
+            FinishReason::ContentFilter => Outcome::ContentFilter,
             FinishReason::Cancelled => Outcome::Cancelled,
             FinishReason::Error => Outcome::Error,
         };

@@ -336,9 +336,14 @@ async fn cut_connection_is_never_a_success(api: Api) {
     );
 }
 
-async fn filtered_answer_is_an_error(api: Api) {
-    let (_, e) = fails(api, "filtered", Setup::default()).await;
-    assert!(matches!(e, ProviderError::Filtered { .. }), "{e:?}");
+/// A provider's content filter ends the answer with finish reason `content_filter` (OpenAI's
+/// `content_filter`, Anthropic's `refusal`, Gemini's `SAFETY`), after the pieces it let through.
+async fn filtered_answer_ends_with_content_filter(api: Api) {
+    let fake = FakeUpstream::start().await.unwrap();
+    let (running, result) = run(api, &fake, Setup::default(), request("filtered")).await;
+    let finish = result.expect("a filtered answer is not an error");
+    assert_eq!(finish.reason, FinishReason::ContentFilter);
+    assert!(running.chunks > 0, "what came before the filter");
 }
 
 async fn stall_fires_the_first_chunk_timeout(api: Api) {
@@ -494,8 +499,8 @@ macro_rules! provider_tests {
                 super::cut_connection_is_never_a_success($api).await
             }
             #[actix_rt::test]
-            async fn filtered_answer_is_an_error() {
-                super::filtered_answer_is_an_error($api).await
+            async fn filtered_answer_ends_with_content_filter() {
+                super::filtered_answer_ends_with_content_filter($api).await
             }
             #[actix_rt::test]
             async fn stall_fires_the_first_chunk_timeout() {

@@ -109,6 +109,8 @@ pub enum FinishReason {
     Length,
     /// The model stopped to have its tool calls run; answer them with `tool` messages.
     ToolCalls,
+    /// The provider stopped the answer for its content (a safety filter, a refusal).
+    ContentFilter,
     /// The client sent `cancel`.
     Cancelled,
     /// An `error` frame for this request came just before.

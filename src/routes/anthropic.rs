@@ -382,6 +382,7 @@ fn stop_reason(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Length => "max_tokens",
         FinishReason::ToolCalls => "tool_use",
+        FinishReason::ContentFilter => "refusal",
         _ => "end_turn",
     }
 }

@@ -495,6 +495,7 @@ fn finish_reason_str(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Length => "length",
         FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
         _ => "stop",
     }
 }

@@ -746,3 +746,32 @@ async fn the_openai_sdk_gets_tools_images_structured_output_and_errors() {
         "data:image/png;base64,iVBORw0KGgo="
     );
 }
+
+#[actix_rt::test]
+async fn a_content_filter_ends_the_answer_with_its_finish_reason() {
+    let fake = FakeUpstream::start().await.unwrap();
+    let t = front_with(&fake, &[("filt", "fake", "filtered")]).await;
+    let (_, token) = t.new_user().await;
+    let res: Value = t
+        .http
+        .post(t.url("/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&json!({"model": "filt", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        res["choices"][0]["finish_reason"], "content_filter",
+        "{res}"
+    );
+
+    let mut ws = t.connect(&token).await;
+    ws.send_json(json!({"type": "chat", "id": "f", "payload": {"content": "x", "model": "filt"}}))
+        .await;
+    let answer = ws.answer("f").await;
+    assert!(answer.errors.is_empty(), "{:?}", answer.errors);
+    assert_eq!(answer.finish_reason(), "content_filter");
+}

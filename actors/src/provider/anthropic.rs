@@ -420,10 +420,7 @@ fn finish_reason(reason: Option<&str>) -> Result<FinishReason, ProviderError> {
     match reason {
         Some("max_tokens") => Ok(FinishReason::Length),
         Some("tool_use") => Ok(FinishReason::ToolCalls),
-        Some("refusal") => Err(ProviderError::Filtered {
-            provider: NAME,
-            reason: "stop_reason refusal".into(),
-        }),
+        Some("refusal") => Ok(FinishReason::ContentFilter),
         // end_turn, stop_sequence, pause_turn.
         _ => Ok(FinishReason::Stop),
     }

@@ -440,10 +440,7 @@ fn finish_reason(reason: &str) -> Result<FinishReason, ProviderError> {
     match reason {
         "MAX_TOKENS" => Ok(FinishReason::Length),
         "SAFETY" | "RECITATION" | "LANGUAGE" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
-        | "IMAGE_SAFETY" => Err(ProviderError::Filtered {
-            provider: NAME,
-            reason: format!("finishReason {reason}"),
-        }),
+        | "IMAGE_SAFETY" => Ok(FinishReason::ContentFilter),
         // STOP (also after function calls: the caller tells), and anything new.
         _ => Ok(FinishReason::Stop),
     }

@@ -423,10 +423,7 @@ fn finish_reason(reason: &str) -> Result<FinishReason, ProviderError> {
     match reason {
         "length" => Ok(FinishReason::Length),
         "tool_calls" | "function_call" => Ok(FinishReason::ToolCalls),
-        "content_filter" => Err(ProviderError::Filtered {
-            provider: NAME,
-            reason: "finish_reason content_filter".into(),
-        }),
+        "content_filter" => Ok(FinishReason::ContentFilter),
         // "stop", and anything a server invents.
         _ => Ok(FinishReason::Stop),
     }
