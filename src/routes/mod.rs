@@ -312,12 +312,22 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut res = HttpResponse::build(self.status);
-        if let Some(wait) = self.retry_after {
-            res.insert_header(("Retry-After", retry_after_secs(wait).to_string()));
-        }
-        res.json(json!({ "error": self.message }))
+        let retry = self.retry_after.map(retry_after_secs);
+        error_json(self.status, retry, json!({ "error": self.message }))
     }
+}
+
+/// An error response of every front: its JSON body, and `Retry-After` when the client should wait.
+pub fn error_json(
+    status: StatusCode,
+    retry_after_secs: Option<u64>,
+    body: serde_json::Value,
+) -> HttpResponse {
+    let mut res = HttpResponse::build(status);
+    if let Some(secs) = retry_after_secs {
+        res.insert_header(("Retry-After", secs.to_string()));
+    }
+    res.json(body)
 }
 
 impl actix_web::Responder for ApiError {

@@ -107,11 +107,7 @@ impl ResponseError for OpenAiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut res = HttpResponse::build(self.status);
-        if let Some(secs) = self.retry_after_secs {
-            res.insert_header(("Retry-After", secs.to_string()));
-        }
-        res.json(self.body())
+        super::error_json(self.status, self.retry_after_secs, self.body())
     }
 }
 
