@@ -173,6 +173,7 @@ impl RequestHooks for GatewayHooks {
             provider: o.provider.to_owned(),
             prompt_tokens: o.usage.prompt_tokens,
             completion_tokens: o.usage.completion_tokens,
+            estimated: o.usage.estimated,
             first_chunk_ms: o.first_chunk_ms,
             duration_ms: o.duration_ms,
             finish_reason: serde_json::to_value(o.finish_reason)

@@ -306,8 +306,10 @@ impl UsageStore for MemoryStore {
                 requests: 0,
                 prompt_tokens: 0,
                 completion_tokens: 0,
+                estimated_requests: 0,
             });
         total.requests += 1;
+        total.estimated_requests += u64::from(r.estimated);
         total.prompt_tokens += r.prompt_tokens;
         total.completion_tokens += r.completion_tokens;
         Ok(())

@@ -132,6 +132,8 @@ pub struct UsageRecord {
     pub provider: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The token figures are the gateway's own count (the upstream reported none).
+    pub estimated: bool,
     pub first_chunk_ms: Option<u64>,
     pub duration_ms: u64,
     pub finish_reason: String,
@@ -147,6 +149,8 @@ pub struct UsageTotal {
     pub requests: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Requests whose token figures the gateway counted itself (the upstream reported none).
+    pub estimated_requests: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

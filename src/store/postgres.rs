@@ -660,8 +660,8 @@ impl UsageStore for PgStore {
         self.execute(
             "INSERT INTO usage_records (id, user_id, api_key_id, session_id, request_id, \
                  model, provider, prompt_tokens, completion_tokens, first_chunk_ms, duration_ms, \
-                 finish_reason, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 finish_reason, created_at, estimated) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (id) DO NOTHING",
             &[
                 &id,
@@ -677,6 +677,7 @@ impl UsageStore for PgStore {
                 &(r.duration_ms as i64),
                 &r.finish_reason,
                 &r.created_at,
+                &r.estimated,
             ],
         )
         .await?;
@@ -689,7 +690,8 @@ impl UsageStore for PgStore {
         };
         let rows = self.query(
                 "SELECT to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, model, \
-                 count(*)::bigint, sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint \
+                 count(*)::bigint, sum(prompt_tokens)::bigint, sum(completion_tokens)::bigint, \
+                 count(*) FILTER (WHERE estimated)::bigint \
                  FROM usage_records WHERE user_id = $1 \
                  AND created_at >= date_trunc('day', $2::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
                  GROUP BY 1, 2 ORDER BY 1, 2",
@@ -703,6 +705,7 @@ impl UsageStore for PgStore {
                 requests: r.get::<_, i64>(2) as u64,
                 prompt_tokens: r.get::<_, i64>(3) as u64,
                 completion_tokens: r.get::<_, i64>(4) as u64,
+                estimated_requests: r.get::<_, i64>(5) as u64,
             })
             .collect())
     }
