@@ -140,8 +140,14 @@ fn answer_hub(
 }
 
 /// Applies what other nodes announce: revocations, kills of sessions held here, user changes.
-fn dispatch_cluster_events(cluster: &Arc<Cluster>, access: &Arc<Access>, registry: &Registry) {
+fn dispatch_cluster_events(
+    cluster: &Arc<Cluster>,
+    access: &Arc<Access>,
+    registry: &Registry,
+    answers: &Arc<AnswerHub>,
+) {
     let on_event = access.clone();
+    let answers = answers.clone();
     let on_connected = Arc::downgrade(access);
     let local = registry.clone();
     cluster.subscribe(
@@ -160,6 +166,9 @@ fn dispatch_cluster_events(cluster: &Arc<Cluster>, access: &Arc<Access>, registr
                 });
             }
             ClusterEvent::UserChanged { user_id } => on_event.forget_user(&user_id),
+            ClusterEvent::CancelAnswer { stream_id, user_id } => {
+                answers.cancel(&stream_id, &user_id);
+            }
         },
         // Catch up on what was revoked while the subscription was down.
         move || {
@@ -224,11 +233,12 @@ impl Node {
             tracing::warn!(error = %e, "could not load revocations; will retry");
         }
         access.spawn_sync(Duration::from_millis(config.revocation_sync_ms));
+        let metrics = Metrics::new();
+        let answers = answer_hub(config, &node_id, cluster.as_ref(), &metrics);
         if let Some(c) = &cluster {
-            dispatch_cluster_events(c, &access, &registry);
+            dispatch_cluster_events(c, &access, &registry, &answers);
         }
 
-        let metrics = Metrics::new();
         let limits = Limits::counted(
             config.rate_limits.clone(),
             cluster.clone(),
@@ -246,7 +256,6 @@ impl Node {
             },
         });
 
-        let answers = answer_hub(config, &node_id, cluster.as_ref(), &metrics);
         let state = web::Data::new(AppState {
             router: router.clone(),
             access,

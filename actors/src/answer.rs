@@ -341,6 +341,13 @@ pub trait SharedJournals: Send + Sync + 'static {
     ) -> futures_util::future::LocalBoxFuture<'static, Option<RemoteAnswer>>;
     /// Whether a client on another node follows this answer now (so it must not be cancelled).
     fn followed(&self, stream_id: &str) -> futures_util::future::LocalBoxFuture<'static, bool>;
+    /// A client following `user_id`'s answer from this node cancelled it: the node that runs it
+    /// stops it now ([`AnswerHub::cancel`] there).
+    fn cancel(
+        &self,
+        stream_id: &str,
+        user_id: &str,
+    ) -> futures_util::future::LocalBoxFuture<'static, ()>;
 }
 
 /// Writes one answer's journal where the other nodes can read it.
@@ -484,6 +491,18 @@ impl AnswerHub {
             .ended_at
             .is_some_and(|at| at.elapsed() >= self.settings.retention);
         (journal.user_id == user_id && !expired).then_some(journal)
+    }
+
+    /// Cancels `user_id`'s answer `stream_id` if it runs on this node (a client that follows it
+    /// from another node asked); answers whether it did.
+    pub fn cancel(&self, stream_id: &str, user_id: &str) -> bool {
+        match self.find(stream_id, user_id) {
+            Some(journal) if journal.is_running() => {
+                journal.cancel(Cancel::ByClient);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Answers still running on this node.

@@ -10,7 +10,7 @@ pub mod metrics;
 mod outbox;
 pub mod provider;
 pub mod registry;
-mod relay;
+pub mod relay;
 pub mod request;
 pub mod session;
 pub mod trace;

@@ -74,6 +74,20 @@ impl Outbox {
         outbox
     }
 
+    /// A queue with no connection behind it: what is pushed is dropped, its bytes released.
+    pub(crate) fn detached(flow: Arc<FlowControl>, metrics: Arc<Metrics>) -> Self {
+        Outbox {
+            queue: Rc::default(),
+            wake: Rc::default(),
+            ended: Rc::new(Cell::new(true)),
+            writer_finished: Rc::new(Cell::new(true)),
+            pong: Rc::default(),
+            writing_since: Rc::default(),
+            flow,
+            metrics,
+        }
+    }
+
     /// Queues a text frame whose bytes are already charged (`charge`) to the flow.
     pub(crate) fn push_chunk(&self, frame: String, charge: usize, timing: ChunkTiming) {
         self.push(Outgoing::Text {

@@ -45,7 +45,8 @@ pub(crate) struct Relay {
     pub outbox: Outbox,
     pub flow: Arc<FlowControl>,
     pub outbox_max_bytes: usize,
-    pub session: Recipient<RelayNews>,
+    /// The session to tell; none for an answer whose HTTP client went away.
+    pub session: Option<Recipient<RelayNews>>,
     /// The journals other nodes read, to learn whether one of their clients follows this answer.
     pub shared: Option<Arc<dyn SharedJournals>>,
 }
@@ -97,13 +98,11 @@ impl Relay {
         if let Some(provider) = event.provider {
             self.request.provider_started(provider);
         }
-        self.journal.append(
-            event
-                .chunks
-                .iter()
-                .map(|c| (c.kind, c.text.as_str(), c.tool_call.as_deref())),
-        );
-        for chunk in &event.chunks {
+        // Seals of reasoning are for the Anthropic-compatible front only.
+        let chunks = || event.chunks.iter().filter(|c| !c.is_seal());
+        self.journal
+            .append(chunks().map(|c| (c.kind, c.text.as_str(), c.tool_call.as_deref())));
+        for chunk in chunks() {
             let seq = self.request.chunk(chunk);
             let frame = chunk_frame(
                 &self.request.id,
@@ -121,7 +120,9 @@ impl Relay {
             self.outbox.push_chunk(frame, chunk.charge(), timing);
         }
         if self.flow.queued_bytes() > self.outbox_max_bytes {
-            self.session.do_send(RelayNews::Backlog);
+            if let Some(session) = &self.session {
+                session.do_send(RelayNews::Backlog);
+            }
         }
         match event.end {
             None => false,
@@ -138,8 +139,10 @@ impl Relay {
 
     fn failed(&mut self, e: &ProviderError) {
         self.request.failed(e);
+        // What reached the client before the failure was used all the same.
+        let usage = self.request.partial_usage();
         let error = (e.reason(), e.to_string());
-        self.end(FinishReason::Error, Usage::default(), Some(error));
+        self.end(FinishReason::Error, usage, Some(error));
     }
 
     /// Queues the answer's last frames, ends its request and its journal, tells the session.
@@ -164,7 +167,9 @@ impl Relay {
             usage,
             error,
         });
-        self.session.do_send(RelayNews::Ended { key: self.key });
+        if let Some(session) = &self.session {
+            session.do_send(RelayNews::Ended { key: self.key });
+        }
     }
 
     fn cancelled(mut self, why: Cancel) {
@@ -199,6 +204,34 @@ impl Relay {
             Some((ErrorReason::Internal, message)),
         );
     }
+}
+
+/// Runs an answer whose client went away before its end (an HTTP response the client dropped)
+/// as a WebSocket answer whose connection closed: journaled, it waits `grace` for a resume (or
+/// for a reader already attached), then is cancelled upstream; it is recorded whatever happens.
+/// Its frames go nowhere, and their bytes leave `flow` at once.
+pub fn run_detached(
+    request: ChatRequest,
+    events: UnboundedReceiver<StreamEvent>,
+    journal: Arc<Journal>,
+    flow: Arc<FlowControl>,
+    metrics: Arc<crate::Metrics>,
+    shared: Option<Arc<dyn SharedJournals>>,
+    grace: std::time::Duration,
+) {
+    journal.orphan(grace);
+    let relay = Relay {
+        key: 0,
+        request,
+        events,
+        journal,
+        outbox: Outbox::detached(flow.clone(), metrics),
+        flow,
+        outbox_max_bytes: usize::MAX,
+        session: None,
+        shared,
+    };
+    actix_rt::spawn(relay.run());
 }
 
 pub(crate) fn chunk_frame(
@@ -397,4 +430,55 @@ pub(crate) async fn replay_remote(
             }
         }
     }
+}
+
+/// A journal of this node read as the pieces of a followed answer: its chunks after
+/// `after_seq`, then the rest as they come, then its end. While the stream is held the answer
+/// runs on; when it is dropped, the answer waits `grace` for another reader.
+pub fn follow_local(
+    journal: Arc<Journal>,
+    grace: std::time::Duration,
+    after_seq: Option<u64>,
+) -> futures_util::stream::LocalBoxStream<'static, Remote> {
+    use futures_util::StreamExt;
+    journal.attach();
+    let reader = Reader { journal, grace };
+    let pending = std::collections::VecDeque::new();
+    futures_util::stream::unfold(
+        (reader, after_seq, pending, false),
+        |(reader, mut cursor, mut pending, mut over)| async move {
+            loop {
+                if let Some(piece) = pending.pop_front() {
+                    return Some((piece, (reader, cursor, pending, over)));
+                }
+                if over {
+                    return None;
+                }
+                let journal = reader.journal.clone();
+                let changed = journal.changed();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let read = journal.read(cursor);
+                if read.lost {
+                    over = true;
+                    let why = "the answer outgrew what the gateway keeps; it cannot be resumed";
+                    pending.push_back(Remote::Lost(why.to_owned()));
+                    continue;
+                }
+                for (seq, kind, text, call) in read.chunks {
+                    cursor = Some(seq);
+                    pending.push_back(Remote::Chunk(seq, kind, text, call));
+                }
+                if let Some(ending) = read.ending {
+                    over = true;
+                    pending.push_back(Remote::End(ending, read.total));
+                    continue;
+                }
+                if pending.is_empty() {
+                    changed.await;
+                }
+            }
+        },
+    )
+    .boxed_local()
 }

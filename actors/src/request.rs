@@ -154,6 +154,11 @@ impl ChatRequest {
         self.stream = Some(stream);
     }
 
+    /// The user the request runs for.
+    pub fn user_id(&self) -> &str {
+        &self.session.user_id
+    }
+
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }

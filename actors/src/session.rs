@@ -134,7 +134,7 @@ enum Phase {
     /// A `resume`: a journal read back to this client.
     Replaying(Arc<Journal>),
     /// A `resume` of an answer journaled by another node.
-    Following,
+    Following(Arc<str>),
 }
 
 fn unavailable(stream_id: &str) -> String {
@@ -494,7 +494,7 @@ impl SessionActor {
             outbox,
             flow: self.flow.clone(),
             outbox_max_bytes: self.config.outbox_max_bytes,
-            session: ctx.address().recipient(),
+            session: Some(ctx.address().recipient()),
             shared: self.answers.shared().cloned(),
         };
         actix_rt::spawn(relay.run());
@@ -555,15 +555,15 @@ impl SessionActor {
         {
             Some(Phase::Answering(journal) | Phase::Replaying(journal)) => {
                 journal.cancel(Cancel::ByClient);
-                false
+                None
             }
-            Some(Phase::Following) => true,
-            _ => false,
+            Some(Phase::Following(stream_id)) => Some(stream_id.clone()),
+            _ => None,
         };
-        if following {
-            let msg = "this answer runs on another node: it stops once nobody follows it \
-                       (resume.grace_ms after this connection closes)";
-            self.send_error(Some(id), ErrorReason::UnknownRequest, msg, ctx);
+        // An answer followed from another node: the node that runs it stops it, and its `done`
+        // (cancelled) reaches this client through the journal it follows.
+        if let (Some(stream_id), Some(shared)) = (following, self.answers.shared().cloned()) {
+            actix_rt::spawn(shared.cancel(&stream_id, &self.info.user_id));
         }
     }
 
@@ -635,7 +635,7 @@ impl SessionActor {
         self.requests.push(RunningRequest {
             key,
             id: id.clone(),
-            phase: Phase::Following,
+            phase: Phase::Following(stream_id.into()),
         });
         self.requests_changed();
         let (flow, metrics) = (self.flow.clone(), self.metrics.clone());
@@ -885,7 +885,7 @@ impl Handler<DrainSession> for SessionActor {
                         journal.cancel(Cancel::Failed(ErrorReason::ShuttingDown, msg.into()));
                         left.push(r);
                     }
-                    Phase::Replaying(_) | Phase::Following => {}
+                    Phase::Replaying(_) | Phase::Following(_) => {}
                 }
             }
             act.requests = left;

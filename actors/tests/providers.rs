@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use actix::prelude::*;
 use ai_gateway_actors::{
     provider::{
-        chat::joined_tool_calls, mock::MOCK_ANSWER, Finish, Message, ProviderStream, Role,
+        chat::joined_tool_calls, mock::MOCK_ANSWER, Finish, Message, ProviderStream, Role, Seal,
         ToolCall, ToolCallDelta, MAX_BATCH_CHUNKS,
     },
     AnthropicProvider, AnthropicSettings, ApiKey, ChunkSink, FlowControl, GeminiProvider,
@@ -107,6 +107,8 @@ struct Running {
     text: String,
     /// Tool-call pieces, in order.
     calls: Vec<(ToolCallDelta, String)>,
+    /// Seals of reasoning (signatures, redacted thinking), in order.
+    seals: Vec<Seal>,
     chunks: usize,
     /// The end, once its batch came.
     end: Option<Result<Finish, ProviderError>>,
@@ -122,6 +124,7 @@ impl Running {
             reasoning: String::new(),
             text: String::new(),
             calls: Vec::new(),
+            seals: Vec::new(),
             chunks: 0,
             end: None,
         }
@@ -143,6 +146,10 @@ impl Running {
                 .expect("the stream ended without an end");
             for chunk in event.chunks {
                 self.chunks += 1;
+                if let Some(seal) = chunk.seal {
+                    self.seals.push(*seal);
+                    continue;
+                }
                 match chunk.kind {
                     ChunkKind::Reasoning => self.reasoning.push_str(&chunk.text),
                     ChunkKind::Text => self.text.push_str(&chunk.text),
@@ -1032,6 +1039,33 @@ async fn recorded_gemini_function_call_keeps_its_thought_signature() {
     assert_eq!(
         (finish.usage.prompt_tokens, finish.usage.completion_tokens),
         (29, 212)
+    );
+}
+
+#[actix_rt::test]
+async fn recorded_anthropic_thinking_keeps_its_signature() {
+    let (running, finish) = replayed(Api::Anthropic, "anthropic-thinking.sse").await;
+    assert_eq!(finish.reason, FinishReason::Stop);
+    assert!(!running.reasoning.is_empty());
+    assert!(!running.text.is_empty());
+    assert_eq!(running.seals.len(), 1, "{:?}", running.seals);
+    assert!(
+        matches!(&running.seals[0], Seal::Signature(s) if s.starts_with("EvoCCkYICxgCKkCY593D")),
+        "{:?}",
+        running.seals
+    );
+}
+
+#[actix_rt::test]
+async fn recorded_anthropic_redacted_thinking_is_kept_for_the_next_turn() {
+    let (running, finish) = replayed(Api::Anthropic, "anthropic-redacted-thinking.sse").await;
+    assert_eq!(finish.reason, FinishReason::Stop);
+    assert!(running.reasoning.is_empty(), "nothing readable");
+    assert_eq!(running.seals.len(), 2, "{:?}", running.seals);
+    assert!(
+        matches!(&running.seals[0], Seal::Redacted(d) if d.starts_with("EqkECkYIBxgCKkA8")),
+        "{:?}",
+        running.seals
     );
 }
 

@@ -98,6 +98,9 @@ pub async fn messages(req: HttpRequest, body: web::Bytes, state: web::Data<State
         if body["temperature"].as_f64().is_some_and(|t| t != 1.0) {
             return invalid("`temperature` may only be set to 1 when thinking is enabled.");
         }
+        if let Err(message) = thinking_kept(messages) {
+            return invalid(&message);
+        }
     }
     let Some(scenario) = Scenario::from_model(model) else {
         return error(404, "not_found_error", &format!("model: {model}"));
@@ -125,6 +128,39 @@ pub async fn messages(req: HttpRequest, body: web::Bytes, state: web::Data<State
     });
     let steps = stream(model, prompt_tokens(&body), &beats);
     event_stream(state.into_inner(), steps)
+}
+
+/// With thinking on, the API wants the last assistant turn that called tools to start with its
+/// thinking (or redacted thinking) block, signature unchanged, as it documents for tool use with
+/// extended thinking.
+fn thinking_kept(messages: &[Value]) -> Result<(), String> {
+    let Some((i, last)) = messages
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, m)| m["role"] == "assistant")
+    else {
+        return Ok(());
+    };
+    let blocks = last["content"].as_array().cloned().unwrap_or_default();
+    if !blocks.iter().any(|b| b["type"] == "tool_use") {
+        return Ok(());
+    }
+    match blocks.first() {
+        Some(b) if b["type"] == "thinking" && b["signature"] == FAKE_SIGNATURE => Ok(()),
+        Some(b) if b["type"] == "thinking" => Err(format!(
+            "messages.{i}.content.0.signature: Invalid `signature` in `thinking` block"
+        )),
+        Some(b) if b["type"] == "redacted_thinking" => Ok(()),
+        _ => {
+            Err(format!(
+            "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found \
+             `{}`. When `thinking` is enabled, a final `assistant` message must start with a \
+             thinking block.",
+            blocks.first().and_then(|b| b["type"].as_str()).unwrap_or("none")
+        ))
+        }
+    }
 }
 
 /// Checks tools, `tool_use`/`tool_result` and image blocks as the API documents them, and says
@@ -167,6 +203,16 @@ fn shape(body: &Value) -> Result<Shape, String> {
                         || !b["input"].is_object()
                     {
                         return Err(format!("{at}: tool_use needs id, name and an input object"));
+                    }
+                }
+                Some("thinking") if m["role"] == "assistant" => {
+                    if b["thinking"].as_str().is_none() || b["signature"].as_str().is_none() {
+                        return Err(format!("{at}: thinking needs thinking and signature"));
+                    }
+                }
+                Some("redacted_thinking") if m["role"] == "assistant" => {
+                    if b["data"].as_str().is_none() {
+                        return Err(format!("{at}.data: Field required"));
                     }
                 }
                 Some("tool_result") if m["role"] == "user" => {

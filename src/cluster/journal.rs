@@ -357,4 +357,17 @@ impl SharedJournals for RedisJournals {
                 .unwrap_or(false)
         })
     }
+
+    fn cancel(&self, stream_id: &str, user_id: &str) -> LocalBoxFuture<'static, ()> {
+        let cluster = self.cluster.clone();
+        let event = super::ClusterEvent::CancelAnswer {
+            stream_id: stream_id.to_owned(),
+            user_id: user_id.to_owned(),
+        };
+        Box::pin(async move {
+            if let Err(e) = cluster.publish(&event).await {
+                tracing::warn!(error = %e, "cannot tell the other nodes to cancel an answer");
+            }
+        })
+    }
 }

@@ -33,6 +33,12 @@ pub enum ClusterEvent {
     UserChanged {
         user_id: String,
     },
+    /// A client following this user's answer from another node cancelled it: the node running
+    /// it stops it.
+    CancelAnswer {
+        stream_id: String,
+        user_id: String,
+    },
 }
 
 pub struct Cluster {

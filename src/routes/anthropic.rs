@@ -6,7 +6,7 @@
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use ai_gateway_actors::{
     provider::{
-        chat::joined_tool_calls, Finish, ImageSource, Message, Part, Role, Tool, ToolCall,
+        chat::joined_tool_calls, Finish, ImageSource, Message, Part, Role, Seal, Tool, ToolCall,
         ToolCallDelta, ToolChoice,
     },
     ProviderError, ProviderRequest,
@@ -196,8 +196,8 @@ fn result_text(at: &str, content: &Value) -> Result<Vec<Part>, AnthropicError> {
 
 /// Anthropic's turns as neutral messages: `tool_result` blocks become tool messages (before
 /// the rest of their user turn), `tool_use` blocks the assistant's tool calls. Earlier
-/// `thinking` blocks are the model's own past reasoning, which no upstream takes back from
-/// another provider; they are left out of the history.
+/// `thinking` and `redacted_thinking` blocks are kept with their signatures: Anthropic wants
+/// them back in a tool round trip; other upstreams leave them out.
 fn to_messages(input: Vec<InMessage>) -> Result<Vec<Message>, AnthropicError> {
     let mut out = Vec::new();
     for (i, m) in input.into_iter().enumerate() {
@@ -242,7 +242,15 @@ fn to_messages(input: Vec<InMessage>) -> Result<Vec<Message>, AnthropicError> {
                     tool_call_id: b["tool_use_id"].as_str().map(str::to_owned),
                     ..Message::text(Role::Tool, "")
                 }),
-                (Some("thinking" | "redacted_thinking"), Role::Assistant) => {}
+                (Some("thinking"), Role::Assistant) => message.content.push(Part::Thinking {
+                    text: b["thinking"].as_str().unwrap_or("").to_owned(),
+                    signature: b["signature"].as_str().unwrap_or("").to_owned(),
+                }),
+                (Some("redacted_thinking"), Role::Assistant) => {
+                    message.content.push(Part::RedactedThinking {
+                        data: b["data"].as_str().unwrap_or("").to_owned(),
+                    })
+                }
                 (other, _) => {
                     return Err(AnthropicError::bad(format!(
                         "{at}.type: {other:?} blocks are not supported here"
@@ -411,11 +419,19 @@ pub async fn messages(
             }));
     }
     let mut answer = begun.answer;
-    let (mut text, mut reasoning) = (String::new(), String::new());
+    let (mut text, mut reasoning, mut signature) = (String::new(), String::new(), String::new());
+    let mut redacted = Vec::new();
     let mut calls: Vec<(ToolCallDelta, String)> = Vec::new();
     let mut next = Some(begun.first);
     loop {
         match next {
+            Some(Piece::Chunk(chunk)) if chunk.is_seal() => match chunk.seal.as_deref() {
+                Some(Seal::Signature(s)) => signature.push_str(s),
+                Some(Seal::Redacted(data)) => {
+                    redacted.push(json!({"type": "redacted_thinking", "data": data}))
+                }
+                None => {}
+            },
             Some(Piece::Chunk(chunk)) => {
                 answer.request.chunk(&chunk);
                 match chunk.kind {
@@ -434,8 +450,12 @@ pub async fn messages(
                     .map_err(|e| AnthropicError::of_provider(&e))?;
                 let mut content = Vec::new();
                 if thinking && !reasoning.is_empty() {
-                    content
-                        .push(json!({"type": "thinking", "thinking": reasoning, "signature": ""}));
+                    content.push(
+                        json!({"type": "thinking", "thinking": reasoning, "signature": signature}),
+                    );
+                }
+                if thinking {
+                    content.extend(redacted);
                 }
                 if !text.is_empty() {
                     content.push(json!({"type": "text", "text": text}));
@@ -478,6 +498,8 @@ fn push_event(out: &mut BytesMut, data: &Value) {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Open {
     Thinking,
+    /// A `redacted_thinking` block: opened and closed at once.
+    Redacted,
     Text,
     /// A tool call, by its index among the answer's calls.
     ToolUse(u32),
@@ -489,12 +511,25 @@ struct Blocks {
     open: Option<(usize, Open)>,
     next: usize,
     thinking: bool,
+    /// The open thinking block got its signature.
+    signed: bool,
 }
 
 impl Blocks {
+    fn new(thinking: bool) -> Self {
+        Blocks {
+            open: None,
+            next: 0,
+            thinking,
+            signed: false,
+        }
+    }
+
     fn close(&mut self, out: &mut BytesMut) {
         if let Some((index, kind)) = self.open.take() {
-            if kind == Open::Thinking {
+            // Reasoning of a provider that seals none still gets the (empty) signature
+            // Anthropic's clients expect.
+            if kind == Open::Thinking && !std::mem::take(&mut self.signed) {
                 push_event(
                     out,
                     &json!({"type": "content_block_delta", "index": index,
@@ -518,7 +553,34 @@ impl Blocks {
         index
     }
 
+    /// The seal of the reasoning streamed last: its signature, or a block of encrypted reasoning.
+    fn seal(&mut self, out: &mut BytesMut, seal: &Seal) {
+        if !self.thinking {
+            return;
+        }
+        match seal {
+            Seal::Signature(signature) => {
+                if let Some((index, Open::Thinking)) = self.open {
+                    push_event(
+                        out,
+                        &json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "signature_delta", "signature": signature}}),
+                    );
+                    self.signed = true;
+                }
+            }
+            Seal::Redacted(data) => {
+                let block = json!({"type": "redacted_thinking", "data": data});
+                self.open(out, Open::Redacted, block);
+                self.close(out);
+            }
+        }
+    }
+
     fn piece(&mut self, out: &mut BytesMut, c: &ai_gateway_actors::Chunk) {
+        if let Some(seal) = &c.seal {
+            return self.seal(out, seal);
+        }
         let (kind, delta) = match c.kind {
             ChunkKind::Reasoning if !self.thinking => return,
             ChunkKind::Reasoning => (
@@ -540,7 +602,7 @@ impl Blocks {
             Some((index, open)) if open == kind && !starts_call => index,
             _ => {
                 let block = match kind {
-                    Open::Thinking => json!({"type": "thinking", "thinking": ""}),
+                    Open::Thinking | Open::Redacted => json!({"type": "thinking", "thinking": ""}),
                     Open::Text => json!({"type": "text", "text": ""}),
                     Open::ToolUse(_) => {
                         let d = c.tool_call.as_deref();
@@ -578,12 +640,14 @@ fn sse_events(
             "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": 0, "output_tokens": 0}}}));
-        let mut blocks = Blocks { open: None, next: 0, thinking };
+        let mut blocks = Blocks::new(thinking);
         let mut next = Some(first);
         loop {
             match next {
                 Some(Piece::Chunk(c)) => {
-                    answer.request.chunk(&c);
+                    if !c.is_seal() {
+                        answer.request.chunk(&c);
+                    }
                     blocks.piece(&mut out, &c);
                 }
                 Some(Piece::End(end)) => {

@@ -185,6 +185,10 @@ fn configure(cfg: &mut web::ServiceConfig, small_body: usize, public_metrics: bo
         .route("/v1/usage", web::get().to(conversations::usage))
         .route("/v1/models", web::get().to(openai::models))
         .route("/v1/chat/completions", web::post().to(openai::completions))
+        .route(
+            "/v1/chat/completions/{stream_id}/events",
+            web::get().to(openai::events),
+        )
         .route("/v1/messages", web::post().to(anthropic::messages))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))

@@ -12,13 +12,15 @@ use std::{
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError};
 use ai_gateway_actors::{
+    answer::{Ending, Journal, Remote},
     provider::{
         chat::joined_tool_calls, Finish, ImageSource, Message, Part, ResponseFormat, Role, Tool,
         ToolCall, ToolCallDelta, ToolChoice,
     },
+    relay,
     unix_time::now_unix_secs,
-    ChatRequest, Chunk, ChunkSink, FlowControl, Front, ProviderError, ProviderRequest, Refusal,
-    RequestStart, StreamEvent,
+    AnswerHub, ChatRequest, Chunk, ChunkSink, FlowControl, Front, ProviderError, ProviderRequest,
+    Refusal, RequestStart, StreamEvent,
 };
 use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 use bytes::{Bytes, BytesMut};
@@ -31,6 +33,8 @@ use super::{AppState, Caller};
 
 /// Microseconds the gateway added to the first chunk (provider's chunk to response start).
 pub const ADDED_LATENCY_HEADER: &str = "x-gateway-first-chunk-added-us";
+/// The stream id of a streamed completion, for `GET /v1/chat/completions/{stream_id}/events`.
+pub const STREAM_ID_HEADER: &str = "x-gateway-stream-id";
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -416,6 +420,18 @@ pub(super) struct Answer {
     events: UnboundedReceiver<StreamEvent>,
     flow: Arc<FlowControl>,
     ready: VecDeque<Piece>,
+    /// Closes the flow (its provider stops waiting for room) unless the answer is detached.
+    closer: FlowCloser,
+}
+
+struct FlowCloser(Option<Arc<FlowControl>>);
+
+impl Drop for FlowCloser {
+    fn drop(&mut self) {
+        if let Some(flow) = self.0.take() {
+            flow.close();
+        }
+    }
 }
 
 impl Answer {
@@ -479,11 +495,48 @@ impl Answer {
     pub(super) fn broken(&mut self) {
         self.request.finish(FinishReason::Error, Usage::default());
     }
+
+    /// Takes the answer apart without stopping it: its request, its events, its flow and the
+    /// pieces already taken off the channel.
+    fn detach(
+        self,
+    ) -> (
+        ChatRequest,
+        UnboundedReceiver<StreamEvent>,
+        Arc<FlowControl>,
+        VecDeque<Piece>,
+    ) {
+        let Answer {
+            request,
+            events,
+            flow,
+            ready,
+            mut closer,
+        } = self;
+        closer.0 = None;
+        (request, events, flow, ready)
+    }
 }
 
-impl Drop for Answer {
-    fn drop(&mut self) {
-        self.flow.close();
+/// Ends `request` as its stream said, answering how for the answer's journal.
+fn ending(request: &mut ChatRequest, end: Result<Finish, ProviderError>) -> Ending {
+    match end {
+        Ok(Finish { reason, usage }) => {
+            request.finish(reason, usage);
+            Ending {
+                finish_reason: reason,
+                usage,
+                error: None,
+            }
+        }
+        Err(e) => {
+            request.failed(&e);
+            Ending {
+                finish_reason: FinishReason::Error,
+                usage: request.partial_usage(),
+                error: Some((e.reason(), e.to_string())),
+            }
+        }
     }
 }
 
@@ -492,18 +545,20 @@ fn finish_reason_str(r: FinishReason) -> &'static str {
         FinishReason::Length => "length",
         FinishReason::ToolCalls => "tool_calls",
         FinishReason::ContentFilter => "content_filter",
+        // Only a resumed stream can meet it: the answer was cancelled (a gateway extension).
+        FinishReason::Cancelled => "cancelled",
         _ => "stop",
     }
 }
 
 /// A tool-call piece as a streamed `delta.tool_calls` entry.
-fn tool_call_delta(c: &Chunk) -> Value {
-    let d = c.tool_call.as_deref().cloned().unwrap_or(ToolCallDelta {
+fn tool_call_delta(text: &str, call: Option<&ToolCallDelta>) -> Value {
+    let d = call.cloned().unwrap_or(ToolCallDelta {
         index: 0,
         id: None,
         name: None,
     });
-    let mut function = json!({"arguments": c.text});
+    let mut function = json!({"arguments": text});
     if let Some(name) = &d.name {
         function["name"] = json!(name);
     }
@@ -613,6 +668,7 @@ pub(super) async fn begin(
     let mut answer = Answer {
         request,
         events,
+        closer: FlowCloser(Some(flow.clone())),
         flow,
         ready: VecDeque::new(),
     };
@@ -667,24 +723,36 @@ pub async fn completions(
     } = begin(&req, &state, principal, provider_request)
         .await
         .map_err(OpenAiError::from)?;
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = now_unix_secs();
     if stream {
+        let answers = state.session_env.answers.clone();
+        let journal = answers.open(answer.request.user_id(), &model, None);
+        let writer = SseWriter::new(journal.stream_id.clone(), model);
+        let stream_id = journal.stream_id.to_string();
+        let live = Journaled {
+            answer: Some(answer),
+            journal,
+            answers,
+            metrics: state.session_env.metrics.clone(),
+        };
         let stream = SseStream {
-            inner: Box::pin(sse_events(answer, first, id, created, model, include_usage)),
+            inner: Box::pin(sse_events(live, first, writer, include_usage)),
         };
         return Ok(HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(("Cache-Control", "no-cache"))
             .insert_header((ADDED_LATENCY_HEADER, added_us.to_string()))
+            .insert_header((STREAM_ID_HEADER, stream_id))
             .streaming(stream));
     }
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = now_unix_secs();
 
     let (mut content, mut reasoning) = (String::new(), String::new());
     let mut calls: Vec<(ToolCallDelta, String)> = Vec::new();
     let mut next = Some(first);
     loop {
         match next {
+            Some(Piece::Chunk(chunk)) if chunk.is_seal() => {}
             Some(Piece::Chunk(chunk)) => {
                 answer.request.chunk(&chunk);
                 match chunk.kind {
@@ -745,73 +813,328 @@ pub(super) fn push_sse(out: &mut BytesMut, v: &Value) {
     out.extend_from_slice(b"\n\n");
 }
 
-/// The SSE body. When the client drops it, the answer inside cancels the upstream call.
-fn sse_events(
-    mut answer: Answer,
-    first: Piece,
+/// Writes a streamed completion's events. A chunk's event carries `id: <stream_id>:<seq>`, which
+/// a client gives back (`Last-Event-ID`) to resume after it.
+struct SseWriter {
     id: String,
     created: u64,
     model: String,
+    stream_id: Arc<str>,
+    out: BytesMut,
+}
+
+impl SseWriter {
+    fn new(stream_id: Arc<str>, model: String) -> Self {
+        SseWriter {
+            id: format!("chatcmpl-{stream_id}"),
+            created: now_unix_secs(),
+            model,
+            stream_id,
+            out: BytesMut::new(),
+        }
+    }
+
+    fn event(&mut self, seq: Option<u64>, delta: Value, finish: Option<&str>) {
+        if let Some(seq) = seq {
+            let line = format!("id: {}:{seq}\n", self.stream_id);
+            self.out.extend_from_slice(line.as_bytes());
+        }
+        push_sse(
+            &mut self.out,
+            &json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }),
+        );
+    }
+
+    /// The first event, before any chunk.
+    fn role(&mut self) {
+        self.event(None, json!({"role": "assistant", "content": ""}), None);
+    }
+
+    fn chunk(&mut self, seq: u64, kind: ChunkKind, text: &str, call: Option<&ToolCallDelta>) {
+        let delta = match kind {
+            ChunkKind::Text => json!({"content": text}),
+            ChunkKind::Reasoning => json!({"reasoning_content": text}),
+            ChunkKind::ToolCall => tool_call_delta(text, call),
+        };
+        self.event(Some(seq), delta, None);
+    }
+
+    /// The answer's end: its finish reason (and usage when asked), then `[DONE]`; or an error
+    /// event, never a quiet end (OpenAI SDKs raise on an error event).
+    fn end(&mut self, ending: &Ending, include_usage: bool, error: Option<OpenAiError>) {
+        if let Some((reason, message)) = &ending.error {
+            let error = error.unwrap_or_else(|| OpenAiError::new(*reason, message.clone()));
+            return push_sse(&mut self.out, &error.body());
+        }
+        self.event(
+            None,
+            json!({}),
+            Some(finish_reason_str(ending.finish_reason)),
+        );
+        if include_usage {
+            push_sse(
+                &mut self.out,
+                &json!({
+                    "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                    "model": self.model, "choices": [], "usage": ending.usage,
+                }),
+            );
+        }
+        self.out.extend_from_slice(b"data: [DONE]\n\n");
+    }
+
+    fn lost(&mut self, why: &str) {
+        let error = OpenAiError::new(ErrorReason::ResumeUnavailable, why);
+        push_sse(&mut self.out, &error.body());
+    }
+
+    fn take(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+}
+
+/// A streamed answer and its journal. What reaches the response is journaled first; when the
+/// client goes before the end, the answer runs on without it ([`relay::run_detached`]) for the
+/// resume grace time, so that it can be resumed.
+struct Journaled {
+    answer: Option<Answer>,
+    journal: Arc<Journal>,
+    answers: Arc<AnswerHub>,
+    metrics: Arc<ai_gateway_actors::Metrics>,
+}
+
+impl Journaled {
+    fn request(&mut self) -> &mut ChatRequest {
+        &mut self.answer.as_mut().expect("held until the end").request
+    }
+
+    /// Accounts for a chunk and journals it; answers its `seq`.
+    fn chunk(&mut self, c: &Chunk) -> u64 {
+        let seq = self.request().chunk(c);
+        let call = c.tool_call.as_deref();
+        self.journal
+            .append(std::iter::once((c.kind, c.text.as_str(), call)));
+        seq
+    }
+
+    /// The answer ended as its stream said: recorded and journaled.
+    fn end(&mut self, end: Result<Finish, ProviderError>) -> Ending {
+        let ending = ending(self.request(), end);
+        self.journal.end(ending.clone());
+        self.answer = None;
+        ending
+    }
+
+    /// The stream stopped without saying how it ended.
+    fn broken(&mut self) -> Ending {
+        self.request().finish(FinishReason::Error, Usage::default());
+        let ending = Ending {
+            finish_reason: FinishReason::Error,
+            usage: Usage::default(),
+            error: Some((ErrorReason::Internal, "the stream ended early".to_owned())),
+        };
+        self.journal.end(ending.clone());
+        self.answer = None;
+        ending
+    }
+}
+
+impl Drop for Journaled {
+    fn drop(&mut self) {
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        let (mut request, events, flow, ready) = answer.detach();
+        for piece in ready {
+            match piece {
+                Piece::Chunk(c) if c.is_seal() => {}
+                Piece::Chunk(c) => {
+                    request.chunk(&c);
+                    let call = c.tool_call.as_deref();
+                    self.journal
+                        .append(std::iter::once((c.kind, c.text.as_str(), call)));
+                }
+                Piece::End(end) => return self.journal.end(ending(&mut request, end)),
+            }
+        }
+        relay::run_detached(
+            request,
+            events,
+            self.journal.clone(),
+            flow,
+            self.metrics.clone(),
+            self.answers.shared().cloned(),
+            self.answers.settings().grace,
+        );
+    }
+}
+
+/// The SSE body of a streamed completion. When the client drops it, the answer runs on for the
+/// resume grace time (then is cancelled upstream).
+fn sse_events(
+    mut live: Journaled,
+    first: Piece,
+    mut w: SseWriter,
     include_usage: bool,
 ) -> impl Stream<Item = Bytes> {
     async_stream::stream! {
-        let chunk = |out: &mut BytesMut, delta: Value, finish: Option<&str>| {
-            push_sse(out, &json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }));
-        };
-        let mut out = BytesMut::new();
-        chunk(&mut out, json!({"role": "assistant", "content": ""}), None);
+        w.role();
         let mut next = Some(first);
         loop {
             match next {
+                // Seals of reasoning are for the Anthropic-compatible front only.
+                Some(Piece::Chunk(c)) if c.is_seal() => {}
                 Some(Piece::Chunk(c)) => {
-                    answer.request.chunk(&c);
-                    let delta = match c.kind {
-                        ChunkKind::Text => json!({"content": c.text}),
-                        ChunkKind::Reasoning => json!({"reasoning_content": c.text}),
-                        ChunkKind::ToolCall => tool_call_delta(&c),
-                    };
-                    chunk(&mut out, delta, None);
+                    let seq = live.chunk(&c);
+                    w.chunk(seq, c.kind, &c.text, c.tool_call.as_deref());
                 }
                 Some(Piece::End(end)) => {
-                    match answer.end(end) {
-                        Ok(Finish { reason, usage }) => {
-                            chunk(&mut out, json!({}), Some(finish_reason_str(reason)));
-                            if include_usage {
-                                push_sse(&mut out, &json!({
-                                    "id": id, "object": "chat.completion.chunk", "created": created,
-                                    "model": model, "choices": [], "usage": usage,
-                                }));
-                            }
-                            out.extend_from_slice(b"data: [DONE]\n\n");
-                        }
-                        // Never a quiet end: OpenAI SDKs raise on an error event.
-                        Err(e) => push_sse(&mut out, &e.body()),
-                    }
-                    yield out.split().freeze();
+                    let error = end.as_ref().err().map(OpenAiError::of_provider);
+                    let ending = live.end(end);
+                    w.end(&ending, include_usage, error);
+                    yield w.take();
                     break;
                 }
                 None => {
-                    answer.broken();
-                    push_sse(&mut out, &OpenAiError::from(Failure::Broken).body());
-                    yield out.split().freeze();
+                    let ending = live.broken();
+                    w.end(&ending, include_usage, None);
+                    yield w.take();
                     break;
                 }
             }
+            let answer = live.answer.as_mut().expect("held until the end");
             next = match answer.next_ready() {
-                Some(piece) if out.len() < SSE_BATCH_BYTES => Some(piece),
+                Some(piece) if w.out.len() < SSE_BATCH_BYTES => Some(piece),
                 ready => {
-                    yield out.split().freeze();
+                    yield w.take();
                     match ready {
                         Some(piece) => Some(piece),
-                        None => answer.next().await,
+                        None => live.answer.as_mut().expect("held until the end").next().await,
                     }
                 }
             };
         }
     }
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after_seq: Option<u64>,
+}
+
+/// Where a resumed stream starts: after `Last-Event-ID` (`<stream_id>:<seq>`, or a bare seq),
+/// else after `?after_seq=`, else from the start.
+fn resume_point(
+    req: &HttpRequest,
+    stream_id: &str,
+    query: &EventsQuery,
+) -> Result<Option<u64>, OpenAiError> {
+    let Some(last) = req.headers().get("last-event-id") else {
+        return Ok(query.after_seq);
+    };
+    let bad_id = || {
+        OpenAiError::new(
+            ErrorReason::InvalidPayload,
+            "Last-Event-ID must be <stream_id>:<seq> of this stream",
+        )
+        .with_param("Last-Event-ID")
+    };
+    let last = last.to_str().map_err(|_| bad_id())?.trim();
+    let seq = match last.rsplit_once(':') {
+        Some((id, seq)) if id == stream_id => seq,
+        Some(_) => return Err(bad_id()),
+        None => last,
+    };
+    seq.parse().map(Some).map_err(|_| bad_id())
+}
+
+/// `GET /v1/chat/completions/{stream_id}/events` (an extension of OpenAI's API): resumes a
+/// streamed completion of the caller's after the last event it got, on any node, while the
+/// answer runs and for the retention time after.
+pub async fn events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+    stream_id: web::Path<String>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, OpenAiError> {
+    let stream_id = stream_id.into_inner();
+    let after_seq = resume_point(&req, &stream_id, &query)?;
+    let user = caller.0.user_id;
+    let env = &state.session_env;
+    let unavailable = || {
+        env.metrics.resumes_unavailable.inc();
+        OpenAiError::new(
+            ErrorReason::ResumeUnavailable,
+            format!("no answer {stream_id:?} to resume: unknown, expired or not yours"),
+        )
+        .with_param("stream_id")
+    };
+    let (model, mut pieces) = match env.answers.find(&stream_id, &user) {
+        Some(journal) => (
+            journal.model.clone(),
+            relay::follow_local(journal, env.answers.settings().grace, after_seq),
+        ),
+        None => {
+            let shared = env.answers.shared().ok_or_else(unavailable)?;
+            let remote = shared
+                .follow(&stream_id, &user, after_seq)
+                .await
+                .ok_or_else(unavailable)?;
+            (remote.model, remote.pieces)
+        }
+    };
+    env.metrics.resumes.inc();
+    let mut w = SseWriter::new(stream_id.into(), model);
+    let body = async_stream::stream! {
+        use futures_util::{FutureExt, StreamExt};
+        if after_seq.is_none() {
+            w.role();
+        }
+        let mut next = pieces.next().await;
+        loop {
+            match next {
+                Some(Remote::Chunk(seq, kind, text, call)) => {
+                    w.chunk(seq, kind, &text, call.as_ref());
+                }
+                Some(Remote::End(ending, _)) => {
+                    w.end(&ending, true, None);
+                    yield w.take();
+                    break;
+                }
+                Some(Remote::Lost(why)) => {
+                    w.lost(&why);
+                    yield w.take();
+                    break;
+                }
+                None => {
+                    w.lost("the answer can no longer be followed");
+                    yield w.take();
+                    break;
+                }
+            }
+            next = match pieces.next().now_or_never() {
+                Some(piece) if w.out.len() < SSE_BATCH_BYTES => piece,
+                ready => {
+                    yield w.take();
+                    match ready {
+                        Some(piece) => piece,
+                        None => pieces.next().await,
+                    }
+                }
+            };
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(SseStream {
+            inner: Box::pin(body),
+        }))
 }
 
 pub(super) struct SseStream<S> {

@@ -67,6 +67,7 @@ async fn the_official_anthropic_client_works_on_every_provider() {
         .arg(format!("http://{}", t.gw.local_addr()))
         .arg(&key)
         .args(["gpt", "sonnet", "flash"])
+        .env("THINKING_MODELS", "sonnet")
         .output()
         .await
         .expect("python3 runs");
@@ -100,6 +101,21 @@ async fn the_official_anthropic_client_works_on_every_provider() {
         assert_eq!(m["round_trip"]["stop_reason"], "end_turn");
         assert_eq!(m["image"], "I see 1 image(s).", "{model}");
     }
+    // Claude's signed thinking survives the tool round trip (the fake, like the API, refuses
+    // the second turn unless it starts with the thinking block and its signature).
+    let thinking = &seen["sonnet"]["thinking_round_trip"];
+    assert_eq!(
+        thinking["blocks"],
+        json!(["thinking", "tool_use"]),
+        "{thinking}"
+    );
+    assert_eq!(thinking["signature"], "RmFrZVNpZ25hdHVyZQ==", "{thinking}");
+    assert_eq!(thinking["stop_reason"], "end_turn", "{thinking}");
+    assert_eq!(thinking["answer_blocks"][0], "thinking", "{thinking}");
+    assert_eq!(
+        thinking["answer_signature"], "RmFrZVNpZ25hdHVyZQ==",
+        "a plain response carries the signature too"
+    );
     assert_eq!(
         seen["bad_key"],
         json!({"status": 401, "type": "authentication_error"})

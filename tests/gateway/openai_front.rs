@@ -174,9 +174,10 @@ async fn errors_before_the_stream_get_http_statuses() {
 }
 
 #[actix_rt::test]
-async fn a_client_that_drops_the_stream_cancels_the_upstream_call() {
+async fn with_no_resume_grace_a_client_that_drops_the_stream_cancels_the_upstream_call() {
     let fake = FakeUpstream::start().await.unwrap();
-    let t = front(&fake).await;
+    // resume.grace_ms = 0: no waiting for a resume (tests/gateway/http_resume.rs has the rest).
+    let t = front_tweaked(&fake, &[], |c| c.resume.grace_ms = 0).await;
     let (_, token) = t.new_user().await;
     let res = t
         .http
@@ -332,7 +333,7 @@ async fn complete(t: &TestGateway, token: &str, body: Value) -> reqwest::Respons
 /// The `data:` events of an SSE body, `[DONE]` left out.
 fn sse_events(text: &str) -> Vec<Value> {
     text.split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
         .filter(|d| *d != "[DONE]")
         .map(|d| serde_json::from_str(d).unwrap())
         .collect()

@@ -302,6 +302,36 @@ async fn an_answer_cut_on_one_node_resumes_on_another() {
 }
 
 #[actix_rt::test]
+async fn cancel_of_an_answer_followed_on_another_node_stops_it_at_once() {
+    let (_db, a, b) = two_nodes().await;
+    let (_, token) = a.new_user().await;
+    let mut ws = a.connect(&token).await;
+    ws.send_json(chat("a1")).await;
+    let (_, stream_id) = first_chunks(&mut ws, "a1", 3).await;
+    drop(ws);
+
+    let mut ws = b.connect(&token).await;
+    ws.send_json(resume("r1", &stream_id, Some(2))).await;
+    let f = ws.next_json().await;
+    assert_eq!(
+        (f["type"].as_str(), f["id"].as_str()),
+        (Some("chat"), Some("r1")),
+        "{f}"
+    );
+    ws.send_json(json!({"type": "cancel", "id": "r1"})).await;
+    let rest = ws.answer("r1").await;
+    assert_eq!(
+        rest.finish_reason(),
+        "cancelled",
+        "node A stopped it now, not after the grace time"
+    );
+    // Node A produced nothing more once it was cancelled.
+    let stopped = a.gw.mock().chunks_produced();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.gw.mock().chunks_produced(), stopped, "cancelled upstream");
+}
+
+#[actix_rt::test]
 async fn a_node_killed_mid_answer_leaves_the_journaled_part_and_a_clear_error() {
     let db = TestDatabase::create().await;
     let prefix = redis_prefix();

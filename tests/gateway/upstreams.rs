@@ -375,6 +375,36 @@ async fn tools_round_trip_on_every_provider_through_the_openai_front() {
         let text = second["choices"][0]["message"]["content"].as_str().unwrap();
         assert!(text.ends_with("said: sunny"), "{name}: {text}");
     }
+    // Claude thinks (thinking_budget_tokens): the OpenAI front has no place for its signed
+    // thinking, so the node put it back at the start of the assistant's turn, as the API wants.
+    let round_trip = fake
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/v1/messages")
+        .unwrap()
+        .body;
+    assert_eq!(round_trip["thinking"]["type"], "enabled", "{round_trip}");
+    let turn = &round_trip["messages"][1]["content"];
+    assert_eq!(turn[0]["type"], "thinking", "{round_trip}");
+    assert_eq!(turn[0]["signature"], "RmFrZVNpZ25hdHVyZQ==", "{round_trip}");
+    assert_eq!(turn[1]["type"], "tool_use", "{round_trip}");
+
+    // A call whose thinking the node never saw (another node answered it): the turn goes
+    // without thinking instead of being refused.
+    let (status, body) = complete(
+        &t,
+        &token,
+        json!({"model": "sonnet", "tools": tools, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "toolu_elsewhere",
+                "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "toolu_elsewhere", "content": "rainy"},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = fake.requests().into_iter().last().unwrap().body;
+    assert!(sent.get("thinking").is_none(), "{sent}");
 }
 
 #[actix_rt::test]
@@ -535,7 +565,10 @@ async fn websocket_chat_carries_tools_parts_and_parameters_to_every_provider() {
 #[actix_rt::test]
 async fn usage_an_upstream_does_not_report_is_estimated_and_counted() {
     let fake = FakeUpstream::start().await.unwrap();
+    // Usage records in PostgreSQL: the estimate is stored with its mark.
+    let db = TestDatabase::create().await;
     let t = gateway_with(&fake, &[("quiet", model("fake", "ok-5"))], |c| {
+        c.database_url = db.url();
         if let Some(ProviderSettings::Openai(s)) = c.providers.get_mut("fake") {
             // No stream_options.include_usage: the fake then sends no usage chunk.
             s.include_usage = false;
@@ -579,6 +612,17 @@ async fn usage_an_upstream_does_not_report_is_estimated_and_counted() {
         "{totals}"
     );
     assert_eq!(row["prompt_tokens"], usage["prompt_tokens"], "{totals}");
+    assert_eq!(row["estimated_requests"], 1, "{totals}");
+    let stored = db
+        .client()
+        .await
+        .query_one("SELECT estimated FROM usage_records", &[])
+        .await
+        .unwrap();
+    assert!(
+        stored.get::<_, bool>(0),
+        "the record says it is an estimate"
+    );
 
     // Reported usage is the upstream's, unmarked.
     let t2 = gateway_on(&fake, &[("loud", model("fake", "ok-5"))]).await;
@@ -636,4 +680,9 @@ async fn a_stream_that_fails_part_way_still_counts_what_it_sent() {
         totals["totals"][0]["completion_tokens"], sent,
         "a token per chunk sent: {totals}"
     );
+    assert_eq!(totals["totals"][0]["estimated_requests"], 1, "{totals}");
+    // The client's `done` says the same, not zero.
+    let usage = &a.done["payload"]["usage"];
+    assert_eq!(usage["completion_tokens"], sent, "{usage}");
+    assert_eq!(usage["estimated"], true, "{usage}");
 }

@@ -6,6 +6,7 @@ Usage: anthropic_client.py BASE_URL API_KEY MODEL... Prints one JSON object of w
 """
 
 import json
+import os
 import sys
 
 import anthropic
@@ -77,6 +78,37 @@ for model in models:
         ],
     )
     out["image"] = image.content[0].text
+
+    # With extended thinking, a tool round trip sends the signed thinking block back unchanged
+    # (Anthropic refuses the second turn without it); THINKING_MODELS names the models to try.
+    if model in os.environ.get("THINKING_MODELS", "").split(","):
+        thinking = {"type": "enabled", "budget_tokens": 1024}
+        with client.messages.stream(
+            model=model, max_tokens=2000, messages=ask, tools=tools, thinking=thinking
+        ) as stream:
+            for _ in stream:
+                pass
+            call_message = stream.get_final_message()
+        think = next(b for b in call_message.content if b.type == "thinking")
+        call = next(b for b in call_message.content if b.type == "tool_use")
+        answer = client.messages.create(
+            model=model,
+            max_tokens=2000,
+            tools=tools,
+            thinking=thinking,
+            messages=ask
+            + [
+                {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in call_message.content]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]},
+            ],
+        )
+        out["thinking_round_trip"] = {
+            "blocks": [b.type for b in call_message.content],
+            "signature": think.signature,
+            "answer_blocks": [b.type for b in answer.content],
+            "answer_signature": next(b.signature for b in answer.content if b.type == "thinking"),
+            "stop_reason": answer.stop_reason,
+        }
     seen[model] = out
 
 # Errors, in Anthropic's shape.

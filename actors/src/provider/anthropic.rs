@@ -1,6 +1,9 @@
 //! Anthropic messages API (`POST {base_url}/v1/messages`, `stream: true`).
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
 
 use ai_gateway_proto::{ChunkKind, FinishReason, Usage};
 use serde::{Deserialize, Serialize};
@@ -9,7 +12,7 @@ use serde_json::{json, Value};
 use super::{
     http::{self, ErrorDetails, InvalidSettings},
     ApiKey, ChunkSink, Finish, ImageSource, Message, Part, ProviderError, ProviderRequest, Role,
-    Tool, ToolCallDelta, ToolChoice,
+    Seal, Tool, ToolCallDelta, ToolChoice,
 };
 
 const NAME: &str = "anthropic";
@@ -104,6 +107,66 @@ pub struct AnthropicProvider {
     url: String,
     settings: AnthropicSettings,
     client: reqwest::Client,
+    thinking: ThinkingMemory,
+}
+
+/// Answers with tool calls remembered at most (their signed thinking blocks, a few KiB each).
+const REMEMBERED_THINKING: usize = 4096;
+
+/// The signed thinking of recent answers that called tools, by the id of their first call.
+/// With thinking on, the API refuses a tool round trip unless the assistant's turn starts with
+/// its thinking block, signature unchanged; the Anthropic-compatible front carries the blocks
+/// to the client and back, but the WebSocket and the OpenAI-compatible front have no place for
+/// them, so the node puts them back itself. Bounded: the oldest go first.
+#[derive(Default)]
+struct ThinkingMemory {
+    kept: Mutex<(HashMap<String, Vec<Value>>, VecDeque<String>)>,
+}
+
+impl ThinkingMemory {
+    fn remember(&self, call_id: String, blocks: Vec<Value>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let (by_call, order) = &mut *kept;
+        if by_call.insert(call_id.clone(), blocks).is_none() {
+            order.push_back(call_id);
+        }
+        while order.len() > REMEMBERED_THINKING {
+            if let Some(old) = order.pop_front() {
+                by_call.remove(&old);
+            }
+        }
+    }
+
+    fn recall(&self, call_id: &str) -> Option<Vec<Value>> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.0.get(call_id).cloned()
+    }
+
+    /// Puts remembered thinking back at the start of every assistant turn that called tools
+    /// without it; answers whether the last such turn now starts with thinking (else the
+    /// request must go without thinking: the API would refuse it).
+    fn restore(&self, messages: &mut [WireMessage]) -> bool {
+        let mut last_ok = true;
+        for m in messages.iter_mut().filter(|m| m.role == "assistant") {
+            let Some(first_call) = m
+                .content
+                .iter()
+                .find(|b| b["type"] == "tool_use")
+                .and_then(|b| b["id"].as_str())
+            else {
+                continue;
+            };
+            let thought = |b: &Value| b["type"] == "thinking" || b["type"] == "redacted_thinking";
+            if !m.content.first().is_some_and(thought) {
+                if let Some(blocks) = self.recall(first_call) {
+                    m.content.retain(|b| !thought(b));
+                    m.content.splice(0..0, blocks);
+                }
+            }
+            last_ok = m.content.first().is_some_and(thought);
+        }
+        last_ok
+    }
 }
 
 impl AnthropicProvider {
@@ -115,6 +178,7 @@ impl AnthropicProvider {
             url: format!("{base}/v1/messages"),
             settings,
             client,
+            thinking: ThinkingMemory::default(),
         }))
     }
 }
@@ -180,6 +244,14 @@ fn blocks(m: &Message) -> Vec<Value> {
             Part::Text(t) if t.is_empty() => None,
             Part::Text(t) => Some(json!({"type": "text", "text": t})),
             Part::Image { source, .. } => Some(image_block(source)),
+            // Reasoning without a signature came from another provider: the API would refuse it.
+            Part::Thinking { signature, .. } if signature.is_empty() => None,
+            Part::Thinking { text, signature } => {
+                Some(json!({"type": "thinking", "thinking": text, "signature": signature}))
+            }
+            Part::RedactedThinking { data } => {
+                Some(json!({"type": "redacted_thinking", "data": data}))
+            }
         })
         .collect()
 }
@@ -308,6 +380,10 @@ enum ContentBlock {
         #[serde(default)]
         thinking: String,
     },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
+    },
     /// A call of one of the client's tools (not `server_tool_use`, which the API runs itself).
     ToolUse { id: String, name: String },
     #[serde(other)]
@@ -329,7 +405,10 @@ enum BlockDelta {
         #[serde(default)]
         partial_json: String,
     },
-    /// `signature_delta`, ...: nothing to show.
+    /// The signature that seals the thinking block, so that it can be sent back.
+    SignatureDelta {
+        signature: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -441,7 +520,8 @@ impl AnthropicProvider {
                     .map(|m| m.text_content()),
             )
             .collect();
-        let messages = wire_messages(&request.messages)?;
+        let mut messages = wire_messages(&request.messages)?;
+        let thinking_kept = self.thinking.restore(&mut messages);
         // The client's reasoning effort, as a thinking budget; else the provider's setting.
         let budget = match request.reasoning_effort.as_deref() {
             Some("low" | "minimal") => Some(MIN_THINKING_BUDGET_TOKENS),
@@ -456,6 +536,14 @@ impl AnthropicProvider {
             }
             None => self.settings.thinking_budget_tokens,
         };
+        // A tool round trip whose thinking is lost (another node answered the call, or the
+        // client dropped it) goes without thinking rather than be refused.
+        let budget = budget.filter(|_| {
+            if !thinking_kept {
+                tracing::debug!("the thinking of the last tool call is not at hand: this turn goes without thinking");
+            }
+            thinking_kept
+        });
         let max_tokens = request.max_tokens.unwrap_or(self.settings.max_tokens);
         Ok(MessagesRequest {
             model: &request.upstream_model,
@@ -498,6 +586,8 @@ impl AnthropicProvider {
         let mut stop_reason = None;
         // The API's block index of each tool_use block, by its index among the answer's calls.
         let mut calls: Vec<u32> = Vec::new();
+        // The answer's signed thinking blocks, and the id of its first tool call.
+        let (mut thought, mut blocks, mut first_call) = (String::new(), Vec::new(), None);
         while let Some(event) = events.next(&sink).await? {
             match events.parse::<StreamEvent>(&event)? {
                 StreamEvent::MessageStart { message } => {
@@ -512,11 +602,17 @@ impl AnthropicProvider {
                         events.emit(&sink, ChunkKind::Text, Some(text)).await?
                     }
                     ContentBlock::Thinking { thinking } => {
+                        thought = thinking.clone();
                         events
                             .emit(&sink, ChunkKind::Reasoning, Some(thinking))
                             .await?
                     }
+                    ContentBlock::RedactedThinking { data } => {
+                        blocks.push(json!({"type": "redacted_thinking", "data": data}));
+                        sink.seal(Seal::Redacted(data)).await?
+                    }
                     ContentBlock::ToolUse { id, name } => {
+                        first_call.get_or_insert_with(|| id.clone());
                         let delta = ToolCallDelta {
                             index: calls.len() as u32,
                             id: Some(id),
@@ -532,6 +628,7 @@ impl AnthropicProvider {
                         events.emit(&sink, ChunkKind::Text, Some(text)).await?
                     }
                     BlockDelta::ThinkingDelta { thinking } => {
+                        thought.push_str(&thinking);
                         events
                             .emit(&sink, ChunkKind::Reasoning, Some(thinking))
                             .await?
@@ -546,6 +643,11 @@ impl AnthropicProvider {
                             events.emit_tool_call(&sink, delta, partial_json).await?
                         }
                     }
+                    BlockDelta::SignatureDelta { signature } => {
+                        blocks.push(json!({"type": "thinking",
+                            "thinking": std::mem::take(&mut thought), "signature": signature}));
+                        sink.seal(Seal::Signature(signature)).await?
+                    }
                     BlockDelta::Other => {}
                 },
                 StreamEvent::MessageDelta { delta, usage: u } => {
@@ -559,6 +661,9 @@ impl AnthropicProvider {
                     }
                 }
                 StreamEvent::MessageStop {} => {
+                    if let Some(call) = first_call.take().filter(|_| !blocks.is_empty()) {
+                        self.thinking.remember(call, std::mem::take(&mut blocks));
+                    }
                     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
                     let reason = finish_reason(stop_reason.as_deref())?;
                     return Ok(Finish { reason, usage });

@@ -75,6 +75,24 @@ pub enum Part {
         /// OpenAI's `detail` (`low`, `high`, `auto`).
         detail: Option<String>,
     },
+    /// An assistant's earlier reasoning, sealed by its provider (Anthropic's signed `thinking`
+    /// block), which that provider wants back unchanged in a tool round trip. Only Anthropic
+    /// takes it; other APIs have no place for it and leave it out.
+    Thinking {
+        text: String,
+        signature: String,
+    },
+    /// Reasoning the provider sent encrypted (Anthropic's `redacted_thinking`), kept the same way.
+    RedactedThinking {
+        data: String,
+    },
+}
+
+impl Part {
+    /// An assistant's sealed reasoning, which only its own provider reads back.
+    pub fn is_thinking(&self) -> bool {
+        matches!(self, Part::Thinking { .. } | Part::RedactedThinking { .. })
+    }
 }
 
 /// A call of a tool the assistant made.
@@ -117,7 +135,7 @@ impl Message {
             .iter()
             .filter_map(|p| match p {
                 Part::Text(t) => Some(t.as_str()),
-                Part::Image { .. } => None,
+                _ => None,
             })
             .collect()
     }

@@ -33,8 +33,9 @@ fn message_tokens(model: &str, m: &Message) -> u64 {
         .content
         .iter()
         .map(|p| match p {
-            Part::Text(t) => count(model, t),
+            Part::Text(t) | Part::Thinking { text: t, .. } => count(model, t),
             Part::Image { .. } => IMAGE_TOKENS,
+            Part::RedactedThinking { data } => (data.len() as u64).div_ceil(4),
         })
         .sum();
     let calls: u64 = m

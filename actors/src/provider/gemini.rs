@@ -230,6 +230,8 @@ fn contents(messages: &[Message]) -> Result<Vec<Content>, ProviderError> {
             match p {
                 Part::Text(t) if t.is_empty() => {}
                 Part::Text(t) => parts.push(json!({"text": t})),
+                // Another provider's sealed reasoning has no place here.
+                Part::Thinking { .. } | Part::RedactedThinking { .. } => {}
                 Part::Image {
                     source: ImageSource::Base64 { media_type, data },
                     ..

@@ -348,6 +348,17 @@ pub trait Provider: Send + Sync + 'static {
     ) -> LocalBoxFuture<'static, Result<Finish, ProviderError>>;
 }
 
+/// What closes a block of reasoning so that the provider can take it back in a later turn
+/// (Anthropic's extended thinking). It travels as a reasoning chunk with no text, which only the
+/// Anthropic-compatible front shows; the other fronts skip it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seal {
+    /// The signature of the reasoning block just streamed (`signature_delta`).
+    Signature(String),
+    /// A block of reasoning the provider sent encrypted (`redacted_thinking`).
+    Redacted(String),
+}
+
 /// One piece of an answer, as a provider produced it.
 #[derive(Debug)]
 pub struct Chunk {
@@ -356,6 +367,8 @@ pub struct Chunk {
     pub text: String,
     /// Which tool call the piece belongs to (kind [`ChunkKind::ToolCall`] only).
     pub tool_call: Option<Box<ToolCallDelta>>,
+    /// The seal of the reasoning before it (kind [`ChunkKind::Reasoning`], no text).
+    pub seal: Option<Box<Seal>>,
     /// When the provider produced it, to measure what the gateway adds.
     pub produced_at: Instant,
 }
@@ -366,7 +379,15 @@ impl Chunk {
         let call = self.tool_call.as_ref().map_or(0, |c| {
             c.id.as_ref().map_or(0, String::len) + c.name.as_ref().map_or(0, String::len)
         });
-        self.text.len() + call + CHUNK_FRAME_OVERHEAD_BYTES
+        let seal = self.seal.as_deref().map_or(0, |s| match s {
+            Seal::Signature(s) | Seal::Redacted(s) => s.len(),
+        });
+        self.text.len() + call + seal + CHUNK_FRAME_OVERHEAD_BYTES
+    }
+
+    /// A seal of reasoning: only the Anthropic-compatible front shows it.
+    pub fn is_seal(&self) -> bool {
+        self.seal.is_some()
     }
 }
 
@@ -492,7 +513,7 @@ impl ChunkSink {
 
     /// Adds one chunk to the batch; hands the batch over when it is full.
     pub async fn chunk(&self, kind: ChunkKind, text: String) -> Result<(), SessionClosed> {
-        self.push(kind, text, None).await
+        self.push(kind, text, None, None).await
     }
 
     /// Adds a piece of a tool call: `arguments` is the next piece of its arguments' text.
@@ -501,8 +522,19 @@ impl ChunkSink {
         delta: ToolCallDelta,
         arguments: String,
     ) -> Result<(), SessionClosed> {
-        self.push(ChunkKind::ToolCall, arguments, Some(Box::new(delta)))
+        self.push(ChunkKind::ToolCall, arguments, Some(Box::new(delta)), None)
             .await
+    }
+
+    /// Adds the seal of the reasoning just sent.
+    pub async fn seal(&self, seal: Seal) -> Result<(), SessionClosed> {
+        self.push(
+            ChunkKind::Reasoning,
+            String::new(),
+            None,
+            Some(Box::new(seal)),
+        )
+        .await
     }
 
     async fn push(
@@ -510,6 +542,7 @@ impl ChunkSink {
         kind: ChunkKind,
         text: String,
         tool_call: Option<Box<ToolCallDelta>>,
+        seal: Option<Box<Seal>>,
     ) -> Result<(), SessionClosed> {
         if self.flow.is_closed() {
             return Err(SessionClosed);
@@ -532,6 +565,7 @@ impl ChunkSink {
                 kind,
                 text,
                 tool_call,
+                seal,
                 produced_at: Instant::now(),
             };
             p.charge += chunk.charge();

@@ -170,24 +170,27 @@ fn role(role: Role) -> &'static str {
 pub fn wire_message(m: &Message) -> Value {
     let mut out = Map::new();
     out.insert("role".into(), json!(role(m.role)));
-    let only_text = m.content.iter().all(|p| matches!(p, Part::Text(_)));
-    let content = if m.content.is_empty() {
+    // Sealed reasoning of another provider's has no place here.
+    let parts: Vec<&Part> = m.content.iter().filter(|p| !p.is_thinking()).collect();
+    let only_text = parts.iter().all(|p| matches!(p, Part::Text(_)));
+    let content = if parts.is_empty() {
         Value::Null
     } else if only_text {
         json!(m.text_content())
     } else {
         Value::Array(
-            m.content
-                .iter()
-                .map(|p| match p {
-                    Part::Text(text) => json!({"type": "text", "text": text}),
+            parts
+                .into_iter()
+                .filter_map(|p| match p {
+                    Part::Text(text) => Some(json!({"type": "text", "text": text})),
                     Part::Image { source, detail } => {
                         let mut image = json!({"url": source.to_url()});
                         if let Some(d) = detail {
                             image["detail"] = json!(d);
                         }
-                        json!({"type": "image_url", "image_url": image})
+                        Some(json!({"type": "image_url", "image_url": image}))
                     }
+                    _ => None,
                 })
                 .collect(),
         )
