@@ -457,6 +457,12 @@ impl Gateway {
         while answers.running() > 0 && Instant::now() < deadline {
             actix_rt::time::sleep(Duration::from_millis(20)).await;
         }
+        // The last chunks and the end of what this node finished must reach Redis before its
+        // workers stop: clients that resumed on another node read them there.
+        let deadline = Instant::now() + patience;
+        while answers.unwritten() > 0 && Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
         self.listener.server.stop(true).await;
         let _ = self.listener.serving.await;
         if let Some((_, metrics)) = &self.listener.metrics {

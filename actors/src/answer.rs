@@ -341,6 +341,11 @@ pub trait SharedJournals: Send + Sync + 'static {
     ) -> futures_util::future::LocalBoxFuture<'static, Option<RemoteAnswer>>;
     /// Whether a client on another node follows this answer now (so it must not be cancelled).
     fn followed(&self, stream_id: &str) -> futures_util::future::LocalBoxFuture<'static, bool>;
+    /// Entries handed over and not yet shared: a stopping node waits for them, so that the
+    /// end of an answer it finished reaches the others.
+    fn unwritten(&self) -> usize {
+        0
+    }
     /// A client following `user_id`'s answer from this node cancelled it: the node that runs it
     /// stops it now ([`AnswerHub::cancel`] there).
     fn cancel(
@@ -503,6 +508,11 @@ impl AnswerHub {
             }
             _ => false,
         }
+    }
+
+    /// What the node's journals have not yet written where the other nodes read them.
+    pub fn unwritten(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.unwritten())
     }
 
     /// Answers still running on this node.

@@ -9,7 +9,13 @@
 //! answer when its grace time runs out. When nothing comes for a while it checks that the owning
 //! node is still in the directory: a crashed node's answer ends with a clear error, never a hang.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use ai_gateway_actors::answer::{
     Ending, Journal, Remote, RemoteAnswer, SharedJournals, SharedWriter, ToolCallDelta,
@@ -85,6 +91,8 @@ pub struct RedisJournals {
     cluster: Arc<Cluster>,
     node_id: String,
     retention: Duration,
+    /// Entries handed to a writer and not yet written: a stopping node waits for them.
+    backlog: Arc<AtomicUsize>,
 }
 
 impl RedisJournals {
@@ -93,6 +101,7 @@ impl RedisJournals {
             cluster,
             node_id,
             retention,
+            backlog: Arc::default(),
         }
     }
 
@@ -103,6 +112,16 @@ impl RedisJournals {
 
 struct RedisWriter {
     tx: mpsc::UnboundedSender<Write>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl RedisWriter {
+    fn send(&self, write: Write) {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(write).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl SharedWriter for RedisWriter {
@@ -115,7 +134,7 @@ impl SharedWriter for RedisWriter {
                 .collect(),
         };
         let json = serde_json::to_string(&batch).expect("batches serialize");
-        let _ = self.tx.send(Write::Entry("b", json));
+        self.send(Write::Entry("b", json));
     }
 
     fn end(&self, ending: &Ending, total: u64) {
@@ -126,7 +145,7 @@ impl SharedWriter for RedisWriter {
             total,
         };
         let json = serde_json::to_string(&end).expect("ends serialize");
-        let _ = self.tx.send(Write::Entry("e", json));
+        self.send(Write::Entry("e", json));
     }
 }
 
@@ -136,12 +155,15 @@ async fn write_entries(
     key: String,
     ttl: Duration,
     mut rx: mpsc::UnboundedReceiver<Write>,
+    backlog: Arc<AtomicUsize>,
 ) {
     let ttl_ms = ttl.as_millis() as u64;
     while let Some(first) = rx.recv().await {
         let mut pipe = redis::pipe();
         let mut next = Some(first);
+        let mut entries = 0;
         while let Some(Write::Entry(field, value)) = next {
+            entries += 1;
             pipe.cmd("XADD")
                 .arg(&key)
                 .arg("MAXLEN")
@@ -160,6 +182,7 @@ async fn write_entries(
             Ok::<_, super::ClusterError>(())
         }
         .await;
+        backlog.fetch_sub(entries, Ordering::Relaxed);
         if let Err(e) = written {
             // The local journal still serves resumes on this node.
             tracing::warn!(error = %e, "could not journal an answer in Redis");
@@ -216,14 +239,23 @@ impl SharedJournals for RedisJournals {
             node: self.node_id.clone(),
         };
         let meta = serde_json::to_string(&meta).expect("meta serializes");
-        let _ = tx.send(Write::Entry("m", meta));
+        let writer = RedisWriter {
+            tx,
+            backlog: self.backlog.clone(),
+        };
+        writer.send(Write::Entry("m", meta));
         actix_rt::spawn(write_entries(
             self.cluster.clone(),
             self.key(&journal.stream_id),
             self.retention,
             rx,
+            self.backlog.clone(),
         ));
-        Box::new(RedisWriter { tx })
+        Box::new(writer)
+    }
+
+    fn unwritten(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     fn follow(
