@@ -117,6 +117,20 @@ async fn cut_after(t: &TestGateway, token: &str, n: usize) -> (Vec<Event>, Strin
     }
 }
 
+/// The chunks seen before the cut and those of the resumed stream are the whole answer, in
+/// order, nothing doubled.
+fn assert_whole(before: Vec<Event>, after: &[Event], stream_id: &str) {
+    let mut all = before;
+    all.extend(chunk_events(after));
+    let seqs: Vec<u64> = all.iter().map(|e| seq_of(e, stream_id)).collect();
+    assert_eq!(
+        seqs,
+        (0..all.len() as u64).collect::<Vec<_>>(),
+        "no gap, no double"
+    );
+    assert_eq!(content_of(&all), MOCK_ANSWER);
+}
+
 async fn resume(
     t: &TestGateway,
     token: &str,
@@ -150,15 +164,7 @@ async fn a_cut_stream_resumes_after_its_last_event_with_nothing_lost_or_doubled(
         after.iter().all(|e| !e.data.contains("\"role\"")),
         "no second start after Last-Event-ID"
     );
-    let mut all = before;
-    all.extend(chunk_events(&after));
-    let seqs: Vec<u64> = all.iter().map(|e| seq_of(e, &stream_id)).collect();
-    assert_eq!(
-        seqs,
-        (0..all.len() as u64).collect::<Vec<_>>(),
-        "no gap, no double"
-    );
-    assert_eq!(content_of(&all), MOCK_ANSWER);
+    assert_whole(before, &after, &stream_id);
     let usage = after.iter().find_map(|e| {
         (e.data != "[DONE]")
             .then(|| json_of(e))
@@ -299,13 +305,5 @@ async fn a_stream_cut_on_one_node_resumes_on_another() {
     assert_eq!(res.status(), 200);
     let after = events(&res.text().await.unwrap());
     assert_eq!(finish_of(&after).as_deref(), Some("stop"));
-    let mut all = before;
-    all.extend(chunk_events(&after));
-    let seqs: Vec<u64> = all.iter().map(|e| seq_of(e, &stream_id)).collect();
-    assert_eq!(
-        seqs,
-        (0..all.len() as u64).collect::<Vec<_>>(),
-        "no gap, no double"
-    );
-    assert_eq!(content_of(&all), MOCK_ANSWER);
+    assert_whole(before, &after, &stream_id);
 }
