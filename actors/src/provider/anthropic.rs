@@ -120,13 +120,20 @@ const REMEMBERED_THINKING: usize = 4096;
 /// them, so the node puts them back itself. Bounded: the oldest go first.
 #[derive(Default)]
 struct ThinkingMemory {
-    kept: Mutex<(HashMap<String, Vec<Value>>, VecDeque<String>)>,
+    kept: Mutex<Remembered>,
+}
+
+#[derive(Default)]
+struct Remembered {
+    by_call: HashMap<String, Vec<Value>>,
+    /// Call ids, oldest first.
+    order: VecDeque<String>,
 }
 
 impl ThinkingMemory {
     fn remember(&self, call_id: String, blocks: Vec<Value>) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let (by_call, order) = &mut *kept;
+        let Remembered { by_call, order } = &mut *kept;
         if by_call.insert(call_id.clone(), blocks).is_none() {
             order.push_back(call_id);
         }
@@ -139,7 +146,7 @@ impl ThinkingMemory {
 
     fn recall(&self, call_id: &str) -> Option<Vec<Value>> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        kept.0.get(call_id).cloned()
+        kept.by_call.get(call_id).cloned()
     }
 
     /// Puts remembered thinking back at the start of every assistant turn that called tools
