@@ -836,8 +836,8 @@ impl SseWriter {
 
     fn event(&mut self, seq: Option<u64>, delta: Value, finish: Option<&str>) {
         if let Some(seq) = seq {
-            let line = format!("id: {}:{seq}\n", self.stream_id);
-            self.out.extend_from_slice(line.as_bytes());
+            use std::fmt::Write as _;
+            let _ = writeln!(self.out, "id: {}:{seq}", self.stream_id);
         }
         push_sse(
             &mut self.out,
