@@ -273,7 +273,8 @@ async def drained_mid_answer(stack, token):
     got = answer.last_seq
     other, resumed = await resume_elsewhere(stack, token, node, answer)
     check(resumed.done is not None and resumed.done["finish_reason"] == "stop",
-          f"the resumed answer ends with done/stop: {resumed.done} {resumed.error}")
+          f"the answer drained on {node} (client left after chunk {got}), resumed on {other.node}, "
+          f"ends with done/stop; got chunks to {resumed.last_seq}, then {resumed.done} {resumed.error}")
     check("chunks" not in resumed.done or resumed.last_seq == resumed.done["chunks"] - 1,
           f"every chunk arrived: last seq {resumed.last_seq}, done {resumed.done}")
     await other.ws.close()
