@@ -50,6 +50,9 @@ pub struct Config {
     pub database_ca_file: String,
     /// Redis for what nodes share (also `REDIS_URL`). Empty: nothing shared.
     pub redis_url: String,
+    /// PEM certificates of the CAs that sign a `rediss://` server's certificate, trusted
+    /// instead of the system's store. Empty: the system's store (or `SSL_CERT_FILE`).
+    pub redis_ca_file: String,
     /// Start of every Redis key and channel this gateway uses.
     pub redis_prefix: String,
     /// How long a validated user or API key is trusted before it is checked again. Revocations
@@ -289,6 +292,7 @@ impl Default for Config {
             database_url: String::new(),
             database_ca_file: String::new(),
             redis_url: String::new(),
+            redis_ca_file: String::new(),
             redis_prefix: "agw:".into(),
             auth_cache_ttl_ms: 60_000,
             revocation_sync_ms: 10_000,

@@ -103,7 +103,11 @@ async fn join_cluster(config: &Config) -> anyhow::Result<Option<Arc<Cluster>>> {
         return Ok(None);
     }
     let wait_limit = startup::limit(config.db_connect_timeout_secs);
-    let cluster = Arc::new(Cluster::new(&config.redis_url, &config.redis_prefix)?);
+    let cluster = Arc::new(Cluster::new(
+        &config.redis_url,
+        &config.redis_ca_file,
+        &config.redis_prefix,
+    )?);
     let target = redact_url(&config.redis_url);
     // Every Redis error is retried up to the limit: the redis crate reports a certificate that
     // does not verify as text, not as a rustls error.

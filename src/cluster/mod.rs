@@ -55,17 +55,56 @@ pub enum ClusterError {
     Pool(#[from] deadpool_redis::PoolError),
 }
 
+/// A `redis_ca_file` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("redis_ca_file {path}: {problem}")]
+pub struct RedisCaFileError {
+    path: String,
+    problem: String,
+}
+
+/// The client for `url`. With `ca_file` (PEM) a `rediss://` server's certificate must come from
+/// one of its CAs (the system's store is not used then); without it, from the system's store.
+fn client(url: &str, ca_file: &str) -> anyhow::Result<redis::Client> {
+    if ca_file.is_empty() {
+        return Ok(redis::Client::open(url)?);
+    }
+    let problem = |problem: String| RedisCaFileError {
+        path: ca_file.to_owned(),
+        problem,
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| problem(e.to_string()))?;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(problem("holds no PEM certificate".into()).into());
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    Ok(redis::Client::build_with_tls(url, certificates).map_err(|e| problem(e.to_string()))?)
+}
+
 impl Cluster {
-    pub fn new(url: &str, prefix: &str) -> anyhow::Result<Cluster> {
-        let mut cfg = deadpool_redis::Config::from_url(url);
+    /// `ca_file`: `redis_ca_file`, the CAs of a `rediss://` server (empty: the system's).
+    pub fn new(url: &str, ca_file: &str, prefix: &str) -> anyhow::Result<Cluster> {
+        let client = client(url, ca_file)?;
         let mut pool_cfg = deadpool_redis::PoolConfig::default();
         pool_cfg.timeouts.wait = Some(Duration::from_secs(2));
         pool_cfg.timeouts.create = Some(Duration::from_secs(2));
         pool_cfg.timeouts.recycle = Some(Duration::from_secs(2));
-        cfg.pool = Some(pool_cfg);
+        // The pool's connections are the client's: same address, same TLS settings.
+        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())?;
+        let pool = Pool::builder(manager)
+            .config(pool_cfg)
+            .runtime(Runtime::Tokio1)
+            .build()?;
         Ok(Cluster {
-            pool: cfg.create_pool(Some(Runtime::Tokio1))?,
-            client: redis::Client::open(url)?,
+            pool,
+            client,
             prefix: prefix.to_owned(),
         })
     }
