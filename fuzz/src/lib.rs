@@ -112,7 +112,7 @@ fn from_hex(text: &[u8]) -> Option<Vec<u8>> {
         .flat_map(str::chars)
         .filter(|c| !c.is_whitespace())
         .collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     (0..digits.len())
