@@ -119,14 +119,13 @@ impl ConversationCap {
     /// so that the rest fit; the last `newest` are never deleted.
     pub fn excess(&self, sizes: &[usize], newest: usize) -> usize {
         let mut bytes = 0usize;
-        let mut kept = 0usize;
-        for (i, size) in sizes.iter().enumerate().rev() {
+        // `kept`: the newer messages already kept.
+        for (kept, (i, size)) in sizes.iter().enumerate().rev().enumerate() {
             bytes = bytes.saturating_add(*size);
             let protected = sizes.len() - i <= newest;
             if !protected && (kept >= self.max_messages || bytes > self.max_bytes) {
                 return i + 1;
             }
-            kept += 1;
         }
         0
     }
