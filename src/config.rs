@@ -24,6 +24,11 @@ pub struct Config {
     pub conversation_history_messages: usize,
     /// ... and this many bytes of their text; older turns are left out.
     pub conversation_history_bytes: usize,
+    /// What one stored conversation may hold: at most this many messages ...
+    pub conversation_max_messages: usize,
+    /// ... and this many bytes of text; past either, its oldest messages are deleted as a new
+    /// exchange is stored (that exchange itself is always kept).
+    pub conversation_max_bytes: usize,
     /// When set, `/metrics` is served on this address only (an internal listener for the
     /// scraper) and no longer on `listen`.
     pub metrics_listen: Option<SocketAddr>,
@@ -210,6 +215,9 @@ pub struct SessionSettings {
     /// How long an HTTP connection whose last exchange is complete waits for the client to
     /// close it before the server does (a WebSocket whose client closed first ends at once).
     pub client_disconnect_timeout_ms: u64,
+    /// How long a `/chat` connection opened without a token may take to send its `auth`
+    /// message before it is closed (1008).
+    pub auth_timeout_ms: u64,
 }
 
 /// Resumable answers (docs/PROTOCOL.md, "Resuming an answer").
@@ -282,6 +290,8 @@ impl Default for Config {
             metrics_listen: None,
             conversation_history_messages: 200,
             conversation_history_bytes: 512 * 1024,
+            conversation_max_messages: 1_000,
+            conversation_max_bytes: 4 * 1024 * 1024,
             node_id: String::new(),
             workers: 0,
             jwt_secret: String::new(),
@@ -330,6 +340,7 @@ impl Default for SessionSettings {
             close_grace_ms: 2_000,
             write_timeout_ms: 30_000,
             client_disconnect_timeout_ms: 1_000,
+            auth_timeout_ms: 5_000,
         }
     }
 }
@@ -602,6 +613,18 @@ impl Config {
                 "session.outbox_high_watermark_bytes",
                 "must be above 0 and below session.outbox_max_bytes",
             );
+        }
+        if self.conversation_max_messages < 2 {
+            return invalid(
+                "conversation_max_messages",
+                "must be at least 2 (a question and its answer)",
+            );
+        }
+        if self.conversation_max_bytes == 0 {
+            return invalid("conversation_max_bytes", "must be above 0");
+        }
+        if s.auth_timeout_ms == 0 {
+            return invalid("session.auth_timeout_ms", "must be above 0");
         }
         if s.heartbeat_interval_ms == 0 {
             return invalid("session.heartbeat_interval_ms", "must be above 0");

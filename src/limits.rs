@@ -60,6 +60,9 @@ pub struct RateLimitSettings {
     pub failed_auth_burst: u32,
     /// WebSocket sessions one user may hold open at once on one node.
     pub sessions_per_user_per_node: u32,
+    /// `/chat` connections opened without a token and still waiting for their `auth` message,
+    /// per client address on one node.
+    pub unauthenticated_sockets_per_ip: u32,
 }
 
 impl Default for RateLimitSettings {
@@ -82,6 +85,7 @@ impl Default for RateLimitSettings {
             failed_auth_per_ip_per_min: 30,
             failed_auth_burst: 30,
             sessions_per_user_per_node: 50,
+            unauthenticated_sockets_per_ip: 16,
         }
     }
 }
@@ -130,6 +134,10 @@ impl RateLimitSettings {
             (
                 "concurrent_streams_per_user",
                 self.concurrent_streams_per_user,
+            ),
+            (
+                "unauthenticated_sockets_per_ip",
+                self.unauthenticated_sockets_per_ip,
             ),
         ];
         match rates.iter().find(|(_, v)| *v == 0) {
@@ -466,6 +474,8 @@ struct LocalLimits {
     streams: Arc<Mutex<HashMap<String, u32>>>,
     /// Open WebSocket sessions by user, on this node.
     sessions: Arc<Mutex<HashMap<String, u32>>>,
+    /// WebSocket connections waiting for their `auth` message, by client address, on this node.
+    unauthenticated: Arc<Mutex<HashMap<String, u32>>>,
     /// `(user, day)` → completion tokens.
     tokens: Mutex<HashMap<(String, String), u64>>,
 }
@@ -602,6 +612,7 @@ impl Limits {
             failures: LocalGcra::default(),
             streams: Arc::default(),
             sessions: Arc::default(),
+            unauthenticated: Arc::default(),
             tokens: Mutex::default(),
         };
         Arc::new(Limits {
@@ -759,6 +770,23 @@ impl Limits {
         );
         if lease.is_none() {
             self.rejected("sessions");
+        }
+        lease
+    }
+
+    /// A place for a `/chat` connection from address key `from` that waits for its `auth`
+    /// message; `None` when that address already holds `unauthenticated_sockets_per_ip`.
+    pub fn acquire_unauthenticated(&self, from: &str) -> Option<StreamLease> {
+        if !self.settings.enabled {
+            return Some(StreamLease { release: None });
+        }
+        let lease = counted_slot(
+            &self.local.unauthenticated,
+            from,
+            self.settings.unauthenticated_sockets_per_ip,
+        );
+        if lease.is_none() {
+            self.rejected("unauthenticated_sockets");
         }
         lease
     }

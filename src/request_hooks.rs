@@ -11,7 +11,10 @@ use futures_util::future::LocalBoxFuture;
 
 use crate::{
     limits::{Decision, Limits, Rate},
-    store::{ConversationAccess, Exchange, PendingWrite, Stores, UsageRecord, WriteBehind},
+    store::{
+        ConversationAccess, ConversationCap, Exchange, PendingWrite, Stores, UsageRecord,
+        WriteBehind,
+    },
 };
 
 /// Longest title taken from a conversation's first question.
@@ -22,6 +25,8 @@ pub struct GatewayHooks {
     pub limits: Arc<Limits>,
     pub writes: WriteBehind,
     pub history: HistoryCap,
+    /// What one stored conversation may hold.
+    pub stored: ConversationCap,
 }
 
 /// How much of a stored conversation goes to the model with a new message: the newest turns,
@@ -98,7 +103,7 @@ impl GatewayHooks {
                 .unwrap_or_default();
             let history = match stores
                 .conversations
-                .open_conversation(user, id, &title)
+                .open_conversation(user, id, &title, history_cap.max_messages)
                 .await
             {
                 Ok(ConversationAccess::Owned(history)) => history,
@@ -160,6 +165,7 @@ impl RequestHooks for GatewayHooks {
                     completion_tokens: o.usage.completion_tokens,
                     first_chunk_ms: o.first_chunk_ms,
                     duration_ms: o.duration_ms,
+                    cap: self.stored,
                 }));
             }
         }

@@ -258,6 +258,10 @@ impl Node {
                 max_messages: config.conversation_history_messages,
                 max_bytes: config.conversation_history_bytes,
             },
+            stored: crate::store::ConversationCap {
+                max_messages: config.conversation_max_messages,
+                max_bytes: config.conversation_max_bytes,
+            },
         });
 
         let state = web::Data::new(AppState {

@@ -52,6 +52,11 @@ export interface ChatPayload {
   user?: string | null;
 }
 
+/** The payload of `auth`, the first message of a connection opened without a token. */
+export interface AuthPayload {
+  token: string;
+}
+
 /** The payload of a `resume` request. */
 export interface ResumePayload {
   stream_id: string;
@@ -128,7 +133,10 @@ export interface StatusDetail {
 export interface ClientOptions {
   /** ws:// or wss:// address of /chat. */
   url: string;
-  /** A session token or API key, or a function that gets a fresh one for each connection. */
+  /**
+   * A session token or API key, or a function that gets a fresh one for each connection. It is
+   * sent in the first message (`auth`), never in the URL.
+   */
   token: string | (() => string | Promise<string>);
   /** First reconnect delay (default 250 ms). */
   minDelayMs?: number;

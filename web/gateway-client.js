@@ -53,6 +53,7 @@ export class GatewayClient {
     this.attempt = 0;
     this.wanted = false;
     this.timer = null;
+    this.authRefused = false;
     this.requests = new Map();
     this.counter = 0;
     this.listeners = { status: new Set(), system: new Set() };
@@ -100,9 +101,11 @@ export class GatewayClient {
       return this.retry({ code: 0, reason: String(e) });
     }
     if (!this.wanted) return;
-    const sep = this.url.includes('?') ? '&' : '?';
-    const ws = new this.WebSocketImpl(`${this.url}${sep}token=${encodeURIComponent(token)}`);
+    // The token goes in the first message, not the URL: URLs end up in proxies' access logs.
+    const ws = new this.WebSocketImpl(this.url);
     this.ws = ws;
+    this.authRefused = false;
+    ws.onopen = () => { if (this.ws === ws) ws.send(JSON.stringify({ type: 'auth', payload: { token } })); };
     ws.onmessage = (ev) => { if (this.ws === ws) this.frame(ev.data); };
     ws.onclose = (ev) => { if (this.ws === ws) this.closed(ev); };
     ws.onerror = () => {};
@@ -125,7 +128,9 @@ export class GatewayClient {
   closed(ev) {
     this.ws = null;
     if (!this.wanted) return;
-    if (FINAL_CODES.has(ev.code)) {
+    // A refused token is final, unless a function can get a fresh one.
+    const retryAuth = this.authRefused && typeof this.token === 'function';
+    if (FINAL_CODES.has(ev.code) && !retryAuth) {
       this.wanted = false;
       for (const req of this.requests.values()) {
         req.fail(new GatewayError({ reason: 'closed', message: `closed by server: ${ev.code} ${ev.reason}` }));
@@ -177,6 +182,7 @@ export class GatewayClient {
       case 'done':
         return this.requests.get(f.id)?.finish(f.payload);
       case 'error': {
+        if (f.id === undefined && f.payload?.reason === 'unauthorized') this.authRefused = true;
         const req = f.id !== undefined && this.requests.get(f.id);
         if (req) req.error(f.payload);
         return;

@@ -225,3 +225,60 @@ mod tests {
         }
     }
 }
+
+/// Fuzz target `ws_frames`: raw bytes from a client go through the WebSocket decoder actix-ws
+/// runs (masked frames, at most `LIMIT` bytes each), the [`Assembler`] and the JSON decoder,
+/// as a session reads them. Nothing may panic; an error ends the connection, as it would.
+#[cfg(test)]
+mod fuzz {
+    use actix_codec::Decoder;
+    use actix_http::ws::{Codec, Frame};
+
+    use super::*;
+
+    const LIMIT: usize = 4096;
+
+    /// What actix-ws's `MessageStream` does with each decoded frame.
+    fn message(frame: Frame) -> Result<Message, ProtocolError> {
+        Ok(match frame {
+            Frame::Text(bytes) => ByteString::try_from(bytes)
+                .map(Message::Text)
+                .map_err(|e| {
+                    ProtocolError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                })?,
+            Frame::Binary(bytes) => Message::Binary(bytes),
+            Frame::Ping(bytes) => Message::Ping(bytes),
+            Frame::Pong(bytes) => Message::Pong(bytes),
+            Frame::Close(reason) => Message::Close(reason),
+            Frame::Continuation(item) => Message::Continuation(item),
+        })
+    }
+
+    #[test]
+    fn fuzz_ws_frames() {
+        ai_gateway_fuzz::fuzz("ws_frames", |input| {
+            let mut codec = Codec::new().max_size(LIMIT);
+            let mut assembler = Assembler::new(LIMIT);
+            let mut buf = BytesMut::from(input);
+            loop {
+                let frame = match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => message(frame),
+                    Ok(None) => return,
+                    Err(e) => Err(e),
+                };
+                match assembler.push(frame) {
+                    Ok(Some(Incoming::Text(text))) => {
+                        assert!(text.len() <= LIMIT);
+                        let _ = ai_gateway_proto::decode_client_frame(&text);
+                    }
+                    Ok(Some(Incoming::Close(_))) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = e.close_code();
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}

@@ -316,6 +316,11 @@ impl SessionActor {
                 payload,
                 traceparent,
             }) => self.start_chat(id, payload, traceparent, ctx),
+            Ok(ClientFrame::Auth { .. }) => {
+                let msg = "this connection is already authenticated; \
+                           auth is only the first message of one opened without a token";
+                self.send_error(None, ErrorReason::InvalidPayload, msg, ctx);
+            }
         }
     }
 

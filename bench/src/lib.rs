@@ -1,5 +1,5 @@
 //! `gateway-bench`: a load generator for ai-gateway. One module per scenario (`idle`, `stream`,
-//! `overhead`, `handshake`, `http`, `resume`), each a library function the binary and the tiny test call.
+//! `overhead`, `handshake`, `http`, `resume`, `soak`), each a library function the binary and the tiny test call.
 
 pub mod client;
 pub mod handshake;
@@ -9,6 +9,7 @@ pub mod overhead;
 pub mod process;
 pub mod report;
 pub mod resume;
+pub mod soak;
 pub mod stream;
 pub mod upstream;
 

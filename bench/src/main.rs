@@ -11,6 +11,7 @@ use gateway_bench::{
     overhead::{self, OverheadOptions},
     process::{self, SpawnedGateway},
     resume::{self, ResumeOptions},
+    soak::{self, SoakOptions},
     stream::{self, StreamOptions},
     upstream::LocalUpstream,
     BenchError, Report, Target,
@@ -114,6 +115,21 @@ enum Scenario {
         /// A PostgreSQL database both nodes share (created beforehand, e.g. `createdb agw_bench`).
         #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/agw_bench")]
         database_url: String,
+    },
+    /// N streams over T, one connection each, with random cancels, disconnects and stalled
+    /// readers: gateway RSS at start and end, errors, sessions left behind (from /metrics). A
+    /// spawned gateway's mock takes about a second an answer; answers whose client left are
+    /// cancelled after 1 s (resume.grace_ms).
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Wait after the last stream before counting what the gateway still holds.
+        #[arg(long, default_value_t = 10)]
+        settle_secs: u64,
     },
     /// Streaming POST /v1/chat/completions per second, direct to the fake and through the gateway.
     Http {
@@ -286,6 +302,32 @@ async fn run(scenario: Scenario) -> Result<(), BenchError> {
             let r = resume::run([&a, &b], &opts).await;
             stop(gw_a).await;
             stop(gw_b).await;
+            emit(&common, &[r?])
+        }
+        Scenario::Soak {
+            common,
+            streams,
+            secs,
+            settle_secs,
+        } => {
+            let mut env = process::bench_env(1);
+            env.extend(
+                [
+                    ("GATEWAY_MOCK__TEXT_DELAY_MS", "[5,15]"),
+                    ("GATEWAY_MOCK__REASONING_DELAY_MS", "[2,5]"),
+                    ("GATEWAY_RESUME__GRACE_MS", "1000"),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
+            let (t, gw) = target(&common, env).await?;
+            let opts = SoakOptions {
+                streams,
+                duration: Duration::from_secs(secs),
+                settle: Duration::from_secs(settle_secs),
+                ..SoakOptions::default()
+            };
+            let r = soak::run(&t, &opts).await;
+            stop(gw).await;
             emit(&common, &[r?])
         }
         Scenario::Handshake {

@@ -12,6 +12,7 @@ use gateway_bench::{
     idle::{self, IdleOptions},
     overhead::{self, OverheadOptions},
     resume::{self, ResumeOptions},
+    soak::{self, SoakOptions},
     stream::{self, StreamOptions},
     upstream::LocalUpstream,
     Report, Target,
@@ -178,6 +179,23 @@ fn every_scenario_runs_at_a_tiny_size() {
         check(&r, "direct rate", |v| v > 0.0);
         check(&r, "direct chunks per answer", |v| v >= 20.0);
         gateway_half_ran_or_skipped(&r, "gateway rate");
+
+        let r = soak::run(
+            &target,
+            &SoakOptions {
+                streams: 40,
+                duration: Duration::from_millis(500),
+                settle: Duration::from_secs(2),
+                max_stall: Duration::from_millis(100),
+                ..SoakOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        print!("{}", r.table());
+        check(&r, "errors not caused on purpose", |v| v == 0.0);
+        check(&r, "sessions left behind", |v| v == 0.0);
+        check(&r, "gateway RSS at end", |v| v > 0.0);
     });
 }
 

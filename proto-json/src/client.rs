@@ -46,6 +46,16 @@ pub enum ClientMessage {
         id: Option<String>,
         payload: ResumePayload,
     },
+    /// The credential, as the first message of a connection opened without one (so that it
+    /// stays out of URLs and proxies' access logs). Nothing else is read before it.
+    Auth { payload: AuthPayload },
+}
+
+/// The payload of `auth`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuthPayload {
+    /// A session token (from `POST /login`) or an API key (`agw_…`).
+    pub token: String,
 }
 
 /// The payload of `resume`.
@@ -266,6 +276,9 @@ pub enum ClientFrame {
         stream_id: String,
         after_seq: Option<u64>,
     },
+    Auth {
+        token: String,
+    },
 }
 
 /// Why a text frame could not be decoded. Each maps to one stable error reason.
@@ -386,6 +399,18 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, (Option<String>, D
                 Err(e) => Err((id, DecodeError::InvalidPayload(e.to_string()))),
             }
         }
+        "auth" => {
+            let Some(raw) = payload else {
+                return Err((id, DecodeError::InvalidPayload("payload is missing".into())));
+            };
+            match serde_json::from_str::<AuthPayload>(raw) {
+                Ok(p) if p.token.is_empty() => {
+                    Err((id, DecodeError::InvalidPayload("token is empty".into())))
+                }
+                Ok(p) => Ok(ClientFrame::Auth { token: p.token }),
+                Err(e) => Err((id, DecodeError::InvalidPayload(e.to_string()))),
+            }
+        }
         other => Err((id, DecodeError::UnknownType(other.to_owned()))),
     }
 }
@@ -412,6 +437,26 @@ mod tests {
             (id.as_deref(), e.reason()),
             (Some("r3"), ErrorReason::InvalidPayload)
         );
+    }
+
+    #[test]
+    fn auth_decodes() {
+        assert_eq!(
+            decode_client_frame(r#"{"type":"auth","payload":{"token":"t.k.n"}}"#),
+            Ok(ClientFrame::Auth {
+                token: "t.k.n".into()
+            })
+        );
+        for bad in [
+            r#"{"type":"auth"}"#,
+            r#"{"type":"auth","payload":{"token":""}}"#,
+            r#"{"type":"auth","payload":{"token":7}}"#,
+        ] {
+            assert!(matches!(
+                decode_client_frame(bad).unwrap_err().1,
+                DecodeError::InvalidPayload(_)
+            ));
+        }
     }
 
     #[test]

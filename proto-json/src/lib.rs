@@ -12,8 +12,8 @@ mod client;
 mod server;
 
 pub use client::{
-    decode_client_frame, CancelPayload, ChatMessage, ChatPayload, ClientFrame, ClientMessage,
-    ContentPart, DecodeError, ImageUrl, JsonSchemaSpec, MessageContent, MessageRole,
+    decode_client_frame, AuthPayload, CancelPayload, ChatMessage, ChatPayload, ClientFrame,
+    ClientMessage, ContentPart, DecodeError, ImageUrl, JsonSchemaSpec, MessageContent, MessageRole,
     ResponseFormatSpec, ResumePayload, Role, ToolCallSpec, ToolChoiceMode, ToolChoiceSpec,
     ToolSpec, MAX_REQUEST_ID_BYTES,
 };

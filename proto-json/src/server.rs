@@ -158,6 +158,10 @@ pub enum ErrorReason {
     StorageUnavailable,
     /// `resume` named a stream that is unknown, expired, too large to keep, or not the user's.
     ResumeUnavailable,
+    /// A connection opened without a credential did not send a valid `auth` message first.
+    Unauthorized,
+    /// The credential is valid but its user may not connect (disabled).
+    Forbidden,
     Internal,
 }
 
@@ -167,6 +171,8 @@ impl ErrorReason {
         use ErrorReason::*;
         match self {
             InvalidJson | InvalidPayload => 400,
+            Unauthorized => 401,
+            Forbidden => 403,
             UnknownType | UnknownModel | UnknownRequest | UnknownConversation
             | ResumeUnavailable => 404,
             DuplicateRequestId => 409,

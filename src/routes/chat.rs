@@ -1,6 +1,7 @@
 //! `GET /chat`: authenticates, then upgrades to a WebSocket run by a [`SessionActor`].
 
 use std::{
+    cell::Cell,
     pin::Pin,
     rc::Rc,
     sync::atomic::Ordering,
@@ -13,7 +14,12 @@ use actix_web::{
     http::{header, StatusCode},
     web, HttpRequest, HttpResponse,
 };
+use actix_ws::{CloseCode, CloseReason, Message};
 use ai_gateway_actors::{ConnectionAbort, SessionActor};
+use ai_gateway_proto::{
+    decode_client_frame, ClientFrame, DecodeError, ErrorPayload, ErrorReason, ServerMessage,
+};
+use futures_util::StreamExt;
 
 use super::{
     account::client_key,
@@ -21,6 +27,7 @@ use super::{
     ApiError, AppState,
 };
 use crate::{
+    access::Principal,
     auth::TokenError,
     conn::ConnSocket,
     limits::{Rate, StreamLease},
@@ -30,7 +37,7 @@ use crate::{
 /// the connection ends, however it ends, and the place is free again.
 struct Leased<B> {
     body: B,
-    _lease: StreamLease,
+    _lease: Rc<Cell<Option<StreamLease>>>,
 }
 
 impl<B: MessageBody + Unpin> MessageBody for Leased<B> {
@@ -112,6 +119,9 @@ fn origin_allowed(req: &HttpRequest, allowed: &[String], trusted: &[ipnet::IpNet
     })
 }
 
+/// Longest `auth` message a connection without a token may send; anything longer closes it.
+const MAX_AUTH_FRAME_BYTES: usize = 16 * 1024;
+
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
@@ -123,26 +133,43 @@ pub async fn upgrade(
             "Origin not allowed".to_owned(),
         ));
     }
+    let from = client_key(&req, &state.trusted_proxies);
     ApiError::check(
-        state
-            .limits
-            .check(
-                Rate::HandshakePerIp,
-                &client_key(&req, &state.trusted_proxies),
-            )
-            .await,
+        state.limits.check(Rate::HandshakePerIp, &from).await,
         "connection attempts",
     )?;
-    let token = token_of(&req).ok_or(TokenError::Missing)?;
-    let from = client_key(&req, &state.trusted_proxies);
+    let Some(token) = token_of(&req) else {
+        if !wants_websocket(&req) {
+            return Err(TokenError::Missing.into());
+        }
+        return upgrade_then_authenticate(req, body, state, from);
+    };
     let principal = authenticate_from(&state, &from, &token).await?;
+    let lease = admit(&state, &principal)?;
+    let (response, session, stream) =
+        actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    start_session(&req, &state, principal, session, stream);
+    Ok(leased(response, Rc::new(Cell::new(Some(lease)))))
+}
+
+/// A WebSocket handshake (`Upgrade: websocket`), as opposed to a plain HTTP request.
+fn wants_websocket(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether an authenticated user may open one more session here: the node is not draining and
+/// the user holds fewer than `sessions_per_user_per_node`. The lease is that session's place.
+fn admit(state: &AppState, principal: &Principal) -> Result<StreamLease, ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "Server is shutting down".to_owned(),
         ));
     }
-    let lease = state
+    state
         .limits
         .acquire_session(&principal.user_id)
         .ok_or_else(|| {
@@ -150,19 +177,33 @@ pub async fn upgrade(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many open connections for this user; close one first".to_owned(),
             )
-        })?;
-    let (response, session, stream) =
-        actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let response = response
+        })
+}
+
+/// The upgrade's response, holding the session's place (filled in later for a connection that
+/// authenticates with its first message) for as long as the connection lives.
+fn leased(response: HttpResponse, place: Rc<Cell<Option<StreamLease>>>) -> HttpResponse {
+    response
         .map_body(|_, body| Leased {
             body,
-            _lease: lease,
+            _lease: place,
         })
-        .map_into_boxed_body();
-    let abort = req
-        .conn_data::<ConnSocket>()
-        .map(|s| Rc::new(*s) as Rc<dyn ConnectionAbort>);
-    let info = session_of(principal, uuid::Uuid::new_v4().to_string(), &state, &req);
+        .map_into_boxed_body()
+}
+
+fn abort_of(req: &HttpRequest) -> Option<Rc<dyn ConnectionAbort>> {
+    req.conn_data::<ConnSocket>()
+        .map(|s| Rc::new(*s) as Rc<dyn ConnectionAbort>)
+}
+
+fn start_session(
+    req: &HttpRequest,
+    state: &AppState,
+    principal: Principal,
+    session: actix_ws::Session,
+    stream: actix_ws::MessageStream,
+) {
+    let info = session_of(principal, uuid::Uuid::new_v4().to_string(), state, req);
     let span = tracing::info_span!(
         "session",
         session.id = %info.session_id,
@@ -170,7 +211,7 @@ pub async fn upgrade(
         node.id = %info.node_id,
         trace_id = tracing::field::Empty,
     );
-    ai_gateway_actors::trace::adopt(&span, &trace_headers(&req));
+    ai_gateway_actors::trace::adopt(&span, &trace_headers(req));
     ai_gateway_actors::trace::record_trace_id(&span);
     span.in_scope(|| tracing::debug!(user = %info.username, "session opened"));
     SessionActor::new(
@@ -178,8 +219,187 @@ pub async fn upgrade(
         span,
         state.session_env.clone(),
         (session, stream),
-        abort,
+        abort_of(req),
     )
     .start();
-    Ok(response)
+}
+
+/// A `/chat` upgrade without a token: the connection is accepted, and its first message must
+/// be `{"type":"auth","payload":{"token"}}` within `session.auth_timeout_ms`. Such waiting
+/// connections are capped per client address.
+fn upgrade_then_authenticate(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    from: String,
+) -> Result<HttpResponse, ApiError> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Server is shutting down".to_owned(),
+        ));
+    }
+    let waiting = state.limits.acquire_unauthenticated(&from).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many connections waiting to authenticate from this address".to_owned(),
+        )
+    })?;
+    let (response, session, stream) =
+        actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let place = Rc::new(Cell::new(None));
+    // On this worker thread, as the connection's dispatcher (see `ConnSocket`).
+    actix_web::rt::spawn(authenticate_first_message(
+        req,
+        state,
+        from,
+        (session, stream),
+        place.clone(),
+        waiting,
+    ));
+    Ok(leased(response, place))
+}
+
+/// Why a connection without a token was refused: its error frame and close code.
+struct Refusal {
+    reason: ErrorReason,
+    close: CloseCode,
+    message: String,
+}
+
+impl Refusal {
+    fn unauthorized(message: String) -> Refusal {
+        Refusal {
+            reason: ErrorReason::Unauthorized,
+            close: CloseCode::Policy,
+            message,
+        }
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Refusal {
+        let (reason, close) = match e.status {
+            StatusCode::FORBIDDEN => (ErrorReason::Forbidden, CloseCode::Policy),
+            StatusCode::TOO_MANY_REQUESTS => (ErrorReason::RateLimited, CloseCode::Again),
+            StatusCode::SERVICE_UNAVAILABLE => (ErrorReason::ShuttingDown, CloseCode::Restart),
+            _ => (ErrorReason::Unauthorized, CloseCode::Policy),
+        };
+        Refusal {
+            reason,
+            close,
+            message: e.message,
+        }
+    }
+}
+
+async fn authenticate_first_message(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    from: String,
+    (mut session, stream): (actix_ws::Session, actix_ws::MessageStream),
+    place: Rc<Cell<Option<StreamLease>>>,
+    _waiting: StreamLease,
+) {
+    let mut stream = stream.max_frame_size(MAX_AUTH_FRAME_BYTES);
+    let timeout = state.guards.auth_timeout;
+    let first = actix_web::rt::time::timeout(timeout, first_text(&mut session, &mut stream)).await;
+    let token = match first {
+        Err(_) => Err(Refusal::unauthorized(format!(
+            "no auth message within {} ms",
+            timeout.as_millis()
+        ))),
+        // The client left, or broke the protocol: nobody to tell.
+        Ok(None) => return,
+        Ok(Some(text)) => match decode_client_frame(&text) {
+            Ok(ClientFrame::Auth { token }) => Ok(token),
+            Err((_, DecodeError::InvalidPayload(why))) => Err(Refusal::unauthorized(format!(
+                "Expected a valid auth message first: {why}"
+            ))),
+            _ => Err(Refusal::unauthorized(
+                "Authenticate first: send {\"type\":\"auth\",\"payload\":{\"token\":\"...\"}} \
+                 as the first message, or connect with a token"
+                    .to_owned(),
+            )),
+        },
+    };
+    let admitted = match token {
+        Ok(token) => match authenticate_from(&state, &from, &token).await {
+            Ok(principal) => admit(&state, &principal)
+                .map(|lease| (principal, lease))
+                .map_err(Refusal::from),
+            Err(e) => Err(e.into()),
+        },
+        Err(refusal) => Err(refusal),
+    };
+    match admitted {
+        Ok((principal, lease)) => {
+            place.set(Some(lease));
+            start_session(&req, &state, principal, session, stream);
+        }
+        Err(refusal) => {
+            let close_grace = state.session_env.config.close_grace;
+            refuse(session, stream, refusal, close_grace, abort_of(&req)).await;
+        }
+    }
+}
+
+/// The first text message, answering pings meanwhile; `None` when the connection ends or
+/// breaks first. A binary, continuation or close frame comes back as empty text (not `auth`).
+async fn first_text(
+    session: &mut actix_ws::Session,
+    stream: &mut actix_ws::MessageStream,
+) -> Option<String> {
+    loop {
+        match stream.next().await? {
+            Ok(Message::Text(text)) => return Some(text.to_string()),
+            Ok(Message::Ping(bytes)) => {
+                session.pong(&bytes).await.ok()?;
+            }
+            Ok(Message::Pong(_) | Message::Nop) => {}
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Binary(_) | Message::Continuation(_)) => return Some(String::new()),
+        }
+    }
+}
+
+/// Sends the refusal's error frame and close, then waits `close_grace` for the client to take
+/// them and leave before cutting the connection.
+async fn refuse(
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::MessageStream,
+    refusal: Refusal,
+    close_grace: std::time::Duration,
+    abort: Option<Rc<dyn ConnectionAbort>>,
+) {
+    let frame = ServerMessage::Error {
+        id: None,
+        payload: ErrorPayload {
+            code: refusal.reason.status_code(),
+            reason: refusal.reason,
+            message: refusal.message.as_str().into(),
+        },
+    }
+    .to_json();
+    let _ = session.text(frame).await;
+    let mut description = refusal.message;
+    // A close reason must fit a control frame (123 bytes).
+    while description.len() > 123 {
+        description.pop();
+    }
+    let _ = session
+        .close(Some(CloseReason {
+            code: refusal.close,
+            description: Some(description),
+        }))
+        .await;
+    let gone = async { while stream.next().await.is_some() {} };
+    if actix_web::rt::time::timeout(close_grace, gone)
+        .await
+        .is_err()
+    {
+        if let Some(abort) = abort {
+            abort.abort();
+        }
+    }
 }

@@ -25,21 +25,15 @@ pub async fn show(
     id: web::Path<String>,
     page: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
-    let (conversation, messages) = state
+    let found = state
         .stores
         .conversations
-        .conversation(&caller.0.user_id, &id)
+        .conversation(&caller.0.user_id, &id, page.offset, page.limit())
         .await?
         .ok_or_else(|| ApiError::not_found("Conversation"))?;
-    let total = messages.len();
-    let shown: Vec<_> = messages
-        .into_iter()
-        .skip(page.offset)
-        .take(page.limit())
-        .collect();
-    let mut body = serde_json::to_value(conversation).expect("conversations serialize");
-    body["messages"] = json!(shown);
-    body["total"] = json!(total);
+    let mut body = serde_json::to_value(found.conversation).expect("conversations serialize");
+    body["messages"] = json!(found.messages);
+    body["total"] = json!(found.total);
     body["offset"] = json!(page.offset);
     Ok(HttpResponse::Ok().json(body))
 }

@@ -72,6 +72,8 @@ pub struct Guards {
     pub max_api_keys_per_user: u32,
     /// The node's few password-hashing slots.
     pub hashing: PasswordHashing,
+    /// How long a `/chat` connection without a token waits for its `auth` message.
+    pub auth_timeout: Duration,
 }
 
 impl Guards {
@@ -85,6 +87,7 @@ impl Guards {
                 config.password_hash_concurrency,
                 Duration::from_millis(config.password_hash_wait_ms),
             ),
+            auth_timeout: Duration::from_millis(config.session.auth_timeout_ms),
         }
     }
 }

@@ -204,6 +204,7 @@ impl ConversationStore for MemoryStore {
         user_id: &str,
         id: &str,
         title: &str,
+        newest: usize,
     ) -> StoreResult<ConversationAccess> {
         let mut s = self.state();
         let now = SystemTime::now();
@@ -219,7 +220,8 @@ impl ConversationStore for MemoryStore {
         if owner != user_id {
             return Ok(ConversationAccess::Foreign);
         }
-        Ok(ConversationAccess::Owned(messages.clone()))
+        let from = messages.len().saturating_sub(newest);
+        Ok(ConversationAccess::Owned(messages[from..].to_vec()))
     }
 
     async fn append_exchange(&self, e: &Exchange) -> StoreResult<()> {
@@ -252,6 +254,9 @@ impl ConversationStore for MemoryStore {
             duration_ms: Some(e.duration_ms),
             created_at: now,
         });
+        let sizes: Vec<usize> = messages.iter().map(|m| m.content.len()).collect();
+        let newest = 1 + usize::from(e.question.is_some());
+        messages.drain(..e.cap.excess(&sizes, newest));
         Ok(())
     }
 
@@ -271,13 +276,19 @@ impl ConversationStore for MemoryStore {
         &self,
         user_id: &str,
         id: &str,
-    ) -> StoreResult<Option<(Conversation, Vec<StoredMessage>)>> {
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Option<ConversationPage>> {
         Ok(self
             .state()
             .conversations
             .get(id)
             .filter(|(owner, _, _)| owner == user_id)
-            .map(|(_, c, m)| (c.clone(), m.clone())))
+            .map(|(_, c, m)| ConversationPage {
+                conversation: c.clone(),
+                messages: m.iter().skip(offset).take(limit).cloned().collect(),
+                total: m.len(),
+            }))
     }
 
     async fn delete_conversation(&self, user_id: &str, id: &str) -> StoreResult<bool> {

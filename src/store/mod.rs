@@ -105,6 +105,32 @@ pub struct StoredMessage {
     pub created_at: SystemTime,
 }
 
+/// What one conversation may store: past either bound its oldest messages are deleted when a
+/// new exchange is added (the newest exchange is always kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationCap {
+    pub max_messages: usize,
+    /// Bytes of message text (UTF-8).
+    pub max_bytes: usize,
+}
+
+impl ConversationCap {
+    /// How many of `sizes` (the messages' byte sizes, oldest first) to delete, oldest first,
+    /// so that the rest fit; the last `newest` are never deleted.
+    pub fn excess(&self, sizes: &[usize], newest: usize) -> usize {
+        let mut bytes = 0usize;
+        // `kept`: the newer messages already kept.
+        for (kept, (i, size)) in sizes.iter().enumerate().rev().enumerate() {
+            bytes = bytes.saturating_add(*size);
+            let protected = sizes.len() - i <= newest;
+            if !protected && (kept >= self.max_messages || bytes > self.max_bytes) {
+                return i + 1;
+            }
+        }
+        0
+    }
+}
+
 /// One question and its answer, added to a conversation when the request ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
@@ -118,6 +144,8 @@ pub struct Exchange {
     pub completion_tokens: u64,
     pub first_chunk_ms: Option<u64>,
     pub duration_ms: u64,
+    /// The conversation's bounds, applied as this exchange is stored.
+    pub cap: ConversationCap,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,28 +281,44 @@ pub trait AuditStore: Send + Sync + 'static {
 /// How a named conversation stands for a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConversationAccess {
-    /// Theirs (perhaps just created), with its messages, oldest first.
+    /// Theirs (perhaps just created), with its newest messages, oldest first.
     Owned(Vec<StoredMessage>),
     /// Another user's: treated as not found.
     Foreign,
 }
 
+/// A conversation with one page of its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationPage {
+    pub conversation: Conversation,
+    pub messages: Vec<StoredMessage>,
+    /// Messages in the whole conversation.
+    pub total: usize,
+}
+
 #[async_trait]
 pub trait ConversationStore: Send + Sync + 'static {
-    /// Opens the user's conversation `id`, creating it (titled `title`) if no one has it.
+    /// Opens the user's conversation `id`, creating it (titled `title`) if no one has it, with
+    /// its `newest` latest messages (never more are read).
     async fn open_conversation(
         &self,
         user_id: &str,
         id: &str,
         title: &str,
+        newest: usize,
     ) -> StoreResult<ConversationAccess>;
+    /// Adds a question and its answer, then deletes the oldest messages past `exchange.cap`.
     async fn append_exchange(&self, exchange: &Exchange) -> StoreResult<()>;
     async fn conversations_of(&self, user_id: &str) -> StoreResult<Vec<Conversation>>;
+    /// The user's conversation `id`, a page of its messages (oldest first, from `offset`, at
+    /// most `limit`) and how many it holds.
     async fn conversation(
         &self,
         user_id: &str,
         id: &str,
-    ) -> StoreResult<Option<(Conversation, Vec<StoredMessage>)>>;
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Option<ConversationPage>>;
     /// Answers whether the user's conversation existed.
     async fn delete_conversation(&self, user_id: &str, id: &str) -> StoreResult<bool>;
 }
@@ -326,4 +370,24 @@ pub fn utc_day(t: SystemTime) -> String {
         u8::from(date.month()),
         date.day()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConversationCap;
+
+    #[test]
+    fn the_oldest_go_first_and_the_newest_exchange_stays() {
+        let cap = ConversationCap {
+            max_messages: 3,
+            max_bytes: 10,
+        };
+        assert_eq!(cap.excess(&[1, 1, 1], 2), 0);
+        assert_eq!(cap.excess(&[1, 1, 1, 1, 1], 2), 2);
+        assert_eq!(cap.excess(&[5, 4, 1, 1], 2), 1);
+        assert_eq!(cap.excess(&[2, 9, 1, 1], 2), 2, "bytes count too");
+        // One exchange larger than the cap is still kept whole.
+        assert_eq!(cap.excess(&[1, 1, 50, 50], 2), 2);
+        assert_eq!(cap.excess(&[], 2), 0);
+    }
 }

@@ -287,6 +287,11 @@ fn conversation_of(row: &Row) -> Conversation {
 
 const USER_COLUMNS: &str = "id, username, password_hash, role, disabled, created_at";
 const KEY_COLUMNS: &str = "id, user_id, name, prefix, key_hash, created_at, expires_at, revoked_at";
+/// A count or offset as PostgreSQL's `bigint`, saturating.
+fn sql_count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 const MESSAGE_COLUMNS: &str = "role, content, model, prompt_tokens, completion_tokens, \
      first_chunk_ms, duration_ms, created_at";
 
@@ -520,6 +525,7 @@ impl ConversationStore for PgStore {
         user_id: &str,
         id: &str,
         title: &str,
+        newest: usize,
     ) -> StoreResult<ConversationAccess> {
         let (Some(user), Some(conv)) = (uuid(user_id), uuid(id)) else {
             return Ok(ConversationAccess::Foreign);
@@ -541,12 +547,17 @@ impl ConversationStore for PgStore {
         if owner != user {
             return Ok(ConversationAccess::Foreign);
         }
+        // The newest `newest`, read newest first through the index, then put oldest first.
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY id"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 \
+             ORDER BY id DESC LIMIT $2"
         );
-        let rows = client.query(&sql, &[&conv]).await.map_err(unavailable)?;
+        let rows = client
+            .query(&sql, &[&conv, &sql_count(newest)])
+            .await
+            .map_err(unavailable)?;
         Ok(ConversationAccess::Owned(
-            rows.iter().map(message_of).collect(),
+            rows.iter().rev().map(message_of).collect(),
         ))
     }
 
@@ -589,6 +600,26 @@ impl ConversationStore for PgStore {
         )
         .await
         .map_err(unavailable)?;
+        // Past the cap, the oldest go: each message with, counting from the newest, more
+        // messages or bytes than the cap allows, except this exchange's own.
+        tx.execute(
+            "DELETE FROM messages WHERE id IN ( \
+               SELECT id FROM ( \
+                 SELECT id, request_id, \
+                   count(*) OVER newer AS n, sum(octet_length(content)) OVER newer AS bytes \
+                 FROM messages WHERE conversation_id = $1 \
+                 WINDOW newer AS (ORDER BY id DESC ROWS UNBOUNDED PRECEDING) \
+               ) ranked \
+               WHERE (n > $2 OR bytes > $3) AND request_id <> $4)",
+            &[
+                &conv,
+                &sql_count(e.cap.max_messages),
+                &sql_count(e.cap.max_bytes),
+                &request,
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)
     }
 
@@ -610,7 +641,9 @@ impl ConversationStore for PgStore {
         &self,
         user_id: &str,
         id: &str,
-    ) -> StoreResult<Option<(Conversation, Vec<StoredMessage>)>> {
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<Option<ConversationPage>> {
         let (Some(user), Some(conv)) = (uuid(user_id), uuid(id)) else {
             return Ok(None);
         };
@@ -627,13 +660,26 @@ impl ConversationStore for PgStore {
             return Ok(None);
         };
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 ORDER BY id"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 \
+             ORDER BY id OFFSET $2 LIMIT $3"
         );
-        let rows = client.query(&sql, &[&conv]).await.map_err(unavailable)?;
-        Ok(Some((
-            conversation_of(&row),
-            rows.iter().map(message_of).collect(),
-        )))
+        let rows = client
+            .query(&sql, &[&conv, &sql_count(offset), &sql_count(limit)])
+            .await
+            .map_err(unavailable)?;
+        let total: i64 = client
+            .query_one(
+                "SELECT count(*) FROM messages WHERE conversation_id = $1",
+                &[&conv],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(Some(ConversationPage {
+            conversation: conversation_of(&row),
+            messages: rows.iter().map(message_of).collect(),
+            total: usize::try_from(total).unwrap_or(0),
+        }))
     }
 
     async fn delete_conversation(&self, user_id: &str, id: &str) -> StoreResult<bool> {

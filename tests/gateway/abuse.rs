@@ -2,8 +2,9 @@
 //! real node and checks it is refused.
 
 use ai_gateway::limits::RateLimitSettings;
-use futures_util::future::join_all;
+use futures_util::{future::join_all, SinkExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::{proxy::Proxy, support::*};
 
@@ -792,4 +793,216 @@ async fn conversation_history_is_capped_per_request_and_read_in_pages() {
     assert_eq!(contents[0], "b", "{second}");
     assert_eq!(contents.len(), 2);
     assert_eq!(second["total"], 6);
+}
+
+/// Opens `/chat` without a token: the upgrade succeeds and the socket waits for `auth`.
+async fn unauthenticated(t: &TestGateway) -> WsStream {
+    try_connect(&t.ws_url(""), &[])
+        .await
+        .expect("a connection without a token is upgraded to wait for auth")
+}
+
+/// The error frame and the close code that end a connection refused before it authenticated.
+async fn refusal_of(ws: WsStream) -> (Value, u16) {
+    let mut ws = Ws {
+        inner: ws,
+        session_id: String::new(),
+    };
+    let error = ws.next_json().await;
+    let (code, _) = ws.close_code().await;
+    (error, code)
+}
+
+/// The token may come in the first message instead of the URL, so that it stays out of the
+/// access logs of proxies; the session is then the same as with `?token=`.
+#[actix_rt::test]
+async fn the_token_may_come_in_the_first_message() {
+    let t = start().await;
+    let (_, token) = t.new_user().await;
+    let mut ws = unauthenticated(&t).await;
+    ws.send(Message::text(
+        json!({"type": "auth", "payload": {"token": token}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut ws = Ws::after_welcome(ws).await;
+    let answer = ws.chat("r1", "Hello AI").await;
+    assert_eq!(answer.finish_reason(), "stop");
+    // Once authenticated, another auth is an error and the connection stays open.
+    ws.send_json(json!({"type": "auth", "payload": {"token": token}}))
+        .await;
+    let error = ws.next_json().await;
+    assert_eq!(error["payload"]["reason"], "invalid_payload", "{error}");
+    assert_eq!(ws.chat("r2", "again").await.finish_reason(), "stop");
+}
+
+#[actix_rt::test]
+async fn a_connection_without_a_token_must_authenticate_first() {
+    let t = start_with(|c| c.session.auth_timeout_ms = 300).await;
+    let (_, token) = t.new_user().await;
+    let refused = [
+        json!({"type": "chat", "payload": {"content": "Hello AI"}}).to_string(),
+        json!({"type": "auth", "payload": {"token": "not-a-token"}}).to_string(),
+        json!({"type": "auth", "payload": {"token": format!("{token}x")}}).to_string(),
+        json!({"type": "auth", "payload": {}}).to_string(),
+        "{nope".to_owned(),
+    ];
+    for first in refused {
+        let mut ws = unauthenticated(&t).await;
+        ws.send(Message::text(first.clone())).await.unwrap();
+        let (error, code) = refusal_of(ws).await;
+        assert_eq!(error["type"], "error", "{first}: {error}");
+        assert_eq!(
+            error["payload"]["reason"], "unauthorized",
+            "{first}: {error}"
+        );
+        assert_eq!(error["payload"]["code"], 401, "{error}");
+        assert_eq!(code, 1008, "{first}");
+    }
+    // A binary frame is not auth either.
+    let mut ws = unauthenticated(&t).await;
+    ws.send(Message::binary(token.clone().into_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(refusal_of(ws).await.1, 1008);
+    // Saying nothing ends the same way once auth_timeout_ms has passed.
+    let (error, code) = refusal_of(unauthenticated(&t).await).await;
+    assert_eq!(error["payload"]["reason"], "unauthorized", "{error}");
+    assert!(
+        error["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no auth message within 300 ms"),
+        "{error}"
+    );
+    assert_eq!(code, 1008);
+    assert_eq!(t.gw.session_count().await, 0, "no session was opened");
+}
+
+#[actix_rt::test]
+async fn connections_waiting_for_auth_are_capped_per_address() {
+    let t = start_with(|c| {
+        c.rate_limits = RateLimitSettings {
+            unauthenticated_sockets_per_ip: 2,
+            ..roomy_limits()
+        }
+    })
+    .await;
+    let (_, token) = t.new_user().await;
+    let first = unauthenticated(&t).await;
+    let _second = unauthenticated(&t).await;
+    let (status, body) = try_connect(&t.ws_url(""), &[])
+        .await
+        .expect_err("a third waiting connection is refused");
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        error_message(&body)
+            .unwrap()
+            .contains("waiting to authenticate"),
+        "{body}"
+    );
+    // A connection with a token in its handshake does not wait, so it is not counted.
+    let _with_token = t.connect(&token).await;
+    // Once the first authenticates it no longer waits, and its place is free again.
+    let mut first = first;
+    first
+        .send(Message::text(
+            json!({"type": "auth", "payload": {"token": token}}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let _first = Ws::after_welcome(first).await;
+    let _third = unauthenticated(&t).await;
+}
+
+/// Sends `questions` in one new conversation, each stored before the next, and answers the
+/// conversation's id.
+async fn converse(t: &TestGateway, token: &str, questions: &[&str]) -> String {
+    let conversation = uuid::Uuid::new_v4().to_string();
+    let mut ws = t.connect(token).await;
+    for (n, content) in questions.iter().enumerate() {
+        let id = format!("q{n}");
+        ws.send_json(json!({"type": "chat", "id": id, "payload": {"content": content, "conversation_id": conversation}}))
+            .await;
+        assert_eq!(ws.answer(&id).await.finish_reason(), "stop");
+        t.gw.flush_writes().await;
+    }
+    conversation
+}
+
+/// The stored questions of a conversation (a page of up to 1,000 messages) and its total.
+async fn stored_questions(t: &TestGateway, token: &str, conversation: &str) -> (Vec<String>, u64) {
+    let body: Value = t
+        .http
+        .get(t.url(&format!("/v1/conversations/{conversation}?limit=1000")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let questions = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect();
+    (questions, body["total"].as_u64().unwrap())
+}
+
+/// One conversation's storage is bounded in messages and bytes: its oldest turns are deleted
+/// (not only hidden) as new ones are stored, the newest exchange always kept. On both stores.
+async fn conversation_storage_is_capped(db: Option<&TestDatabase>) {
+    let by_count = start_with(|c| {
+        c.conversation_max_messages = 4;
+        if let Some(db) = db {
+            c.database_url = db.url();
+        }
+    })
+    .await;
+    let (_, token) = by_count.new_user().await;
+    let conversation = converse(&by_count, &token, &["one", "two", "three", "four"]).await;
+    assert_eq!(
+        stored_questions(&by_count, &token, &conversation).await,
+        (vec!["three".to_owned(), "four".to_owned()], 4)
+    );
+    if let Some(db) = db {
+        let rows: i64 = db
+            .client()
+            .await
+            .query_one("SELECT count(*) FROM messages", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 4, "the dropped turns are deleted from PostgreSQL");
+    }
+    drop(by_count);
+
+    // A byte cap smaller than any exchange keeps the newest exchange alone.
+    let by_bytes = start_with(|c| {
+        c.conversation_max_bytes = 10;
+        if let Some(db) = db {
+            c.database_url = db.url();
+        }
+    })
+    .await;
+    let (_, token) = by_bytes.new_user().await;
+    let conversation = converse(&by_bytes, &token, &["one", "two", "three"]).await;
+    assert_eq!(
+        stored_questions(&by_bytes, &token, &conversation).await,
+        (vec!["three".to_owned()], 2)
+    );
+}
+
+#[actix_rt::test]
+async fn conversation_storage_is_capped_in_memory() {
+    conversation_storage_is_capped(None).await;
+}
+
+#[actix_rt::test]
+async fn conversation_storage_is_capped_in_postgres() {
+    let db = TestDatabase::create().await;
+    conversation_storage_is_capped(Some(&db)).await;
 }

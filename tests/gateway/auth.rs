@@ -61,9 +61,13 @@ async fn handshake_answers_the_seeds_401s() {
     let (_, token) = t.new_user().await;
 
     let err = |r: Result<WsStream, (u16, serde_json::Value)>| r.expect_err("refused");
+    // A WebSocket upgrade without a token now waits for an `auth` message (abuse.rs); a plain
+    // request without one still gets the seed's 401.
+    let plain = t.http.get(t.url("/chat")).send().await.unwrap();
+    assert_eq!(plain.status().as_u16(), 401);
     assert_eq!(
-        err(try_connect(&t.ws_url(""), &[]).await),
-        (401, json!({"error": "Missing token"}))
+        plain.json::<serde_json::Value>().await.unwrap(),
+        json!({"error": "Missing token"})
     );
     assert_eq!(
         err(try_connect(&t.ws_url("?token=not-a-jwt"), &[]).await),

@@ -66,6 +66,7 @@ fn the_declarations_match_the_protocol_schema() {
         (&client, "ChatPayload"),
         (&client, "ChatMessage"),
         (&client, "ResumePayload"),
+        (&client, "AuthPayload"),
         (&server, "ChunkPayload"),
         (&server, "DonePayload"),
         (&server, "ErrorPayload"),
