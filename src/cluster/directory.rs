@@ -21,7 +21,7 @@ use super::{Cluster, ClusterError};
 const QUEUE_CAPACITY: usize = 65_536;
 
 /// A session as other nodes see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DirectoryEntry {
     pub session_id: String,
     pub user_id: String,

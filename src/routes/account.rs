@@ -19,7 +19,7 @@ use crate::{
 pub const USERNAME_CHARS: std::ops::RangeInclusive<usize> = 3..=64;
 pub const PASSWORD_BYTES: std::ops::RangeInclusive<usize> = 8..=1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     pub(super) username: String,
     pub(super) password: String,
@@ -77,6 +77,22 @@ async fn verify_password(
         .map_err(hashing_busy)
 }
 
+/// Create an account (when registration is open)
+#[utoipa::path(
+    post,
+    path = "/register",
+    tag = "account",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "`{message, user_id}`", body = Object),
+        (status = 400, description = "Bad username (3 to 64 of letters, digits, '_', '.', '-') or password (8 to 1024 bytes)", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Registration is closed", body = crate::routes::openapi::SeedError),
+        (status = 409, description = "The username is taken", body = crate::routes::openapi::SeedError),
+        (status = 413, description = "Body too large", body = crate::routes::openapi::SeedError),
+        (status = 429, description = "Too many sign-ups from this address; see Retry-After", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Password hashing busy (Retry-After) or store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn register(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -155,6 +171,22 @@ pub fn client_addr(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr
     Some(peer)
 }
 
+/// Exchange a username and password for a session token
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "account",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "`{token, username, role}`", body = Object),
+        (status = 400, description = "Unreadable body", body = crate::routes::openapi::SeedError),
+        (status = 401, description = "Invalid credentials", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::SeedError),
+        (status = 413, description = "Body too large", body = crate::routes::openapi::SeedError),
+        (status = 429, description = "Too many logins from this address, or failed logins for this account; see Retry-After", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Password hashing busy (Retry-After) or store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn login(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -221,6 +253,18 @@ pub async fn login(
 }
 
 /// `POST /logout`: revokes the presented token on every node and closes its sessions.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "account",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{message}`", body = Object),
+        (status = 400, description = "The credential is an API key (revoke it with DELETE /v1/keys/{id})", body = crate::routes::openapi::SeedError),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let p = caller.0;
     let Credential::Token { jti, expires_at } = p.credential else {

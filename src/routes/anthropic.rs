@@ -107,11 +107,13 @@ impl ResponseError for AnthropicError {
 
 /// Anthropic's messages request. Fields the gateway cannot carry to every provider are refused
 /// by name rather than ignored.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct MessagesRequest {
     model: String,
     max_tokens: u32,
     messages: Vec<InMessage>,
+    /// A string or a list of text blocks.
+    #[schema(value_type = Option<Value>)]
     system: Option<Value>,
     #[serde(default)]
     stream: bool,
@@ -120,17 +122,25 @@ pub struct MessagesRequest {
     #[serde(default)]
     stop_sequences: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     tools: Vec<Value>,
+    #[schema(value_type = Option<Object>)]
     tool_choice: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Value>,
+    #[schema(value_type = Option<Object>)]
     thinking: Option<Value>,
     #[serde(flatten)]
+    #[schema(ignore)]
     other: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = AnthropicMessage)]
 struct InMessage {
     role: String,
+    /// A string or a list of content blocks.
+    #[schema(value_type = Value)]
     content: Value,
 }
 
@@ -392,6 +402,32 @@ fn stop_reason(r: FinishReason) -> &'static str {
 }
 
 /// `POST /v1/messages`
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    operation_id = "create_message",
+    tag = "v1",
+    summary = "Anthropic's messages API, on any configured provider",
+    description = "Fields the gateway cannot carry to every provider are refused by name rather than ignored.",
+    security(("bearer" = []), ("x_api_key" = [])),
+    request_body = MessagesRequest,
+    responses(
+        (status = 200, description = "A `message`, or with `stream: true` Anthropic's stream of events", content(
+            (Object = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "Invalid request", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 404, description = "Unknown model", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 413, description = "Body too large", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 429, description = "Too many requests (the caller's, or the upstream's); see Retry-After", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 500, description = "The stream ended early", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 502, description = "The upstream failed", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 503, description = "No upstream available, or the gateway is shutting down", body = crate::routes::openapi::AnthropicErrorBody),
+        (status = 504, description = "The upstream timed out", body = crate::routes::openapi::AnthropicErrorBody),
+    ),
+)]
 pub async fn messages(
     req: HttpRequest,
     state: web::Data<AppState>,

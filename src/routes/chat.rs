@@ -122,6 +122,24 @@ fn origin_allowed(req: &HttpRequest, allowed: &[String], trusted: &[ipnet::IpNet
 /// Longest `auth` message a connection without a token may send; anything longer closes it.
 const MAX_AUTH_FRAME_BYTES: usize = 16 * 1024;
 
+/// The chat WebSocket
+#[utoipa::path(
+    get,
+    path = "/chat",
+    operation_id = "chat_websocket",
+    tag = "v1",
+    description = "Upgrades to the chat WebSocket; its frames are described in docs/PROTOCOL.md. The credential is the bearer header, `?token=`, or a first `auth` message.",
+    security(("bearer" = [])),
+    params(("token" = Option<String>, Query, description = "A session token or API key, for browsers that cannot set headers")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket handshake", body = crate::routes::openapi::SeedError),
+        (status = 401, description = "A bad credential (with none, the upgrade waits for an `auth` message)", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Origin not allowed, or user disabled", body = crate::routes::openapi::SeedError),
+        (status = 429, description = "Too many sessions or handshakes; see Retry-After", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "The node is draining", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,

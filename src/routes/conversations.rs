@@ -8,6 +8,21 @@ use serde_json::json;
 
 use super::{ApiError, AppState, Caller, Paging};
 
+/// The caller's conversations
+#[utoipa::path(
+    get,
+    path = "/v1/conversations",
+    operation_id = "list_conversations",
+    tag = "v1",
+    security(("bearer" = []), ("x_api_key" = [])),
+    responses(
+        (status = 200, description = "`{conversations: [{id, title, created_at, updated_at}]}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let list = state
         .stores
@@ -19,6 +34,23 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
 
 /// `GET /v1/conversations/{id}?offset=&limit=`: the conversation and a page of its messages,
 /// oldest first (100 by default, 1,000 at most), with their `total`.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}",
+    operation_id = "show_conversation",
+    tag = "v1",
+    security(("bearer" = []), ("x_api_key" = [])),
+    params(("id" = String, Path, description = "The conversation's id"), Paging),
+    responses(
+        (status = 200, description = "`{id, title, created_at, updated_at, messages, total, offset}`", body = Object),
+        (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 404, description = "No such conversation of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn show(
     state: web::Data<AppState>,
     caller: Caller,
@@ -38,6 +70,23 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(body))
 }
 
+/// Delete one of the caller's conversations
+#[utoipa::path(
+    delete,
+    path = "/v1/conversations/{id}",
+    operation_id = "delete_conversation",
+    tag = "v1",
+    security(("bearer" = []), ("x_api_key" = [])),
+    params(("id" = String, Path, description = "The conversation's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such conversation of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn delete(
     state: web::Data<AppState>,
     caller: Caller,
@@ -57,7 +106,8 @@ pub async fn delete(
 /// Most days of usage one request may ask for.
 const MAX_USAGE_DAYS: u64 = 366;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
     /// Today and the days before it; 30 by default.
     #[serde(default = "default_days")]
@@ -69,6 +119,21 @@ fn default_days() -> u64 {
 }
 
 /// `GET /v1/usage?days=N`: the caller's totals by UTC day and model.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "v1",
+    security(("bearer" = []), ("x_api_key" = [])),
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "`{days, totals: [{day, model, requests, prompt_tokens, completion_tokens, estimated_requests}]}`", body = Object),
+        (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn usage(
     state: web::Data<AppState>,
     caller: Caller,

@@ -45,11 +45,27 @@ impl Telemetry {
     }
 }
 
+/// Liveness: the process answers
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)),
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 /// Ready when not draining and every configured dependency answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "`{status: \"ready\", draining, postgres, redis}` (each `up`, `down` or null when not configured)", body = Object),
+        (status = 503, description = "The same body with `status: \"not ready\"`: draining, or a dependency is down", body = Object),
+    ),
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let draining = state.draining.load(Ordering::Relaxed);
     let postgres = match &state.postgres {
@@ -74,6 +90,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Prometheus metrics (here only when no `metrics_listen` is configured; else on that listener)
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "OpenMetrics text; every name starts `gateway_`", body = String, content_type = "application/openmetrics-text")),
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let t = &state.telemetry;
     for (model, route) in state.router.models() {

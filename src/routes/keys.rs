@@ -20,7 +20,7 @@ const MAX_KEY_NAME_CHARS: usize = 100;
 /// Longest lifetime a key may be given: ten years.
 pub const MAX_KEY_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     name: String,
@@ -42,6 +42,25 @@ fn expiry(now: SystemTime, secs: Option<u64>) -> Result<Option<SystemTime>, ApiE
         .ok_or_else(|| ApiError::bad_request("expires_in_secs is too large"))
 }
 
+/// Create an API key for the caller; the key itself is shown only in this answer
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    operation_id = "create_key",
+    tag = "v1",
+    security(("bearer" = []), ("x_api_key" = [])),
+    request_body = NewKey,
+    responses(
+        (status = 201, description = "The key's record and, this once, `key`", body = Object),
+        (status = 400, description = "Bad name (1 to 100 characters) or expires_in_secs, or an unknown field", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 409, description = "The caller has max_api_keys_per_user keys", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 413, description = "Body too large", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     caller: Caller,
@@ -83,6 +102,22 @@ pub async fn create(
 
 /// `GET /v1/keys?offset=&limit=`: the caller's keys, oldest first, `limit` (default 100, at
 /// most 1000) from `offset`. `next_offset` is where the next page starts, or null.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    operation_id = "list_keys",
+    tag = "v1",
+    security(("bearer" = []), ("x_api_key" = [])),
+    params(Paging),
+    responses(
+        (status = 200, description = "`{keys, offset, limit, next_offset}` (never the keys themselves)", body = Object),
+        (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     caller: Caller,
@@ -105,6 +140,23 @@ pub async fn list(
     })))
 }
 
+/// Revoke one of the caller's API keys (an admin may revoke anyone's) on every node
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{id}",
+    operation_id = "revoke_key",
+    tag = "v1",
+    security(("bearer" = []), ("x_api_key" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "`{id, revoked: true}`", body = Object),
+        (status = 404, description = "No such key of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn revoke(
     state: web::Data<AppState>,
     caller: Caller,

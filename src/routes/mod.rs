@@ -10,6 +10,7 @@ mod conversations;
 mod health;
 mod keys;
 mod openai;
+mod openapi;
 mod pages;
 mod paging;
 
@@ -195,6 +196,7 @@ fn configure(cfg: &mut web::ServiceConfig, small_body: usize, public_metrics: bo
         .route("/v1/messages", web::post().to(anthropic::messages))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/openapi.json", web::get().to(openapi::serve))
         .configure(admin::configure);
 }
 

@@ -117,7 +117,7 @@ impl ResponseError for OpenAiError {
 
 /// OpenAI's chat completion request. Fields the gateway does not know are kept in `extra` and
 /// reach OpenAI-compatible upstreams unchanged; other upstreams refuse them by name.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     model: String,
     messages: Vec<InMessage>,
@@ -136,29 +136,34 @@ pub struct CompletionRequest {
     user: Option<String>,
     #[serde(default)]
     tools: Vec<InTool>,
+    /// `none`, `auto`, `required` or a named function.
+    #[schema(value_type = Option<Value>)]
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
+    #[schema(value_type = Option<Object>)]
     response_format: Option<Value>,
     /// Asking for more than one choice: only `1` is served.
     n: Option<u32>,
     #[serde(flatten)]
+    #[schema(ignore)]
     extra: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = ChatMessage)]
 struct InMessage {
     role: String,
     #[serde(default)]
@@ -169,37 +174,38 @@ struct InMessage {
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<Value>),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InToolCall {
     id: String,
     function: InFunctionCall,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InFunctionCall {
     name: String,
     #[serde(default)]
     arguments: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InTool {
     #[serde(rename = "type")]
     kind: String,
     function: InFunction,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InFunction {
     name: String,
     description: Option<String>,
+    #[schema(value_type = Option<Object>)]
     parameters: Option<Value>,
     strict: Option<bool>,
 }
@@ -396,6 +402,19 @@ impl CompletionRequest {
 }
 
 /// `GET /v1/models`
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "list_models",
+    tag = "v1",
+    summary = "The models the gateway serves",
+    security(("bearer" = []), ("x_api_key" = [])),
+    responses(
+        (status = 200, description = "`{object: \"list\", data: [{id, object: \"model\", created, owned_by}]}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn models(state: web::Data<AppState>, _caller: Caller) -> HttpResponse {
     let data: Vec<Value> = state
         .router
@@ -701,6 +720,32 @@ pub(super) async fn begin(
 }
 
 /// `POST /v1/chat/completions`
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    operation_id = "create_chat_completion",
+    tag = "v1",
+    summary = "OpenAI's chat completions, on any configured provider",
+    description = "Fields the gateway does not know reach OpenAI-compatible upstreams unchanged; other upstreams refuse them by name (400 with `param`). A streamed answer carries its stream id in the `x-gateway-stream-id` header, to resume it with `GET /v1/chat/completions/{stream_id}/events`.",
+    security(("bearer" = []), ("x_api_key" = [])),
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "A `chat.completion`, or with `stream: true` a stream of `chat.completion.chunk` events ending `data: [DONE]`", content(
+            (Object = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "Invalid request (`param` names the field)", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 404, description = "Unknown model", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 413, description = "Body too large", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many requests (the caller's, or the upstream's); see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 500, description = "The stream ended early", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 502, description = "The upstream failed", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 503, description = "No upstream available, or the gateway is shutting down", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 504, description = "The upstream timed out", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn completions(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -1021,8 +1066,10 @@ fn sse_events(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Resume after this event (`Last-Event-ID` wins when both are given).
     after_seq: Option<u64>,
 }
 
@@ -1055,6 +1102,26 @@ fn resume_point(
 /// `GET /v1/chat/completions/{stream_id}/events` (an extension of OpenAI's API): resumes a
 /// streamed completion of the caller's after the last event it got, on any node, while the
 /// answer runs and for the retention time after.
+#[utoipa::path(
+    get,
+    path = "/v1/chat/completions/{stream_id}/events",
+    operation_id = "resume_chat_completion",
+    tag = "v1",
+    security(("bearer" = []), ("x_api_key" = [])),
+    params(
+        ("stream_id" = String, Path, description = "The `x-gateway-stream-id` of a streamed completion"),
+        ("Last-Event-ID" = Option<String>, Header, description = "`<stream_id>:<seq>` (or a bare seq) of the last event received"),
+        EventsQuery,
+    ),
+    responses(
+        (status = 200, description = "The rest of the stream, as `chat.completion.chunk` events", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "Bad Last-Event-ID", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 404, description = "No answer to resume: unknown, expired or not the caller's", body = crate::routes::openapi::OpenAiErrorBody),
+        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
+    ),
+)]
 pub async fn events(
     req: HttpRequest,
     state: web::Data<AppState>,

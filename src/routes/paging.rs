@@ -9,10 +9,13 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 
 /// `?offset=&limit=`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
+    /// Items to skip; 0 by default.
     #[serde(default)]
     pub offset: usize,
+    /// Page size: 100 by default, at most 1000.
     pub limit: Option<usize>,
 }
 

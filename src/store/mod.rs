@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use writer::{PendingWrite, WriteBehind};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     User,

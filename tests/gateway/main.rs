@@ -13,6 +13,7 @@ mod lifecycle;
 mod limits_and_outages;
 mod observability;
 mod openai_front;
+mod openapi;
 mod postgres_tls;
 mod protocol;
 mod proxy;

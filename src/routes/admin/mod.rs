@@ -4,6 +4,8 @@
 
 mod openapi;
 mod sessions;
+
+pub use openapi::AdminApi;
 mod users;
 
 use std::future::{ready, Ready};
@@ -75,8 +77,16 @@ async fn page() -> HttpResponse {
         .body(ADMIN_HTML)
 }
 
+/// The OpenAPI document, the same as `/openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/admin/openapi.json",
+    operation_id = "admin_openapi_document",
+    tag = "admin",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the REST API (the same as /openapi.json)", body = Object)),
+)]
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(openapi::document())
+    HttpResponse::Ok().json(super::openapi::document())
 }
 
 /// An authenticated administrator, put in place by [`require_admin`]: 401 without a
@@ -166,8 +176,10 @@ impl Admin {
 }
 
 /// `?reason=` of a kill.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KillReason {
+    /// The close reason the client sees (cut to 123 bytes); "closed by an administrator" by default.
     pub reason: Option<String>,
 }
 

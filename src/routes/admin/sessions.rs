@@ -15,10 +15,12 @@ use crate::{
 };
 
 /// `GET /admin/sessions` filters; each is an exact match.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SessionFilter {
     /// A user id or username.
     pub user: Option<String>,
+    /// A node id.
     pub node: Option<String>,
     /// The model of the session's latest request.
     pub model: Option<String>,
@@ -66,6 +68,22 @@ async fn find_session(state: &AppState, id: &str) -> Result<DirectoryEntry, ApiE
         .ok_or_else(|| ApiError::not_found("Session"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/sessions",
+    operation_id = "list_sessions",
+    tag = "admin",
+    summary = "Live sessions of every node",
+    security(("admin" = [])),
+    params(SessionFilter, Paging),
+    responses(
+        (status = 200, description = "`{sessions: [DirectoryEntry], total, offset, limit}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     _: Admin,
@@ -104,6 +122,22 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/sessions/{id}",
+    operation_id = "show_session",
+    tag = "admin",
+    summary = "One live session",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "The session", body = DirectoryEntry),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 404, description = "No such session", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn show(
     state: web::Data<AppState>,
     _: Admin,
@@ -138,6 +172,22 @@ async fn close(state: &AppState, session: &DirectoryEntry, reason: &str) -> Resu
         .map_err(directory_down)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/sessions/{id}",
+    operation_id = "kill_session",
+    tag = "admin",
+    summary = "Close a session (code 1008, the reason) on whichever node holds it",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The session id"), KillReason),
+    responses(
+        (status = 200, description = "`{session_id, node_id, reason}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 404, description = "No such session", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn kill(
     state: web::Data<AppState>,
     admin: Admin,
@@ -162,6 +212,22 @@ pub async fn kill(
     })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/users/{id}/sessions",
+    operation_id = "kill_user_sessions",
+    tag = "admin",
+    summary = "Close every session of a user on every node",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The user id"), KillReason),
+    responses(
+        (status = 200, description = "`{user_id, sessions, reason}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn kill_user(
     state: web::Data<AppState>,
     admin: Admin,
@@ -200,6 +266,20 @@ pub async fn kill_user(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/nodes",
+    operation_id = "list_nodes",
+    tag = "admin",
+    summary = "Live nodes with their sessions and running requests",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "`{nodes: [NodeLoad]}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
     let sessions = all_sessions(&state).await?;
     let mut load: BTreeMap<String, NodeLoad> = BTreeMap::new();

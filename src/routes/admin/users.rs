@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// A user as the admin API shows them: never the password hash.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct UserView {
     id: String,
     username: String,
@@ -52,6 +52,22 @@ async fn user(state: &AppState, id: &str) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::not_found("User"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users",
+    operation_id = "list_users",
+    tag = "admin",
+    summary = "Users, oldest first",
+    security(("admin" = [])),
+    params(Paging),
+    responses(
+        (status = 200, description = "`{users: [UserView], offset, limit}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn list(
     state: web::Data<AppState>,
     _: Admin,
@@ -73,6 +89,22 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/{id}",
+    operation_id = "show_user",
+    tag = "admin",
+    summary = "One user",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn show(
     state: web::Data<AppState>,
     _: Admin,
@@ -81,10 +113,11 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(UserView::from(user(&state, &id).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
     username: String,
     password: String,
+    /// `user` (the default) or `admin`.
     #[serde(default = "default_role")]
     role: String,
 }
@@ -93,6 +126,23 @@ fn default_role() -> String {
     Role::User.as_str().to_owned()
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users",
+    operation_id = "create_user",
+    tag = "admin",
+    summary = "Create a user",
+    security(("admin" = [])),
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "The user", body = UserView),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 400, description = "Bad username, password or role", body = crate::routes::openapi::SeedError),
+        (status = 409, description = "The username is taken", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn create(
     state: web::Data<AppState>,
     admin: Admin,
@@ -123,12 +173,31 @@ pub async fn create(
 }
 
 /// `PATCH /admin/users/{id}`: any of the fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UserChange {
+    /// `user` or `admin`.
     role: Option<String>,
     disabled: Option<bool>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/users/{id}",
+    operation_id = "update_user",
+    tag = "admin",
+    summary = "Change a user's role, or disable (closes their sessions everywhere) or enable them",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The user id")),
+    request_body = UserChange,
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 400, description = "Bad role, or nothing to change", body = crate::routes::openapi::SeedError),
+        (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn update(
     state: web::Data<AppState>,
     admin: Admin,
@@ -173,6 +242,22 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(UserView::from(user(&state, &target.id).await?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/{id}/keys",
+    operation_id = "list_user_keys",
+    tag = "admin",
+    summary = "A user's API keys (never the keys themselves)",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, description = "`{keys: [{id, user_id, name, prefix, created_at, expires_at, revoked_at}]}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn keys(
     state: web::Data<AppState>,
     _: Admin,
@@ -183,6 +268,22 @@ pub async fn keys(
     Ok(HttpResponse::Ok().json(json!({ "keys": keys })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/keys/{id}",
+    operation_id = "admin_revoke_key",
+    tag = "admin",
+    summary = "Revoke an API key on every node",
+    security(("admin" = [])),
+    params(("id" = String, Path, description = "The key id")),
+    responses(
+        (status = 200, description = "`{revoked: id}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 404, description = "No such API key", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn revoke_key(
     state: web::Data<AppState>,
     admin: Admin,
@@ -209,12 +310,28 @@ pub async fn revoke_key(
     Ok(HttpResponse::Ok().json(json!({ "revoked": key.id })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TokenToRevoke {
     token: String,
 }
 
 /// `POST /admin/tokens/revoke {"token"}`: the token itself names its user and expiry.
+#[utoipa::path(
+    post,
+    path = "/admin/tokens/revoke",
+    operation_id = "revoke_token",
+    tag = "admin",
+    summary = "Revoke a session token on every node",
+    security(("admin" = [])),
+    request_body = TokenToRevoke,
+    responses(
+        (status = 200, description = "`{revoked: jti}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 400, description = "Not a valid token", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn revoke_token(
     state: web::Data<AppState>,
     admin: Admin,
@@ -245,6 +362,19 @@ pub async fn revoke_token(
 }
 
 /// Each model's route, with the circuit-breaker state of every upstream on it.
+#[utoipa::path(
+    get,
+    path = "/admin/providers",
+    operation_id = "list_providers",
+    tag = "admin",
+    summary = "Models served, their routes and each upstream's circuit breaker",
+    security(("admin" = [])),
+    responses(
+        (status = 200, description = "`{models: [{model, provider, kind, upstream_model, targets: [{provider, kind, upstream_model, breaker: closed|open|half_open}]}]}` (provider: the configured name; kind: openai, anthropic, gemini or mock)", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
     let models: Vec<_> = state
         .router
@@ -274,11 +404,29 @@ pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "models": models }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Entries: 100 by default, at most 1000.
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    operation_id = "list_audit",
+    tag = "admin",
+    summary = "Recent admin actions, newest first",
+    security(("admin" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "`{entries: [{id, actor, action, target, detail, at}]}`", body = Object),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
 pub async fn audit(
     state: web::Data<AppState>,
     _: Admin,

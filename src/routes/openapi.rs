@@ -1,0 +1,159 @@
+//! The REST API's OpenAPI 3.1 document, derived by utoipa from the handlers' `#[utoipa::path]`
+//! annotations and request types. Served at `/openapi.json` (and `/admin/openapi.json`), checked
+//! in at `docs/openapi.json`; `tests/gateway/openapi.rs` fails when the two differ or when a
+//! route registered in `configure` is missing from it.
+
+use actix_web::HttpResponse;
+use serde::Serialize;
+use utoipa::{
+    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi, ToSchema,
+};
+
+use super::{account, admin, anthropic, chat, conversations, health, keys, openai};
+
+/// Security scheme of `/v1/*` and `/logout`: a session token from `/login` or an API key.
+pub const BEARER: &str = "bearer";
+/// The same credential as Anthropic's SDKs send it.
+pub const X_API_KEY: &str = "x_api_key";
+/// Security scheme of `/admin/*`: an admin's token or API key, or the static admin token.
+pub const ADMIN: &str = "admin";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ai-gateway API",
+        description = "The user API (`/register`, `/login`, `/logout`, `/v1/*`), the admin API \
+            (`/admin/*`) and health. Errors are `{\"error\": message}` on the seed's endpoints and \
+            the admin API, OpenAI's shape under `/v1/`, Anthropic's under `/v1/messages`. The chat \
+            WebSocket's frames are described in docs/PROTOCOL.md, not here."
+    ),
+    paths(
+        serve,
+        account::register,
+        account::login,
+        account::logout,
+        chat::upgrade,
+        keys::create,
+        keys::list,
+        keys::revoke,
+        conversations::list,
+        conversations::show,
+        conversations::delete,
+        conversations::usage,
+        openai::models,
+        openai::completions,
+        openai::events,
+        anthropic::messages,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+    ),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "account", description = "Sign-up, login and logout"),
+        (name = "v1", description = "The user's keys, conversations and usage, and the OpenAI- and Anthropic-compatible fronts"),
+        (name = "admin", description = "Live sessions on every node, nodes, users, credentials, providers and the audit trail"),
+        (name = "health", description = "Probes and metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        components.add_security_scheme(
+            BEARER,
+            bearer("A session token from POST /login, or an API key from POST /v1/keys"),
+        );
+        components.add_security_scheme(
+            X_API_KEY,
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "x-api-key",
+                "The same token or API key, as Anthropic's SDKs send it",
+            ))),
+        );
+        components.add_security_scheme(
+            ADMIN,
+            bearer("A token or API key of a user with the admin role, or the static admin token (GATEWAY_ADMIN_TOKEN)"),
+        );
+    }
+}
+
+/// The whole document: the user API's and the admin API's.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(admin::AdminApi::openapi());
+    doc
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi_document",
+    tag = "health",
+    responses((status = 200, description = "The OpenAPI 3.1 document of the REST API", body = Object)),
+)]
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok().json(document())
+}
+
+// The error bodies below are documentation only: the handlers build them with `json!`.
+
+/// `{"error": message}`: the seed's endpoints and the admin API.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct SeedError {
+    pub error: String,
+}
+
+/// OpenAI's error, on every `/v1/` endpoint but `/v1/messages`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct OpenAiErrorBody {
+    pub error: OpenAiErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct OpenAiErrorDetail {
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `permission_error`, `rate_limit_error`
+    /// or `server_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request field at fault, if one is.
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+/// Anthropic's error, on `/v1/messages`.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct AnthropicErrorBody {
+    /// Always `error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub error: AnthropicErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct AnthropicErrorDetail {
+    /// `invalid_request_error`, `authentication_error`, `not_found_error`, `rate_limit_error`,
+    /// `overloaded_error`, `api_error`…
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+}
