@@ -731,7 +731,7 @@ fn the_image_builds_every_workspace_member() {
                COPY fake-upstream/Cargo.toml fake-upstream/\nCOPY src src\n\
                COPY actors/src actors/src\nCOPY proto-json/src proto-json/src\n\
                COPY fake-upstream/src fake-upstream/src\nFROM debian:bookworm-slim\n";
-    assert_eq!(members_missing_from_build(old, ""), ["bench"]);
+    assert_eq!(members_missing_from_build(old, ""), ["bench", "fuzz"]);
     assert_eq!(
         members_missing_from_build(&dockerfile, &format!("{dockerignore}\nbench/\n")),
         ["bench"]
