@@ -2,7 +2,7 @@
 //! keys, conversations and usage under `/v1`, and health.
 
 mod account;
-mod admin;
+pub(crate) mod admin;
 mod anthropic;
 mod caller;
 mod chat;

@@ -2,8 +2,10 @@
 //! providers and the audit trail, for a user with the `admin` role or the static admin token.
 //! Every change is written to the audit table before it is made.
 
+pub mod figures;
 mod openapi;
 mod sessions;
+mod usage;
 mod users;
 
 use std::future::{ready, Ready};
@@ -38,6 +40,8 @@ pub struct AdminContext {
     /// The static admin token; empty means none.
     pub token: String,
     pub node_id: String,
+    /// When the node started (its uptime in `GET /admin/nodes`).
+    pub started_at: std::time::SystemTime,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -65,7 +69,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/keys/{id}", web::delete().to(users::revoke_key))
                 .route("/tokens/revoke", web::post().to(users::revoke_token))
                 .route("/providers", web::get().to(users::providers))
-                .route("/audit", web::get().to(users::audit)),
+                .route("/audit", web::get().to(users::audit))
+                .route("/usage", web::get().to(usage::list)),
         );
 }
 

@@ -71,7 +71,7 @@ pub fn document() -> Value {
                 "delete": op("Close every session of a user on every node", &[id.clone(), reason], None, ("200", "{user_id, sessions, reason}")),
             },
             "/admin/nodes": {
-                "get": op("Live nodes with their sessions and running requests", &[], None, ("200", "{nodes: [{node_id, sessions, running, refreshed_at}]}")),
+                "get": op("Every live node: its sessions and running requests from the directory, and the figures it published (this node's read now)", &[], None, ("200", "{nodes: [{node_id, sessions, running, refreshed_at, figures: null | {node_id, version, started_at, uptime_secs, sessions, running_requests, running_answers, rss_bytes, queued_bytes, chunks_relayed, draining, at}}]}")),
             },
             "/admin/users": {
                 "get": op("Users, oldest first", &paging, None, ("200", "{users, offset, limit}")),
@@ -109,7 +109,10 @@ pub fn document() -> Value {
                 })), ("200", "{revoked: jti}")),
             },
             "/admin/providers": {
-                "get": op("Models served, their routes and each upstream's circuit breaker", &[], None, ("200", "{models: [{model, provider, kind, upstream_model, targets: [{provider, kind, upstream_model, breaker: closed|open|half_open}]}]} (provider: the configured name; kind: openai, anthropic, gemini or mock)")),
+                "get": op("Models served, their routes and each upstream's circuit breaker", &[], None, ("200", "{models: [{model, provider, kind, upstream_model, targets: [{provider, kind, upstream_model, breaker: closed|open|half_open, recent: {calls, failures}}]}]} (recent: the upstream's latest 100 calls at most, on this node) (provider: the configured name; kind: openai, anthropic, gemini or mock)")),
+            },
+            "/admin/usage": {
+                "get": op("Every user's usage by UTC day and model, oldest first", &[query("days", "integer", "today and the days before it (default 30, at most 366)")], None, ("200", "{days, totals: [{day, user_id, username, model, requests, prompt_tokens, completion_tokens}]}")),
             },
             "/admin/audit": {
                 "get": op("Recent admin actions, newest first", &[query("limit", "integer", "entries (default 100, at most 1000)")], None, ("200", "{entries: [{id, actor, action, target, detail, at}]}")),

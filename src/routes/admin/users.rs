@@ -259,6 +259,7 @@ pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
                         "kind": t.upstream.provider.name(),
                         "upstream_model": t.upstream_model,
                         "breaker": t.upstream.breaker.state(),
+                        "recent": t.upstream.breaker.recent(),
                     })
                 })
                 .collect();

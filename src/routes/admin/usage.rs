@@ -1,0 +1,19 @@
+//! Every user's usage by day and model, for the admin panel's charts.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::Admin;
+use crate::routes::{conversations::UsageQuery, ApiError, AppState};
+
+/// `GET /admin/usage?days=N`: every user's totals by UTC day, user and model (30 days by
+/// default, 366 at most), oldest first.
+pub async fn list(
+    state: web::Data<AppState>,
+    _: Admin,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (days, since) = query.window();
+    let totals = state.stores.usage.usage_by_user(since).await?;
+    Ok(HttpResponse::Ok().json(json!({ "days": days, "totals": totals })))
+}
