@@ -383,7 +383,8 @@ async function crowdOnAdmin(chat, crowd, closeAll) {
   await admin.locator('#chart-models rect[data-series="mock"]').first().waitFor();
   assert.ok(Number(await admin.locator(`#chart-users rect[data-series="${crowd}"]`).first().getAttribute('data-tokens')) > 0);
   const broken = admin.locator('#providers tr[data-model="broken"]');
-  await admin.waitForFunction(() => /100% of \d+/.test(document.querySelector('#providers tr[data-model="broken"]')?.textContent || ''));
+  // `broken` and `echo` share the fake upstream, whose breaker counts both: some calls failed.
+  await admin.waitForFunction(() => /[1-9]\d*% of \d+/.test(document.querySelector('#providers tr[data-model="broken"]')?.textContent || ''));
   assert.match(await broken.textContent(), /closed/);
   assert.equal(await admin.getByText('Circuit-breaker state is not reported yet').count(), 0);
 

@@ -279,6 +279,7 @@ async fn only_admins_and_the_static_token_get_in() {
         (Method::POST, "/admin/tokens/revoke"),
         (Method::GET, "/admin/providers"),
         (Method::GET, "/admin/audit"),
+        (Method::GET, "/admin/usage"),
     ];
     for (method, path) in &routes {
         let (status, body) = call(&t, method.clone(), path, &user_token, Some(json!({}))).await;
@@ -316,7 +317,8 @@ async fn only_admins_and_the_static_token_get_in() {
     assert_eq!(
         providers["models"][0],
         json!({"model": "mock", "provider": "mock", "kind": "mock", "upstream_model": "mock",
-               "targets": [{"provider": "mock", "kind": "mock", "upstream_model": "mock", "breaker": "closed"}]})
+               "targets": [{"provider": "mock", "kind": "mock", "upstream_model": "mock", "breaker": "closed",
+                            "recent": {"calls": 0, "failures": 0}}]})
     );
 
     // A reason longer than a close frame carries is cut to 123 bytes.
