@@ -293,9 +293,17 @@ impl Node {
             admin: AdminContext {
                 token: config.admin_token.clone(),
                 node_id: node_id.clone(),
+                started_at: std::time::SystemTime::now(),
             },
             guards: routes::Guards::new(config),
         });
+        if state.cluster.is_some() {
+            routes::admin::figures::publish_every(
+                &state,
+                Duration::from_millis(config.directory.refresh_interval_ms),
+                Duration::from_millis(config.directory.session_ttl_ms),
+            );
+        }
         Ok(Node {
             node_id,
             state,

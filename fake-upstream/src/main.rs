@@ -8,7 +8,7 @@ use fake_upstream::{FakeOptions, FakeUpstream};
 
 /// A fake LLM upstream speaking the OpenAI, Anthropic and Gemini streaming formats. The model
 /// name picks the scenario: ok, ok-N, fail-NNN, flaky-N, midstream-error, stall, stall-after-N,
-/// malformed, cut, slow-drip, filtered.
+/// malformed, cut, slow-drip, filtered, echo (OpenAI API: the answer is the last user message).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {

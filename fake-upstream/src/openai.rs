@@ -144,6 +144,10 @@ pub async fn chat_completions(
         },
         s => s,
     };
+    let mut shape = shape;
+    if scenario == Scenario::Echo && shape.text.is_none() && shape.tool_calls.is_empty() {
+        shape.text = last_user_text(messages);
+    }
     let max_tokens = body["max_completion_tokens"]
         .as_u64()
         .or(body["max_tokens"].as_u64());
@@ -268,6 +272,22 @@ fn shape(body: &Value) -> Result<Shape, String> {
         text,
         tool_calls: vec![],
     })
+}
+
+/// The text of the last user message (its text parts joined), for the `echo` scenario.
+fn last_user_text(messages: &[Value]) -> Option<String> {
+    let m = messages.iter().rev().find(|m| m["role"] == "user")?;
+    match &m["content"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(
+            parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(""),
+        ),
+        _ => None,
+    }
 }
 
 struct Answer {

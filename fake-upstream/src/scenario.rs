@@ -29,6 +29,9 @@ pub enum Scenario {
     SlowDrip,
     /// `filtered`: a few pieces, then the provider's content-filter finish reason.
     Filtered,
+    /// `echo`: an `ok` answer whose text is the last user message's (OpenAI API only), so a
+    /// test chooses what a page renders.
+    Echo,
 }
 
 impl Scenario {
@@ -45,6 +48,7 @@ impl Scenario {
             "cut" => Scenario::Cut,
             "slow-drip" => Scenario::SlowDrip,
             "filtered" => Scenario::Filtered,
+            "echo" => Scenario::Echo,
             _ => {
                 if let Some(n) = number("ok-") {
                     Scenario::Ok {

@@ -175,7 +175,7 @@ fn add_session(
 
 /// The live entries of an index (`sessions` or `nodes`): ids whose expiry is still ahead, then
 /// their JSON under `{kind}:{id}`. Entries that expired between the two reads are skipped.
-async fn list_live<T: serde::de::DeserializeOwned>(
+pub(super) async fn list_live<T: serde::de::DeserializeOwned>(
     cluster: &Cluster,
     index: &str,
     kind: &str,

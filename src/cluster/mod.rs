@@ -3,6 +3,7 @@
 //! Redis.
 
 mod directory;
+mod figures;
 mod journal;
 
 use std::{sync::Arc, time::Duration};
@@ -12,6 +13,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub use directory::{list_nodes, list_sessions, DirectoryEntry, NodeEntry, RedisDirectory};
+pub use figures::{list_figures, publish_figures, NodeFigures};
 pub use journal::RedisJournals;
 
 use crate::revocation::Revocation;

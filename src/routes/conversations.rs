@@ -118,6 +118,17 @@ fn default_days() -> u64 {
     30
 }
 
+impl UsageQuery {
+    /// The days asked for (bounded) and the moment they start from.
+    pub fn window(&self) -> (u64, SystemTime) {
+        let days = self.days.clamp(1, MAX_USAGE_DAYS);
+        let since = SystemTime::now()
+            .checked_sub(Duration::from_secs((days - 1) * 86_400))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        (days, since)
+    }
+}
+
 /// `GET /v1/usage?days=N`: the caller's totals by UTC day and model.
 #[utoipa::path(
     get,
@@ -139,10 +150,7 @@ pub async fn usage(
     caller: Caller,
     query: web::Query<UsageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let days = query.days.clamp(1, MAX_USAGE_DAYS);
-    let since = SystemTime::now()
-        .checked_sub(Duration::from_secs((days - 1) * 86_400))
-        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let (days, since) = query.window();
     let totals = state
         .stores
         .usage

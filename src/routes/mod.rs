@@ -2,7 +2,7 @@
 //! keys, conversations and usage under `/v1`, and health.
 
 mod account;
-mod admin;
+pub(crate) mod admin;
 mod anthropic;
 mod caller;
 mod chat;
@@ -160,6 +160,7 @@ fn configure(cfg: &mut web::ServiceConfig, small_body: usize, public_metrics: bo
         .route("/index.html", web::get().to(pages::index))
         .route("/gateway-client.js", web::get().to(pages::client_js))
         .route("/gateway-client.d.ts", web::get().to(pages::client_dts))
+        .route("/assets/{name}", web::get().to(pages::asset))
         .service(
             web::resource("/login")
                 .app_data(json_config(small_body))

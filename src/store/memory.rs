@@ -338,6 +338,33 @@ impl UsageStore for MemoryStore {
         totals.sort_by(|a, b| (&a.day, &a.model).cmp(&(&b.day, &b.model)));
         Ok(totals)
     }
+
+    async fn usage_by_user(&self, since: SystemTime) -> StoreResult<Vec<UserUsageTotal>> {
+        let from = utc_day(since);
+        let s = self.state();
+        let mut totals: Vec<UserUsageTotal> = s
+            .usage
+            .iter()
+            .filter(|((_, day, _), _)| *day >= from)
+            .map(|((user, _, _), t)| UserUsageTotal {
+                user_id: user.clone(),
+                username: s
+                    .users
+                    .get(user)
+                    .map(|u| u.username.clone())
+                    .unwrap_or_default(),
+                total: t.clone(),
+            })
+            .collect();
+        totals.sort_by(|a, b| {
+            (&a.total.day, &a.username, &a.total.model).cmp(&(
+                &b.total.day,
+                &b.username,
+                &b.total.model,
+            ))
+        });
+        Ok(totals)
+    }
 }
 
 #[async_trait]

@@ -181,6 +181,15 @@ pub struct UsageTotal {
     pub estimated_requests: u64,
 }
 
+/// Every user's totals for one UTC day and model (the admin panel's usage charts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserUsageTotal {
+    pub user_id: String,
+    pub username: String,
+    #[serde(flatten)]
+    pub total: UsageTotal,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
@@ -328,6 +337,8 @@ pub trait UsageStore: Send + Sync + 'static {
     async fn record_usage(&self, record: &UsageRecord) -> StoreResult<()>;
     /// The user's totals by UTC day and model, from `since` on, oldest first.
     async fn usage_totals(&self, user_id: &str, since: SystemTime) -> StoreResult<Vec<UsageTotal>>;
+    /// Every user's totals by UTC day and model, from `since` on, oldest first.
+    async fn usage_by_user(&self, since: SystemTime) -> StoreResult<Vec<UserUsageTotal>>;
 }
 
 /// Every store the gateway needs, from one backend.

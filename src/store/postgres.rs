@@ -755,6 +755,33 @@ impl UsageStore for PgStore {
             })
             .collect())
     }
+
+    async fn usage_by_user(&self, since: SystemTime) -> StoreResult<Vec<UserUsageTotal>> {
+        let rows = self.query(
+                "SELECT to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, r.user_id, \
+                 u.username, r.model, count(*)::bigint, sum(r.prompt_tokens)::bigint, \
+                 sum(r.completion_tokens)::bigint, count(*) FILTER (WHERE r.estimated)::bigint \
+                 FROM usage_records r JOIN users u ON u.id = r.user_id \
+                 WHERE r.created_at >= date_trunc('day', $1::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
+                 GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 4",
+                &[&since],
+            ).await?;
+        Ok(rows
+            .iter()
+            .map(|r| UserUsageTotal {
+                user_id: r.get::<_, Uuid>(1).to_string(),
+                username: r.get(2),
+                total: UsageTotal {
+                    day: r.get(0),
+                    model: r.get(3),
+                    requests: r.get::<_, i64>(4) as u64,
+                    prompt_tokens: r.get::<_, i64>(5) as u64,
+                    completion_tokens: r.get::<_, i64>(6) as u64,
+                    estimated_requests: r.get::<_, i64>(7) as u64,
+                },
+            })
+            .collect())
+    }
 }
 
 #[async_trait]

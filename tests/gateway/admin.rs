@@ -279,6 +279,7 @@ async fn only_admins_and_the_static_token_get_in() {
         (Method::POST, "/admin/tokens/revoke"),
         (Method::GET, "/admin/providers"),
         (Method::GET, "/admin/audit"),
+        (Method::GET, "/admin/usage"),
     ];
     for (method, path) in &routes {
         let (status, body) = call(&t, method.clone(), path, &user_token, Some(json!({}))).await;
@@ -316,7 +317,8 @@ async fn only_admins_and_the_static_token_get_in() {
     assert_eq!(
         providers["models"][0],
         json!({"model": "mock", "provider": "mock", "kind": "mock", "upstream_model": "mock",
-               "targets": [{"provider": "mock", "kind": "mock", "upstream_model": "mock", "breaker": "closed"}]})
+               "targets": [{"provider": "mock", "kind": "mock", "upstream_model": "mock", "breaker": "closed",
+                            "recent": {"calls": 0, "failures": 0}}]})
     );
 
     // A reason longer than a close frame carries is cut to 123 bytes.
@@ -514,4 +516,121 @@ async fn a_node_killed_with_sigkill_leaves_the_admin_list() {
     )
     .await;
     assert!(killed_at.elapsed() < ttl + Duration::from_secs(1));
+}
+
+/// A model on the fake upstream that always fails (503), without retries.
+fn broken_model(c: &mut ai_gateway::Config, fake: &fake_upstream::FakeUpstream) {
+    use ai_gateway::config::{ModelSettings, ProviderSettings};
+    use ai_gateway_actors::{provider::ApiKey, OpenAiSettings};
+    let openai = OpenAiSettings::new(fake.openai_base_url(), Some(ApiKey::new("sk-test")));
+    c.providers
+        .insert("fake".into(), ProviderSettings::Openai(openai));
+    c.models.insert(
+        "broken".into(),
+        ModelSettings {
+            provider: "fake".into(),
+            upstream_model: "fail-503".into(),
+            fallback: vec![],
+            max_retries: Some(0),
+            drop_params: false,
+        },
+    );
+}
+
+#[actix_rt::test]
+async fn any_node_shows_every_nodes_figures_usage_by_day_and_provider_health() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let fake = fake_upstream::FakeUpstream::start().await.unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(
+            start_with(|c| {
+                shared(c, &db, &prefix);
+                c.admin_token = ADMIN_TOKEN.into();
+                broken_model(c, &fake);
+            })
+            .await,
+        );
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    // A session and an answer on B.
+    let (alice, alice_token) = b.new_user().await;
+    let mut on_b = b.connect(&alice_token).await;
+    assert_eq!(on_b.chat("r1", "hello").await.finish_reason(), "stop");
+    let (bob, bob_token) = a.new_user().await;
+    let mut on_a = a.connect(&bob_token).await;
+    assert_eq!(on_a.chat("r1", "hi").await.finish_reason(), "stop");
+    on_a.send_json(
+        json!({"type": "chat", "id": "r2", "payload": {"content": "x", "model": "broken"}}),
+    )
+    .await;
+    assert_eq!(on_a.answer("r2").await.finish_reason(), "error");
+
+    // A sees B's figures (published through Redis) next to its own.
+    let list = until(
+        a,
+        "/admin/nodes",
+        ADMIN_TOKEN,
+        Duration::from_secs(5),
+        |l| {
+            l["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["node_id"] == b.gw.node_id() && n["figures"]["sessions"] == 1)
+        },
+    )
+    .await;
+    let nodes_seen = list["nodes"].as_array().unwrap();
+    assert_eq!(nodes_seen.len(), 2, "{list}");
+    for n in nodes_seen {
+        let f = &n["figures"];
+        assert_eq!(f["node_id"], n["node_id"], "{list}");
+        assert_eq!(f["version"], env!("CARGO_PKG_VERSION"), "{list}");
+        assert!(f["rss_bytes"].as_u64().unwrap() > 0, "{list}");
+        assert!(f["started_at"].as_u64().unwrap() > 0, "{list}");
+        assert_eq!(f["draining"], false, "{list}");
+        assert_eq!(f["sessions"], 1, "{list}");
+        assert!(f["chunks_relayed"].as_u64().unwrap() > 0, "{list}");
+    }
+
+    // Usage by day, user and model, from every node's records.
+    a.gw.flush_writes().await;
+    b.gw.flush_writes().await;
+    let (status, usage) = get(b, "/admin/usage?days=7", ADMIN_TOKEN).await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["days"], 7);
+    let today = ai_gateway::store::utc_day(std::time::SystemTime::now());
+    for name in [&alice, &bob] {
+        let rows: Vec<&Value> = usage["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["username"] == name.as_str() && t["model"] == "mock")
+            .collect();
+        assert_eq!(rows.len(), 1, "{usage}");
+        assert_eq!(rows[0]["day"], today.as_str());
+        assert_eq!(rows[0]["requests"], 1);
+        assert!(rows[0]["completion_tokens"].as_u64().unwrap() > 0);
+    }
+    let (status, _) = get(b, "/admin/usage", &alice_token).await;
+    assert_eq!(status, 403, "admins only");
+
+    // The broken upstream's breaker and error rate, on the node that called it.
+    let (_, providers) = get(a, "/admin/providers", ADMIN_TOKEN).await;
+    let broken = providers["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "broken")
+        .unwrap();
+    assert_eq!(broken["targets"][0]["breaker"], "closed", "{providers}");
+    assert_eq!(
+        broken["targets"][0]["recent"],
+        json!({"calls": 1, "failures": 1}),
+        "{providers}"
+    );
+    fake.stop().await;
 }

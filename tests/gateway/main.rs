@@ -8,6 +8,7 @@ mod backpressure;
 mod browser;
 mod certs;
 mod client_library;
+mod examples;
 mod http_resume;
 mod lifecycle;
 mod limits_and_outages;

@@ -5,6 +5,7 @@
 //! Time is tokio's, so tests drive the transitions on a paused clock.
 
 use std::{
+    collections::VecDeque,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -28,11 +29,23 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// How many of the latest calls [`Breaker::recent`] reports on.
+pub const RECENT_CALLS: usize = 100;
+
+/// The outcome of the latest calls (at most [`RECENT_CALLS`]), for the admin panel's error rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RecentCalls {
+    pub calls: usize,
+    pub failures: usize,
+}
+
 #[derive(Debug)]
 pub struct Breaker {
     state: Mutex<State>,
     failure_threshold: u32,
     open_for: Duration,
+    /// `true` for each failed call among the latest, oldest first.
+    recent: Mutex<VecDeque<bool>>,
 }
 
 /// The breaker is open: the call was not made.
@@ -57,6 +70,7 @@ impl Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             failure_threshold: failure_threshold.max(1),
             open_for,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_CALLS)),
         })
     }
 
@@ -70,6 +84,15 @@ impl Breaker {
             State::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
             State::Open { .. } => BreakerState::Open,
             State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// How the latest calls went (calls refused while open are not calls).
+    pub fn recent(&self) -> RecentCalls {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        RecentCalls {
+            calls: recent.len(),
+            failures: recent.iter().filter(|failed| **failed).count(),
         }
     }
 
@@ -105,6 +128,13 @@ impl Breaker {
     }
 
     fn record(&self, success: bool) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT_CALLS {
+                recent.pop_front();
+            }
+            recent.push_back(!success);
+        }
         let mut state = self.lock();
         *state = match (*state, success) {
             (_, true) => State::Closed { failures: 0 },
@@ -175,6 +205,40 @@ mod tests {
         probe.succeeded();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.try_acquire().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recent_calls_count_the_latest_outcomes_only() {
+        let b = Breaker::new(1_000, Duration::from_secs(5));
+        assert_eq!(
+            b.recent(),
+            RecentCalls {
+                calls: 0,
+                failures: 0
+            }
+        );
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failed();
+        }
+        b.try_acquire().unwrap().succeeded();
+        drop(b.try_acquire().unwrap());
+        assert_eq!(
+            b.recent(),
+            RecentCalls {
+                calls: 4,
+                failures: 3
+            }
+        );
+        for _ in 0..RECENT_CALLS {
+            b.try_acquire().unwrap().succeeded();
+        }
+        assert_eq!(
+            b.recent(),
+            RecentCalls {
+                calls: RECENT_CALLS,
+                failures: 0
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]

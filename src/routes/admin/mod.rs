@@ -2,11 +2,13 @@
 //! providers and the audit trail, for a user with the `admin` role or the static admin token.
 //! Every change is written to the audit table before it is made.
 
+pub mod figures;
 mod openapi;
 mod sessions;
+mod usage;
+mod users;
 
 pub use openapi::AdminApi;
-mod users;
 
 use std::future::{ready, Ready};
 
@@ -40,6 +42,8 @@ pub struct AdminContext {
     /// The static admin token; empty means none.
     pub token: String,
     pub node_id: String,
+    /// When the node started (its uptime in `GET /admin/nodes`).
+    pub started_at: std::time::SystemTime,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -67,7 +71,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/keys/{id}", web::delete().to(users::revoke_key))
                 .route("/tokens/revoke", web::post().to(users::revoke_token))
                 .route("/providers", web::get().to(users::providers))
-                .route("/audit", web::get().to(users::audit)),
+                .route("/audit", web::get().to(users::audit))
+                .route("/usage", web::get().to(usage::list)),
         );
 }
 

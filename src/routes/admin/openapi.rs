@@ -3,7 +3,7 @@
 
 use utoipa::OpenApi;
 
-use super::{sessions, users};
+use super::{sessions, usage, users};
 
 #[derive(OpenApi)]
 #[openapi(paths(
@@ -22,5 +22,6 @@ use super::{sessions, users};
     users::revoke_token,
     users::providers,
     users::audit,
+    usage::list,
 ))]
 pub struct AdminApi;

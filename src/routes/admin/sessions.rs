@@ -10,7 +10,10 @@ use serde_json::json;
 
 use super::{Admin, KillReason};
 use crate::{
-    cluster::{list_nodes, list_sessions, ClusterError, ClusterEvent, DirectoryEntry},
+    cluster::{
+        list_figures, list_nodes, list_sessions, ClusterError, ClusterEvent, DirectoryEntry,
+        NodeFigures,
+    },
     routes::{ApiError, AppState, Paging},
 };
 
@@ -34,6 +37,8 @@ struct NodeLoad {
     running: u64,
     /// Unix milliseconds of the node's last directory refresh.
     refreshed_at: u64,
+    /// What the node published of itself (this node's: read now); null until it has.
+    figures: Option<NodeFigures>,
 }
 
 fn directory_down(e: ClusterError) -> ApiError {
@@ -271,10 +276,10 @@ pub async fn kill_user(
     path = "/admin/nodes",
     operation_id = "list_nodes",
     tag = "admin",
-    summary = "Live nodes with their sessions and running requests",
+    summary = "Every live node: its sessions and running requests from the directory, and the figures it published",
     security(("admin" = [])),
     responses(
-        (status = 200, description = "`{nodes: [NodeLoad]}`", body = Object),
+        (status = 200, description = "`{nodes: [{node_id, sessions, running, refreshed_at, figures: null | {node_id, version, started_at, uptime_secs, sessions, running_requests, running_answers, rss_bytes, queued_bytes, chunks_relayed, draining, at}}]}` (this node's figures read now)", body = Object),
         (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
         (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
@@ -293,6 +298,7 @@ pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
                         sessions: 0,
                         running: 0,
                         refreshed_at: n.refreshed_at,
+                        figures: None,
                     },
                 );
             }
@@ -307,6 +313,7 @@ pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
                     sessions: 0,
                     running: 0,
                     refreshed_at: now,
+                    figures: None,
                 },
             );
         }
@@ -318,9 +325,27 @@ pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
             sessions: 0,
             running: 0,
             refreshed_at: 0,
+            figures: None,
         });
         node.sessions += 1;
         node.running += u64::from(s.running);
+    }
+    // Every node's published figures, then this node's own, read now.
+    let mut figures = match &state.cluster {
+        Some(cluster) => list_figures(cluster).await.map_err(directory_down)?,
+        None => vec![],
+    };
+    figures.retain(|f| f.node_id != state.admin.node_id);
+    figures.push(super::figures::local(&state).await);
+    for f in figures {
+        let node = load.entry(f.node_id.clone()).or_insert_with(|| NodeLoad {
+            node_id: f.node_id.clone(),
+            sessions: 0,
+            running: 0,
+            refreshed_at: 0,
+            figures: None,
+        });
+        node.figures = Some(f);
     }
     let nodes: Vec<NodeLoad> = load.into_values().collect();
     Ok(HttpResponse::Ok().json(json!({ "nodes": nodes })))

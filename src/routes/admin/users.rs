@@ -370,7 +370,7 @@ pub async fn revoke_token(
     summary = "Models served, their routes and each upstream's circuit breaker",
     security(("admin" = [])),
     responses(
-        (status = 200, description = "`{models: [{model, provider, kind, upstream_model, targets: [{provider, kind, upstream_model, breaker: closed|open|half_open}]}]}` (provider: the configured name; kind: openai, anthropic, gemini or mock)", body = Object),
+        (status = 200, description = "`{models: [{model, provider, kind, upstream_model, targets: [{provider, kind, upstream_model, breaker: closed|open|half_open, recent: {calls, failures}}]}]}` (recent: the upstream's latest 100 calls at most, on this node; provider: the configured name; kind: openai, anthropic, gemini or mock)", body = Object),
         (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
         (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
     ),
@@ -389,6 +389,7 @@ pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
                         "kind": t.upstream.provider.name(),
                         "upstream_model": t.upstream_model,
                         "breaker": t.upstream.breaker.state(),
+                        "recent": t.upstream.breaker.recent(),
                     })
                 })
                 .collect();

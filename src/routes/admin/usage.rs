@@ -1,0 +1,35 @@
+//! Every user's usage by day and model, for the admin panel's charts.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::Admin;
+use crate::routes::{conversations::UsageQuery, ApiError, AppState};
+
+/// `GET /admin/usage?days=N`: every user's totals by UTC day, user and model (30 days by
+/// default, 366 at most), oldest first.
+#[utoipa::path(
+    get,
+    path = "/admin/usage",
+    operation_id = "admin_usage",
+    tag = "admin",
+    summary = "Every user's usage by UTC day and model, oldest first",
+    security(("admin" = [])),
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "`{days, totals: [{day, user_id, username, model, requests, prompt_tokens, completion_tokens, estimated_requests}]}`", body = Object),
+        (status = 400, description = "A bad `days`", body = crate::routes::openapi::SeedError),
+        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
+        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        (status = 503, description = "The store is unavailable", body = crate::routes::openapi::SeedError),
+    ),
+)]
+pub async fn list(
+    state: web::Data<AppState>,
+    _: Admin,
+    query: web::Query<UsageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (days, since) = query.window();
+    let totals = state.stores.usage.usage_by_user(since).await?;
+    Ok(HttpResponse::Ok().json(json!({ "days": days, "totals": totals })))
+}
