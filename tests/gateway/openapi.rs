@@ -17,6 +17,11 @@ const UNDOCUMENTED: &[(&str, &str, &str)] = &[
     ("get", "/index.html", "the chat demo page (HTML)"),
     (
         "get",
+        "/assets/{name}",
+        "the pages' scripts, styles and vendored libraries (a fixed table)",
+    ),
+    (
+        "get",
         "/login",
         "the chat demo page (HTML); POST /login is documented",
     ),
