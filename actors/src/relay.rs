@@ -13,12 +13,11 @@ use ai_gateway_proto::{
     ChunkPayload, DoneMetadata, DonePayload, ErrorPayload, ErrorReason, FinishReason,
     ServerMessage, ToolCallPiece, Usage,
 };
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     answer::{Cancel, Ending, Journal, Remote, RemoteAnswer, SharedJournals, ToolCallDelta},
     outbox::{ChunkTiming, Outbox},
-    provider::{Finish, ProviderError, StreamEvent},
+    provider::{ChunkReceiver, Finish, ProviderError, StreamEvent},
     request::ChatRequest,
     FlowControl,
 };
@@ -40,7 +39,7 @@ pub(crate) enum RelayNews {
 pub(crate) struct Relay {
     pub key: u64,
     pub request: ChatRequest,
-    pub events: UnboundedReceiver<StreamEvent>,
+    pub events: ChunkReceiver,
     pub journal: Arc<Journal>,
     pub outbox: Outbox,
     pub flow: Arc<FlowControl>,
@@ -98,7 +97,11 @@ impl Relay {
         if let Some(provider) = event.provider {
             self.request.provider_started(provider);
         }
-        // Seals of reasoning are for the Anthropic-compatible front only.
+        // Seals of reasoning are for the Anthropic-compatible front only: their bytes leave the
+        // flow here, the others' once their frames are written.
+        for seal in event.chunks.iter().filter(|c| c.is_seal()) {
+            self.flow.release(seal.charge());
+        }
         let chunks = || event.chunks.iter().filter(|c| !c.is_seal());
         self.journal
             .append(chunks().map(|c| (c.kind, c.text.as_str(), c.tool_call.as_deref())));
@@ -212,7 +215,7 @@ impl Relay {
 /// Its frames go nowhere, and their bytes leave `flow` at once.
 pub fn run_detached(
     request: ChatRequest,
-    events: UnboundedReceiver<StreamEvent>,
+    events: ChunkReceiver,
     journal: Arc<Journal>,
     flow: Arc<FlowControl>,
     metrics: Arc<crate::Metrics>,

@@ -18,15 +18,13 @@ use ai_gateway_proto::{
     PROTOCOL_VERSION,
 };
 
-use tokio::sync::mpsc::UnboundedReceiver;
-
 use crate::{
     answer::{AnswerHub, Cancel, Journal, SharedJournals},
     frames::{close_code, Assembler, FrameError, Incoming},
     hooks::{Admission, Refusal, RequestStart},
     metrics::{Front, ReasonLabel},
     outbox::{Outbox, Outgoing},
-    provider::{chat, ChunkSink, ProviderRequest, StreamEvent, StreamHandle},
+    provider::{chat, ChunkReceiver, ChunkSink, ProviderRequest, StreamHandle},
     registry::{
         CloseSession, DrainSession, Register, Registry, RequestsChanged, SessionInfo,
         SessionRegistry, Unregister,
@@ -462,7 +460,7 @@ impl SessionActor {
         &mut self,
         key: u64,
         stream: StreamHandle,
-        events: UnboundedReceiver<StreamEvent>,
+        events: ChunkReceiver,
         ctx: &mut Context<Self>,
     ) {
         let Some(i) = self.requests.iter().position(|r| r.key == key) else {

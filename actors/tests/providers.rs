@@ -6,16 +6,15 @@ use std::{sync::Arc, time::Duration};
 use actix::prelude::*;
 use ai_gateway_actors::{
     provider::{
-        chat::joined_tool_calls, mock::MOCK_ANSWER, Finish, Message, ProviderStream, Role, Seal,
-        ToolCall, ToolCallDelta, MAX_BATCH_CHUNKS,
+        chat::joined_tool_calls, mock::MOCK_ANSWER, ChunkReceiver, Finish, Message, ProviderStream,
+        Role, Seal, ToolCall, ToolCallDelta, MAX_BATCH_CHUNKS,
     },
     AnthropicProvider, AnthropicSettings, ApiKey, ChunkSink, FlowControl, GeminiProvider,
     GeminiSettings, MockProvider, MockSettings, OpenAiProvider, OpenAiSettings, Provider,
-    ProviderError, ProviderRequest, StreamEvent, StreamHandle, Timeouts,
+    ProviderError, ProviderRequest, StreamHandle, Timeouts,
 };
 use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 use fake_upstream::{text_piece, FakeUpstream, REASONING_PIECES};
-use tokio::sync::mpsc;
 
 /// Long enough for any test answer; a test that waits this long has failed.
 const EVENT_WAIT: Duration = Duration::from_secs(10);
@@ -102,7 +101,7 @@ fn request(model: &str) -> ProviderRequest {
 /// A running request and what it has sent so far.
 struct Running {
     handle: StreamHandle,
-    events: mpsc::UnboundedReceiver<StreamEvent>,
+    events: ChunkReceiver,
     reasoning: String,
     text: String,
     /// Tool-call pieces, in order.

@@ -14,8 +14,8 @@ use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse, ResponseError}
 use ai_gateway_actors::{
     answer::{Ending, Journal, Remote},
     provider::{
-        chat::joined_tool_calls, Finish, ImageSource, Message, Part, ResponseFormat, Role, Tool,
-        ToolCall, ToolCallDelta, ToolChoice,
+        chat::joined_tool_calls, ChunkReceiver, Finish, ImageSource, Message, Part, ResponseFormat,
+        Role, Tool, ToolCall, ToolCallDelta, ToolChoice,
     },
     relay,
     unix_time::now_unix_secs,
@@ -27,7 +27,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{AppState, Caller};
 
@@ -436,7 +435,7 @@ pub(super) enum Piece {
 /// out of. Dropping it before the end (the client went away) cancels the request.
 pub(super) struct Answer {
     pub request: ChatRequest,
-    events: UnboundedReceiver<StreamEvent>,
+    events: ChunkReceiver,
     flow: Arc<FlowControl>,
     ready: VecDeque<Piece>,
     /// Closes the flow (its provider stops waiting for room) unless the answer is detached.
@@ -521,7 +520,7 @@ impl Answer {
         self,
     ) -> (
         ChatRequest,
-        UnboundedReceiver<StreamEvent>,
+        ChunkReceiver,
         Arc<FlowControl>,
         VecDeque<Piece>,
     ) {

@@ -201,3 +201,44 @@ async fn a_reader_that_stalls_mid_answer_but_pings_is_closed_and_its_stream_free
         "its stream was freed"
     );
 }
+
+/// Answers cancelled with batches still on their way to the session: those batches' bytes
+/// leave the session's count (else its later answers would wait at the watermark for bytes
+/// nobody writes), and the node's queued bytes are back at zero once every session is gone.
+#[actix_rt::test]
+async fn batches_of_a_cancelled_answer_leave_the_queue_count() {
+    let t = start_with(|c| {
+        c.mock = MockSettings {
+            text_repeat: 100_000,
+            ..MockSettings::instant()
+        };
+        c.session.outbox_high_watermark_bytes = 64 * 1024;
+        c.resume.grace_ms = 0;
+    })
+    .await;
+    let mut ws = t.client().await;
+    for i in 0..=20 {
+        let id = format!("c{i}");
+        ws.send_json(
+            json!({"type": "chat", "id": id, "payload": {"content": "go", "model": "mock"}}),
+        )
+        .await;
+        // A fast answer: batches keep coming while the cancel is on its way.
+        let first = ws.next_json().await;
+        assert_eq!(first["id"], id.as_str(), "{first}");
+        ws.send_json(json!({"type": "cancel", "id": id})).await;
+        let rest = ws.answer(&id).await;
+        assert_eq!(rest.finish_reason(), "cancelled");
+    }
+    drop(ws);
+    t.wait_sessions(0, Duration::from_secs(5)).await;
+    let mut queued = f64::NAN;
+    for _ in 0..50 {
+        queued = sample(&scrape(&t).await, "gateway_outbound_queue_bytes");
+        if queued == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued, 0.0, "bytes left counted with no session open");
+}

@@ -431,12 +431,43 @@ impl Receiver {
         }
     }
 
-    fn deliver(&self, event: StreamEvent) {
+    /// Hands `event` over; when nobody takes it any more, its bytes leave `flow` at once.
+    fn deliver(&self, event: StreamEvent, flow: &FlowControl) {
         match self {
             Receiver::Actor(r) => r.do_send(event),
             Receiver::Channel(tx) => {
-                let _ = tx.send(event);
+                if let Err(unsent) = tx.send(event) {
+                    flow.release(unsent.0.charge);
+                }
             }
+        }
+    }
+}
+
+/// The receiving end of a sink's channel ([`ChunkSink::channel`]). The batches it still holds
+/// when it is dropped (an answer that ended early with batches on their way) leave their flow's
+/// count: on a WebSocket the flow is the session's, and bytes nobody will write must not hold
+/// its later answers back at the watermark.
+pub struct ChunkReceiver {
+    rx: mpsc::UnboundedReceiver<StreamEvent>,
+    flow: Arc<FlowControl>,
+}
+
+impl ChunkReceiver {
+    pub async fn recv(&mut self) -> Option<StreamEvent> {
+        self.rx.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Result<StreamEvent, mpsc::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
+
+impl Drop for ChunkReceiver {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(event) = self.rx.try_recv() {
+            self.flow.release(event.charge);
         }
     }
 }
@@ -476,12 +507,13 @@ impl ChunkSink {
     /// A sink whose events come out of the returned channel. The channel needs no bound:
     /// `flow` keeps what waits in it bounded in bytes (the reader releases each event's
     /// `charge`).
-    pub fn channel(
-        key: u64,
-        flow: Arc<FlowControl>,
-    ) -> (Self, mpsc::UnboundedReceiver<StreamEvent>) {
+    pub fn channel(key: u64, flow: Arc<FlowControl>) -> (Self, ChunkReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self::to(key, Receiver::Channel(tx), flow), rx)
+        let incoming = ChunkReceiver {
+            rx,
+            flow: flow.clone(),
+        };
+        (Self::to(key, Receiver::Channel(tx), flow), incoming)
     }
 
     fn to(key: u64, to: Receiver, flow: Arc<FlowControl>) -> Self {
@@ -601,13 +633,16 @@ impl ChunkSink {
             return Ok(());
         }
         self.flow.charge(charge);
-        self.to.deliver(StreamEvent {
-            key: self.key,
-            provider,
-            chunks,
-            charge,
-            end: None,
-        });
+        self.to.deliver(
+            StreamEvent {
+                key: self.key,
+                provider,
+                chunks,
+                charge,
+                end: None,
+            },
+            &self.flow,
+        );
         Ok(())
     }
 
@@ -644,13 +679,16 @@ impl ChunkSink {
             )
         };
         self.flow.charge(charge);
-        self.to.deliver(StreamEvent {
-            key: self.key,
-            provider,
-            chunks,
-            charge,
-            end: Some(result),
-        });
+        self.to.deliver(
+            StreamEvent {
+                key: self.key,
+                provider,
+                chunks,
+                charge,
+                end: Some(result),
+            },
+            &self.flow,
+        );
     }
 }
 
