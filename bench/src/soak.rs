@@ -94,7 +94,10 @@ struct Tally {
 impl Tally {
     fn error(&self, what: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.first_error.lock().unwrap().get_or_insert(what);
+        self.first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(what);
     }
 }
 
@@ -187,7 +190,12 @@ pub async fn run(target: &Target, opts: &SoakOptions) -> Result<Report, BenchErr
             r.note("gateway RSS unknown (give --gateway-pid or --spawn)");
         }
     }
-    if let Some(e) = tally.first_error.lock().unwrap().take() {
+    if let Some(e) = tally
+        .first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         r.note(format!("first error: {e}"));
     }
     Ok(r)
