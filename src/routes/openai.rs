@@ -941,6 +941,14 @@ impl SseWriter {
     }
 }
 
+/// Accounts for a chunk of `request` and keeps it in `journal`; answers its `seq`.
+fn journaled_chunk(request: &mut ChatRequest, journal: &Journal, c: &Chunk) -> u64 {
+    let seq = request.chunk(c);
+    let call = c.tool_call.as_deref();
+    journal.append(std::iter::once((c.kind, c.text.as_str(), call)));
+    seq
+}
+
 /// A streamed answer and its journal. What reaches the response is journaled first; when the
 /// client goes before the end, the answer runs on without it ([`relay::run_detached`]) for the
 /// resume grace time, so that it can be resumed.
@@ -958,11 +966,8 @@ impl Journaled {
 
     /// Accounts for a chunk and journals it; answers its `seq`.
     fn chunk(&mut self, c: &Chunk) -> u64 {
-        let seq = self.request().chunk(c);
-        let call = c.tool_call.as_deref();
-        self.journal
-            .append(std::iter::once((c.kind, c.text.as_str(), call)));
-        seq
+        let journal = self.journal.clone();
+        journaled_chunk(self.request(), &journal, c)
     }
 
     /// The answer ended as its stream said: recorded and journaled.
@@ -997,10 +1002,7 @@ impl Drop for Journaled {
             match piece {
                 Piece::Chunk(c) if c.is_seal() => {}
                 Piece::Chunk(c) => {
-                    request.chunk(&c);
-                    let call = c.tool_call.as_deref();
-                    self.journal
-                        .append(std::iter::once((c.kind, c.text.as_str(), call)));
+                    journaled_chunk(&mut request, &self.journal, &c);
                 }
                 Piece::End(end) => return self.journal.end(ending(&mut request, end)),
             }
