@@ -177,14 +177,30 @@ async function loadModels() {
 $('model').onchange = () => localStorage.setItem('model', $('model').value);
 
 // ---------- usage ----------
+// Usage is written behind the answer, so the figure shown is the larger of the server's and
+// the server's last figure plus the answers that ended since; the server is asked again a
+// moment after each answer.
+const usage = { day: null, tokens: 0, timer: null };
+function showTokens(day, tokens) {
+  if (usage.day !== day) usage.tokens = 0;
+  usage.day = day;
+  usage.tokens = Math.max(usage.tokens, tokens);
+  $('tokens-today').textContent = usage.tokens + ' tokens today';
+}
 async function loadUsage() {
   try {
     const data = await api('GET', '/v1/usage?days=1');
     const today = new Date().toISOString().slice(0, 10);
     let tokens = 0;
     for (const t of data.totals) if (t.day === today) tokens += t.prompt_tokens + t.completion_tokens;
-    $('tokens-today').textContent = tokens + ' tokens today';
+    showTokens(today, tokens);
   } catch { /* usage is a nicety */ }
+}
+function answerUsed(tokens) {
+  const today = new Date().toISOString().slice(0, 10);
+  if (tokens) showTokens(today, (usage.day === today ? usage.tokens : 0) + tokens);
+  clearTimeout(usage.timer);
+  usage.timer = setTimeout(loadUsage, 1500);
 }
 
 // ---------- conversations ----------
@@ -446,7 +462,7 @@ function onDone(req, p) {
   finish(req, parts.join(' · '));
   scrollLog();
   loadConversations();
-  loadUsage();
+  answerUsed(p.usage && p.usage.total_tokens);
 }
 
 function onError(req, info) {
