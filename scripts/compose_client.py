@@ -71,23 +71,35 @@ class Stack:
         subprocess.run(["docker", *args], check=True, stdout=subprocess.DEVNULL)
 
     def container_state(self, node):
+        """(status, health, started_at) of a node's container."""
         out = subprocess.run(
-            ["docker", "inspect", "--format", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+            ["docker", "inspect", "--format",
+             "{{.State.Status}} {{.State.StartedAt}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
              self.containers[node]],
             check=True, capture_output=True, text=True,
         ).stdout.split()
-        return out[0], out[1] if len(out) > 1 else ""
+        return out[0], out[2] if len(out) > 2 else "", out[1]
 
-    def bring_back(self, node):
-        """Starts a node's container again after a test stopped it, and waits until healthy."""
+    def started_at(self, node):
+        return self.container_state(node)[2]
+
+    def bring_back(self, node, started_before):
+        """Starts a node's container again after a test stopped the run that began at
+        `started_before`, and waits until healthy. A signal from `docker kill` counts as a manual
+        stop, so the restart policy does not bring it back: once that run has exited, the
+        container is started here (or, had a policy restarted it, the new run is waited for)."""
         deadline = time.monotonic() + 120
-        while self.container_state(node)[0] not in ("exited", "running"):
-            check(time.monotonic() < deadline, f"{node}'s container neither stopped nor ran")
+        while True:
+            status, _, started = self.container_state(node)
+            if status == "exited" or (status == "running" and started != started_before):
+                break
+            check(time.monotonic() < deadline, f"{node}'s stopped run ended ({status})")
             time.sleep(0.5)
-        if self.container_state(node)[0] == "exited":
+        if status == "exited":
             self.docker("start", self.containers[node])
-        while self.container_state(node) != ("running", "healthy"):
-            check(time.monotonic() < deadline, f"{node} healthy again after its restart")
+        while self.container_state(node)[:2] != ("running", "healthy"):
+            check(time.monotonic() < deadline,
+                  f"{node} healthy again after its restart ({' '.join(self.container_state(node))})")
             time.sleep(1)
         log(f"{node} is back")
 
@@ -259,6 +271,7 @@ async def drained_mid_answer(stack, token):
     session, answer = await start_long_answer(stack, token, "drain")
     node = session.node
     log(f"stopping {node} (SIGTERM: drain) after chunk {answer.last_seq}")
+    run = stack.started_at(node)
     stack.docker("kill", "--signal", "TERM", stack.containers[node])
     # Read on until the node says it drains (or closes): what the client library reacts to.
     try:
@@ -278,7 +291,7 @@ async def drained_mid_answer(stack, token):
     check("chunks" not in resumed.done or resumed.last_seq == resumed.done["chunks"] - 1,
           f"every chunk arrived: last seq {resumed.last_seq}, done {resumed.done}")
     await other.ws.close()
-    stack.bring_back(node)
+    stack.bring_back(node, run)
     return node, other.node, got, resumed.last_seq
 
 
@@ -286,6 +299,7 @@ async def killed_mid_answer(stack, token):
     session, answer = await start_long_answer(stack, token, "kill")
     node = session.node
     log(f"killing {node} (SIGKILL) after chunk {answer.last_seq}")
+    run = stack.started_at(node)
     stack.docker("kill", stack.containers[node])
     try:
         while True:
@@ -304,7 +318,7 @@ async def killed_mid_answer(stack, token):
     again = await chat_to_end(other, Answer("again"))
     check(again.done["finish_reason"] == "stop", f"asked again: {again.done}")
     await other.ws.close()
-    stack.bring_back(node)
+    stack.bring_back(node, run)
     return node, other.node, got, resumed.last_seq
 
 

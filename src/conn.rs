@@ -1,13 +1,14 @@
 //! Cutting a TCP connection from outside its HTTP dispatcher.
 //!
-//! A client that stops reading leaves actix-web's dispatcher parked on a full socket, where a
+//! A client that stops reading leaves its connection's writer parked on a full socket, where a
 //! close frame can never get through. `shutdown(2)` on the socket makes that pending write fail
-//! at once, so the dispatcher drops the connection and frees its buffers.
+//! at once, so the connection ends (see `upgrade`).
 
 use std::{
     any::Any,
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
+    rc::Rc,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -26,8 +27,9 @@ pub struct ConnSocket {
 }
 
 /// Counts the node's open TCP connections: one guard lives in each connection's extensions
-/// and is dropped with the connection.
-struct OpenGuard(Arc<AtomicUsize>);
+/// and is dropped with the connection (an upgraded one holds it until its socket closes, see
+/// `upgrade`).
+pub struct OpenGuard(Arc<AtomicUsize>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
@@ -35,14 +37,14 @@ impl Drop for OpenGuard {
     }
 }
 
-/// `HttpServer::on_connect` hook: records each connection's socket and counts it in `open`.
+/// The server's `on_connect` hook: records each connection's socket and counts it in `open`.
 pub fn record_socket(open: &Arc<AtomicUsize>, conn: &dyn Any, ext: &mut Extensions) {
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
         // Chunks are small frames: without this, Nagle holds each one until the previous is
         // acknowledged, and a delayed ACK makes that a 40 ms stall.
         let _ = tcp.set_nodelay(true);
         open.fetch_add(1, Ordering::Relaxed);
-        ext.insert(OpenGuard(open.clone()));
+        ext.insert(Rc::new(OpenGuard(open.clone())));
         ext.insert(ConnSocket {
             fd: tcp.as_raw_fd(),
             peer: tcp.peer_addr().ok(),
@@ -85,9 +87,9 @@ impl ConnectionAbort for ConnSocket {
         self.shutdown(libc::SHUT_RDWR);
     }
 
-    /// Shuts the read side: the dispatcher reads end-of-stream, writes what the response still
-    /// holds (the close frame), then closes the connection, instead of lingering for the
-    /// client's FIN up to `client_disconnect_timeout`.
+    /// Shuts the read side: the connection reads end-of-stream, writes what it still holds (the
+    /// close frame), then closes, instead of lingering for the client's FIN up to
+    /// `client_disconnect_timeout`.
     fn end_after_writes(&self) {
         self.shutdown(libc::SHUT_RD);
     }

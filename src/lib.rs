@@ -16,6 +16,7 @@ pub mod server;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+mod upgrade;
 
 pub use config::Config;
 pub use server::Gateway;

@@ -1,6 +1,7 @@
 //! Starting and stopping one gateway node.
 
 use std::{
+    any::Any,
     net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -9,7 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix_web::{dev::ServerHandle, web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt as _};
+use actix_web::{
+    dev::{fn_factory, AppConfig, ServerHandle, ServiceFactory},
+    rt::net::TcpStream,
+    web, App, HttpServer,
+};
 use ai_gateway_actors::{
     answer::SharedJournals, close_code, AnswerHub, Engine, KillSession, Metrics, MockProvider,
     NoDirectory, Registry, SessionDirectory, SessionEnv,
@@ -27,6 +34,7 @@ use crate::{
     routes::{self, AdminContext, AppState},
     startup,
     store::{memory::MemoryStore, postgres, Stores, WriteBehind},
+    upgrade::Upgrade,
 };
 
 /// How often idle in-memory limiter state is forgotten.
@@ -313,6 +321,21 @@ impl Node {
     }
 }
 
+/// The node's listening socket (address reuse, as actix-web's `HttpServer` sets it up).
+fn listen_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    // Room for a burst of handshakes (the kernel caps it at net.core.somaxconn).
+    socket.listen(2048)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 impl Listener {
     /// Binds `config.listen` and serves `state`'s routes on `config.workers` worker threads.
     fn bind(config: &Config, state: &web::Data<AppState>) -> anyhow::Result<Listener> {
@@ -321,24 +344,47 @@ impl Listener {
         let app_state = state.clone();
         let open_connections = Arc::new(AtomicUsize::new(0));
         let open = open_connections.clone();
-        let mut server = HttpServer::new(move || {
+        let disconnect = Duration::from_millis(config.session.client_disconnect_timeout_ms);
+        let make_app = move || {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(actix_web::middleware::from_fn(log_request))
                 .configure(routes::configure_for(&app_state))
-        })
-        .on_connect(move |conn, ext| conn::record_socket(&open, conn, ext))
-        .client_disconnect_timeout(Duration::from_millis(
-            config.session.client_disconnect_timeout_ms,
-        ))
-        .disable_signals()
-        .shutdown_timeout((drain_timeout + close_grace).as_secs() + 2)
-        .bind(config.listen)?;
+        };
+        let listener = listen_socket(config.listen)?;
+        let addr = listener.local_addr()?;
+        let mut server = actix_web::dev::Server::build()
+            .disable_signals()
+            .shutdown_timeout((drain_timeout + close_grace).as_secs() + 2);
         if config.workers > 0 {
             server = server.workers(config.workers);
         }
-        let addr = server.addrs()[0];
-        let server = server.run();
+        let server = server
+            .listen("ai-gateway", listener, move || {
+                let app_config = || AppConfig::__priv_test_new(false, addr.to_string(), addr);
+                let (for_upgrades, config_u) = (make_app.clone(), app_config());
+                // Upgrades (the chat WebSocket) leave the HTTP/1 dispatcher: see `upgrade`.
+                let upgrade = fn_factory(move || {
+                    let app = for_upgrades().into_factory().new_service(config_u.clone());
+                    async move {
+                        let app = app.await.map_err(|_| ())?;
+                        Ok::<_, ()>(Upgrade::new(app, disconnect))
+                    }
+                });
+                let open = open.clone();
+                let app = make_app().into_factory().map_err(|e| e.error_response());
+                let config = app_config();
+                HttpService::build()
+                    .client_disconnect_timeout(disconnect)
+                    .local_addr(addr)
+                    .on_connect_ext(move |io: &TcpStream, ext| {
+                        conn::record_socket(&open, io as &dyn Any, ext)
+                    })
+                    .upgrade(upgrade)
+                    .finish(map_config(app, move |_| config.clone()))
+                    .tcp()
+            })?
+            .run();
         let handle = server.handle();
         let serving = actix_rt::spawn(server);
         let metrics = match config.metrics_listen {

@@ -25,4 +25,5 @@ mod shared_state;
 mod startup;
 mod streaming;
 mod support;
+mod upgrade;
 mod upstreams;
