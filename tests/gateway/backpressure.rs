@@ -95,11 +95,7 @@ async fn pong_flood_without_reading_closes_a_slow_consumer() {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(10), flood).await;
-    t.wait_sessions(0, Duration::from_secs(5)).await;
-    eventually(Duration::from_secs(2), "the connection to be cut", || {
-        t.gw.open_connections() == 0
-    })
-    .await;
+    t.wait_all_closed(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
@@ -152,11 +148,7 @@ async fn a_ping_flood_from_a_client_that_never_reads_is_closed() {
     tokio::time::timeout(Duration::from_secs(60), flood)
         .await
         .expect("the gateway cut the flooding connection");
-    t.wait_sessions(0, Duration::from_secs(5)).await;
-    eventually(Duration::from_secs(2), "the connection to be cut", || {
-        t.gw.open_connections() == 0
-    })
-    .await;
+    t.wait_all_closed(Duration::from_secs(5)).await;
 }
 
 /// A client that stops reading mid-answer but pings now and then: the provider pauses at the

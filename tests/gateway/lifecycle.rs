@@ -23,11 +23,7 @@ async fn registry_never_keeps_a_dead_session() {
             let _ = ws.inner.close(None).await;
         }
     }
-    t.wait_sessions(0, Duration::from_secs(5)).await;
-    eventually(Duration::from_secs(5), "every connection to close", || {
-        t.gw.open_connections() == 0
-    })
-    .await;
+    t.wait_all_closed(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]

@@ -245,6 +245,16 @@ impl TestGateway {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Waits until no session is left and every TCP connection is closed, or fails after
+    /// `within` each.
+    pub async fn wait_all_closed(&self, within: Duration) {
+        self.wait_sessions(0, within).await;
+        eventually(within, "every connection to close", || {
+            self.gw.open_connections() == 0
+        })
+        .await;
+    }
 }
 
 /// Polls `f` until it returns true, failing after `within`.

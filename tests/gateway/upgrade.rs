@@ -85,11 +85,7 @@ async fn frames_sent_along_with_the_handshake_are_answered() {
 
     drop(tcp);
     drop(tcp2);
-    t.wait_sessions(0, Duration::from_secs(5)).await;
-    eventually(Duration::from_secs(5), "the connections to close", || {
-        t.gw.open_connections() == 0
-    })
-    .await;
+    t.wait_all_closed(Duration::from_secs(5)).await;
 }
 
 #[actix_rt::test]
