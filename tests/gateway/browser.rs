@@ -33,7 +33,7 @@ async fn the_pages_work_in_headless_chromium() {
     let browser_dir = root.join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists(),
-        "tests/browser/node_modules is missing: run scripts/test (or npm ci --prefix tests/browser)"
+        "tests/browser/node_modules is missing: run scripts/test (or `npm ci` in tests/browser)"
     );
     let fake = FakeUpstream::start().await.unwrap();
     let token = format!("browser-admin-{}", uuid::Uuid::new_v4().simple());

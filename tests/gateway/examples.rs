@@ -141,7 +141,7 @@ async fn the_browser_example_streams_an_answer_in_headless_chromium() {
         root()
             .join("tests/browser/node_modules/playwright-core")
             .exists(),
-        "tests/browser/node_modules is missing: run scripts/test (or npm ci --prefix tests/browser)"
+        "tests/browser/node_modules is missing: run scripts/test (or `npm ci` in tests/browser)"
     );
     // The page is served from another origin (the test's own static server).
     let (t, key) = node_and_key(|c| c.allowed_origins = vec!["*".into()]).await;
