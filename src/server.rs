@@ -361,6 +361,9 @@ impl Listener {
         }
         let server = server
             .listen("ai-gateway", listener, move || {
+                // What HttpServer gives the application (host and local address). Its own
+                // constructor is crate-private; this one is public but hidden, and a change to it
+                // in an actix-web update would fail the build, not the behaviour.
                 let app_config = || AppConfig::__priv_test_new(false, addr.to_string(), addr);
                 let (for_upgrades, config_u) = (make_app.clone(), app_config());
                 // Upgrades (the chat WebSocket) leave the HTTP/1 dispatcher: see `upgrade`.
@@ -374,6 +377,8 @@ impl Listener {
                 let open = open.clone();
                 let app = make_app().into_factory().map_err(|e| e.error_response());
                 let config = app_config();
+                // Keep-alive and request-head timeouts: actix-http's defaults, which are
+                // HttpServer's (5 s each).
                 HttpService::build()
                     .client_disconnect_timeout(disconnect)
                     .local_addr(addr)
