@@ -135,16 +135,39 @@ where
     Ok(())
 }
 
+/// The most a connection gathers from its body into one write.
+const WRITE_BATCH: usize = 64 * 1024;
+
 /// Writes the WebSocket's outgoing frames (the 101 response's body) to the socket until the
-/// session ends it or the socket fails, then closes the connection.
+/// session ends it or the socket fails, then closes the connection. Each wake-up takes every
+/// piece of the body that is ready (up to [`WRITE_BATCH`]) into one write, as the dispatcher's
+/// write buffer did; the gathering buffer lives only for that write.
 async fn pump(
     tcp: Rc<TcpStream>,
     mut body: BoxBody,
     open: Option<Rc<OpenGuard>>,
     linger: Duration,
 ) {
-    while let Some(Ok(frames)) = poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await {
-        if write_all(&tcp, &frames).await.is_err() {
+    let mut ended = false;
+    while !ended {
+        let Some(Ok(first)) = poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await else {
+            break;
+        };
+        let mut batch: Option<BytesMut> = None;
+        while batch.as_ref().map_or(first.len(), BytesMut::len) < WRITE_BATCH {
+            match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_next(cx))).await {
+                Poll::Ready(Some(Ok(more))) => batch
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&more),
+                Poll::Ready(_) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        let frames = batch.as_deref().unwrap_or(&first);
+        if write_all(&tcp, frames).await.is_err() {
             break;
         }
     }
