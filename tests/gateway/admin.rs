@@ -728,7 +728,9 @@ async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
     let path = format!("/admin/users/{alice_id}/sessions?reason=bye");
     let (status, body) = call(a, Method::DELETE, &path, ADMIN_TOKEN, None).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["sessions"], 1, "{body}");
+    // How many the directory still listed when read, alongside the closes: a count, not a
+    // promise (hers may already be gone from it).
+    assert!(body["sessions"].as_u64().is_some_and(|n| n <= 1), "{body}");
     let closed = tokio::time::timeout(Duration::from_secs(5), alice_on_b.close_code()).await;
     assert_eq!(closed.expect("closed"), (1008, "bye".to_owned()));
 }

@@ -273,7 +273,8 @@ pub async fn kill_user(
         )
         .await?;
     // One event closes the user's sessions on every node (this one included) at once; the
-    // directory is listed alongside only to answer how many there were (null when it cannot be
+    // directory is listed alongside only for the answer's count: the user's sessions it still
+    // held when read (those already closed and removed are not counted; null when it cannot be
     // read: the sessions close all the same).
     let close = async {
         state
