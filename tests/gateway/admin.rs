@@ -703,6 +703,7 @@ async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
     // Every session, 1,000 a page: one directory read for the first page, the rest cut from it.
     let mut seen = std::collections::HashSet::new();
     let mut pages = 0;
+    let walk = std::time::Instant::now();
     loop {
         let path = format!("/admin/sessions?offset={}&limit=1000", seen.len());
         let (status, page) = get(a, &path, ADMIN_TOKEN).await;
@@ -715,6 +716,13 @@ async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
         seen.extend(ids);
     }
     assert_eq!((seen.len(), pages), (100_002, 102));
+    // Read once, the directory takes about a second here (debug build); read once a page, it
+    // took 100 s.
+    let walked = walk.elapsed();
+    assert!(
+        walked < Duration::from_secs(30),
+        "102 pages took {walked:?}: is the directory read once a page?"
+    );
     assert!(seen.contains(&alice_on_b.session_id) && seen.contains(&bob_on_b.session_id));
 
     // One session on B, killed through A: found with one read, not a listing.
@@ -724,13 +732,21 @@ async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
     let closed = tokio::time::timeout(Duration::from_secs(5), bob_on_b.close_code()).await;
     assert_eq!(closed.expect("closed"), (1008, "one".to_owned()));
 
-    // Alice's sessions, killed through A: B closes hers on one broadcast.
+    // Alice's sessions, killed through A: B closes hers on one broadcast, before A has read the
+    // directory of 100,000 (which it does only to count them for its answer).
     let path = format!("/admin/users/{alice_id}/sessions?reason=bye");
-    let (status, body) = call(a, Method::DELETE, &path, ADMIN_TOKEN, None).await;
+    let kill = call(a, Method::DELETE, &path, ADMIN_TOKEN, None);
+    tokio::pin!(kill);
+    let closed = tokio::select! {
+        closed = tokio::time::timeout(Duration::from_secs(5), alice_on_b.close_code()) => closed,
+        (status, body) = &mut kill => panic!(
+            "the kill answered ({status} {body}) before the session closed: it waited for the listing"
+        ),
+    };
+    assert_eq!(closed.expect("closed"), (1008, "bye".to_owned()));
+    let (status, body) = kill.await;
     assert_eq!(status, 200, "{body}");
     // How many the directory still listed when read, alongside the closes: a count, not a
     // promise (hers may already be gone from it).
     assert!(body["sessions"].as_u64().is_some_and(|n| n <= 1), "{body}");
-    let closed = tokio::time::timeout(Duration::from_secs(5), alice_on_b.close_code()).await;
-    assert_eq!(closed.expect("closed"), (1008, "bye".to_owned()));
 }
