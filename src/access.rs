@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     auth::{TokenError, TokenIssuer},
-    cluster::{Cluster, ClusterEvent},
+    cluster::{Cluster, ClusterError, ClusterEvent},
     revocation::Revocation,
     store::{ApiKey, IdentityStore, Role, StoreError},
 };
@@ -241,7 +241,8 @@ impl Access {
         Ok(status)
     }
 
-    /// Revokes for good: stores it, applies it here, and tells every other node.
+    /// Revokes for good: stores it, applies it here, and tells every other node. (A
+    /// [`Revocation::UserSessions`] is not stored: it closes what is live now, once.)
     pub async fn revoke(&self, revocation: Revocation) -> Result<(), StoreError> {
         match &revocation {
             Revocation::Token {
@@ -258,6 +259,7 @@ impl Access {
             Revocation::User { id } => {
                 self.identity.set_disabled(id, true).await?;
             }
+            Revocation::UserSessions { .. } => {}
         }
         self.apply(&revocation);
         if let Some(cluster) = &self.cluster {
@@ -267,6 +269,25 @@ impl Access {
             }
         }
         Ok(())
+    }
+
+    /// Closes every live session of a user on this node and (through one broadcast) on every
+    /// other node, with code 1008 and `reason`. Nothing is stored: unlike a revocation, a node
+    /// that misses the broadcast does not catch up, so a failed broadcast is an error.
+    pub async fn close_user_sessions(
+        &self,
+        user_id: &str,
+        reason: &str,
+    ) -> Result<(), ClusterError> {
+        let revocation = Revocation::UserSessions {
+            id: user_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.apply(&revocation);
+        match &self.cluster {
+            Some(cluster) => cluster.publish(&ClusterEvent::Revoked(revocation)).await,
+            None => Ok(()),
+        }
     }
 
     /// A user's role changed or they were enabled again: forget what this node and every other
@@ -310,6 +331,7 @@ impl Access {
                 self.users.invalidate(id);
                 (Revoked::User(id.clone()), "user disabled")
             }
+            Revocation::UserSessions { id, reason } => (Revoked::User(id.clone()), reason.as_str()),
         };
         self.registry.close_revoked(revoked, reason);
     }

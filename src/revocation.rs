@@ -19,4 +19,11 @@ pub enum Revocation {
     User {
         id: String,
     },
+    /// An admin closed every live session of the user (code 1008, this reason). Nothing is
+    /// stored or refused afterwards: the user may connect again. Sent as one event, so every node
+    /// closes its share at once instead of waiting for the directory to be listed.
+    UserSessions {
+        id: String,
+        reason: String,
+    },
 }

@@ -1,7 +1,8 @@
-//! `gateway-bench`: a load generator for ai-gateway. One module per scenario (`idle`, `stream`,
+//! `gateway-bench`: a load generator for ai-gateway. One module per scenario (`idle`, `cluster`, `stream`,
 //! `overhead`, `handshake`, `http`, `resume`, `soak`), each a library function the binary and the tiny test call.
 
 pub mod client;
+pub mod cluster;
 pub mod handshake;
 pub mod http;
 pub mod idle;

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use gateway_bench::{
+    cluster::{self, ClusterOptions},
     handshake::{self, HandshakeOptions},
     http::{self, HttpOptions},
     idle::{self, IdleOptions},
@@ -60,6 +61,67 @@ enum Scenario {
         /// First loopback source address, 127.0.0.N.
         #[arg(long, default_value_t = 1)]
         source_base: u8,
+    },
+    /// Idle sessions over N spawned nodes sharing Redis and PostgreSQL, held by several
+    /// load-generator processes; then every session listed through the admin API, an admin kill
+    /// of a user and a token revoke with sessions on every node (request to close frame at each
+    /// client), and Redis memory and commands per session.
+    Cluster {
+        /// The ai-gateway binary to start N times.
+        #[arg(long, value_name = "PATH_TO_AI_GATEWAY")]
+        spawn: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Idle sessions of one bulk user, spread evenly over the nodes.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Sessions per node of the user the admin kills, and as many of the token revoked.
+        #[arg(long, default_value_t = 50)]
+        control_per_node: usize,
+        /// Kills (and revokes), each of a user (token) of its own with sessions on every node.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        #[arg(long, default_value_t = 10)]
+        hold_secs: u64,
+        /// Most sockets one load-generator process opens (its open-file limit is ~20,000).
+        #[arg(long, default_value_t = 17_000)]
+        per_process: usize,
+        /// Page size of the admin listing (the API's largest is 1000).
+        #[arg(long, default_value_t = 1000)]
+        page_limit: usize,
+        #[arg(long, default_value = "redis://127.0.0.1:6379/")]
+        redis_url: String,
+        /// A PostgreSQL database the nodes share (created beforehand, e.g. `createdb agw_bench`).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/agw_bench")]
+        database_url: String,
+        /// Pin the gateways to these CPUs (`0`, `0-1`, `0,1`).
+        #[arg(long, value_name = "CPUS")]
+        gateway_cpus: Option<String>,
+        /// Pin the load generators to these CPUs.
+        #[arg(long, value_name = "CPUS")]
+        client_cpus: Option<String>,
+        /// Wait this long for the close frames after the kill and after the revoke.
+        #[arg(long, default_value_t = 2)]
+        settle_secs: u64,
+        /// Handshakes in flight per load generator.
+        #[arg(long, default_value_t = 100)]
+        connect_concurrency: usize,
+        /// Also print the results as JSON to this file (`-` for stdout).
+        #[arg(long, value_name = "FILE")]
+        json: Option<String>,
+    },
+    /// One load generator of `cluster` (started by it; talks over stdin and stdout).
+    #[command(hide = true)]
+    ClusterChild {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 1)]
+        source_base: u8,
+        #[arg(long, default_value_t = 100)]
+        connect_concurrency: usize,
+        /// JSON: [{kind, count, token}]
+        #[arg(long)]
+        groups: String,
     },
     /// S sessions streaming answers from the zero-delay mock: chunk rate, gaps, loss, order.
     Stream {
@@ -222,6 +284,59 @@ fn emit(common: &Common, reports: &[Report]) -> Result<(), BenchError> {
 
 async fn run(scenario: Scenario) -> Result<(), BenchError> {
     match scenario {
+        Scenario::Cluster {
+            spawn,
+            nodes,
+            sessions,
+            control_per_node,
+            rounds,
+            hold_secs,
+            per_process,
+            page_limit,
+            redis_url,
+            database_url,
+            gateway_cpus,
+            client_cpus,
+            settle_secs,
+            connect_concurrency,
+            json,
+        } => {
+            let opts = ClusterOptions {
+                binary: spawn.clone(),
+                nodes,
+                sessions,
+                control_per_node,
+                rounds,
+                hold: Duration::from_secs(hold_secs),
+                per_process,
+                page_limit,
+                redis_url,
+                database_url,
+                gateway_cpus,
+                client_cpus,
+                settle: Duration::from_secs(settle_secs),
+                connect_concurrency,
+            };
+            let r = cluster::run(&opts).await?;
+            let common = Common {
+                url: None,
+                gateway_pid: None,
+                spawn: Some(spawn),
+                json,
+            };
+            emit(&common, &[r])
+        }
+        Scenario::ClusterChild {
+            url,
+            source_base,
+            connect_concurrency,
+            groups,
+        } => {
+            let target = cluster::parse_target(&url)?;
+            let groups: Vec<cluster::Group> = serde_json::from_str(&groups)
+                .map_err(|e| BenchError::Io(format!("--groups: {e}")))?;
+            cluster::child(&target, &groups, source_base, connect_concurrency).await
+        }
         Scenario::Idle {
             common,
             sessions,

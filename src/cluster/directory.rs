@@ -173,8 +173,14 @@ fn add_session(
         .ignore();
 }
 
-/// The live entries of an index (`sessions` or `nodes`): ids whose expiry is still ahead, then
-/// their JSON under `{kind}:{id}`. Entries that expired between the two reads are skipped.
+/// Keys read per `MGET` when listing: a whole directory in one command would hold Redis (and the
+/// reply) for longer than a command may take, and 100,000 entries outlast the client's 0.5 s.
+const LIST_CHUNK: usize = 1000;
+
+/// The live entries of an index (`sessions` or `nodes`): ids whose expiry is still ahead (read
+/// with `ZSCAN`, [`LIST_CHUNK`] at a time), then their JSON under `{kind}:{id}`, [`LIST_CHUNK`]
+/// keys per `MGET`. No reply is larger than a chunk, so none outlasts the client's response
+/// timeout however large the directory. Entries that expired between the reads are skipped.
 pub(super) async fn list_live<T: serde::de::DeserializeOwned>(
     cluster: &Cluster,
     index: &str,
@@ -182,31 +188,91 @@ pub(super) async fn list_live<T: serde::de::DeserializeOwned>(
 ) -> Result<Vec<T>, ClusterError> {
     let mut conn = cluster.conn().await?;
     let now = now_unix_ms();
-    let ids: Vec<String> = redis::cmd("ZRANGE")
-        .arg(cluster.key(index))
-        .arg(now)
-        .arg("+inf")
-        .arg("BYSCORE")
-        .query_async(&mut conn)
-        .await?;
-    if ids.is_empty() {
-        return Ok(vec![]);
+    let mut ids = std::collections::HashSet::new();
+    let mut cursor = 0u64;
+    loop {
+        // ZSCAN may return an id twice (the set is rehashed); the set keeps it once.
+        let (next, found): (u64, Vec<(String, f64)>) = redis::cmd("ZSCAN")
+            .arg(cluster.key(index))
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(LIST_CHUNK)
+            .query_async(&mut conn)
+            .await?;
+        ids.extend(
+            found
+                .into_iter()
+                .filter(|(_, expires)| *expires >= now as f64)
+                .map(|(id, _)| id),
+        );
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
     }
-    let keys: Vec<String> = ids
-        .iter()
-        .map(|id| cluster.key(&format!("{kind}:{id}")))
-        .collect();
-    let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-    Ok(values
-        .into_iter()
-        .flatten()
-        .filter_map(|v| serde_json::from_str(&v).ok())
-        .collect())
+    let ids: Vec<String> = ids.into_iter().collect();
+    let mut live = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(LIST_CHUNK) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|id| cluster.key(&format!("{kind}:{id}")))
+            .collect();
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        live.extend(
+            values
+                .into_iter()
+                .flatten()
+                .filter_map(|v| serde_json::from_str(&v).ok()),
+        );
+    }
+    Ok(live)
 }
 
 /// Every live session of every node, as the directory holds them.
 pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, ClusterError> {
     list_live(cluster, "sessions", "session").await
+}
+
+/// Every live session, sorted by start, from a listing read at most `max_age` ago (read now when
+/// older, or when `fresh`). A paged walk through 100,000 sessions reads the directory once, not
+/// once a page, and its pages are cut from one snapshot.
+pub async fn list_sessions_snapshot(
+    cluster: &Cluster,
+    max_age: Duration,
+    fresh: bool,
+) -> Result<Arc<Vec<DirectoryEntry>>, ClusterError> {
+    if !fresh {
+        let kept = cluster
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((at, sessions)) = kept {
+            if at.elapsed() <= max_age {
+                return Ok(sessions);
+            }
+        }
+    }
+    let at = std::time::Instant::now();
+    let mut sessions = list_sessions(cluster).await?;
+    sessions.sort_by(|a, b| (a.started_at, &a.session_id).cmp(&(b.started_at, &b.session_id)));
+    let sessions = Arc::new(sessions);
+    *cluster.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, sessions.clone()));
+    Ok(sessions)
+}
+
+/// One live session by id: one `GET`, whatever the directory's size.
+pub async fn find_session(
+    cluster: &Cluster,
+    session_id: &str,
+) -> Result<Option<DirectoryEntry>, ClusterError> {
+    let mut conn = cluster.conn().await?;
+    let value: Option<String> = redis::cmd("GET")
+        .arg(cluster.key(&format!("session:{session_id}")))
+        .query_async(&mut conn)
+        .await?;
+    Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
 }
 
 /// Every live node, as the directory holds them.

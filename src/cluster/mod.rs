@@ -12,7 +12,10 @@ use deadpool_redis::{redis, Pool, Runtime};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-pub use directory::{list_nodes, list_sessions, DirectoryEntry, NodeEntry, RedisDirectory};
+pub use directory::{
+    find_session, list_nodes, list_sessions, list_sessions_snapshot, DirectoryEntry, NodeEntry,
+    RedisDirectory,
+};
 pub use figures::{list_figures, publish_figures, NodeFigures};
 pub use journal::RedisJournals;
 
@@ -47,6 +50,8 @@ pub struct Cluster {
     pool: Pool,
     client: redis::Client,
     prefix: String,
+    /// The latest full session listing and when it was read, for paging through it.
+    snapshot: std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<DirectoryEntry>>)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +113,7 @@ impl Cluster {
             pool,
             client,
             prefix: prefix.to_owned(),
+            snapshot: std::sync::Mutex::default(),
         })
     }
 

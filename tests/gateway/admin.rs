@@ -634,3 +634,119 @@ async fn any_node_shows_every_nodes_figures_usage_by_day_and_provider_health() {
     );
     fake.stop().await;
 }
+
+/// Writes `n` directory entries of a node that holds no connection (`ghost`), as a cluster of
+/// 100,000 sessions would have them, expiring after two minutes.
+async fn seed_directory(prefix: &str, n: usize) {
+    let client = redis::Client::open(format!("redis://{REDIS_HOST}/")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let index = format!("{prefix}sessions");
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let id = format!("ghost-session-{i:06}");
+            let entry = json!({
+                "session_id": id, "user_id": "ghost-user", "username": "ghost", "role": "user",
+                "node_id": "ghost", "remote_addr": "127.0.0.1:40000", "started_at": now,
+                "running": 0, "last_model": null,
+            });
+            pipe.cmd("SET")
+                .arg(format!("{prefix}session:{id}"))
+                .arg(entry.to_string())
+                .arg("PX")
+                .arg(120_000)
+                .ignore()
+                .zadd(&index, &id, now + 120_000)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.unwrap();
+    }
+}
+
+/// With 100,000 sessions in the directory, every one is listed page by page, a session and a
+/// user are killed across nodes, and the kill of a user does not wait for the directory to be
+/// read: it is one event every node applies.
+#[actix_rt::test]
+async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(
+            start_with(|c| {
+                shared(c, &db, &prefix);
+                c.admin_token = ADMIN_TOKEN.into();
+            })
+            .await,
+        );
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (alice, alice_token) = a.new_user().await;
+    let alice_id = user_id(a, &alice).await;
+    let mut alice_on_b = b.connect(&alice_token).await;
+    let (_, bob_token) = a.new_user().await;
+    let mut bob_on_b = b.connect(&bob_token).await;
+    seed_directory(&prefix, 100_000).await;
+    until(
+        a,
+        "/admin/sessions?limit=1",
+        ADMIN_TOKEN,
+        Duration::from_secs(5),
+        |l| l["total"] == 100_002,
+    )
+    .await;
+
+    // Every session, 1,000 a page: one directory read for the first page, the rest cut from it.
+    let mut seen = std::collections::HashSet::new();
+    let mut pages = 0;
+    let walk = std::time::Instant::now();
+    loop {
+        let path = format!("/admin/sessions?offset={}&limit=1000", seen.len());
+        let (status, page) = get(a, &path, ADMIN_TOKEN).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        pages += 1;
+        let ids = session_ids(&page);
+        if ids.is_empty() {
+            break;
+        }
+        seen.extend(ids);
+    }
+    assert_eq!((seen.len(), pages), (100_002, 102));
+    // Read once, the directory takes about a second here (debug build); read once a page, it
+    // took 100 s.
+    let walked = walk.elapsed();
+    assert!(
+        walked < Duration::from_secs(30),
+        "102 pages took {walked:?}: is the directory read once a page?"
+    );
+    assert!(seen.contains(&alice_on_b.session_id) && seen.contains(&bob_on_b.session_id));
+
+    // One session on B, killed through A: found with one read, not a listing.
+    let path = format!("/admin/sessions/{}?reason=one", bob_on_b.session_id);
+    let (status, body) = call(a, Method::DELETE, &path, ADMIN_TOKEN, None).await;
+    assert_eq!(status, 200, "{body}");
+    let closed = tokio::time::timeout(Duration::from_secs(5), bob_on_b.close_code()).await;
+    assert_eq!(closed.expect("closed"), (1008, "one".to_owned()));
+
+    // Alice's sessions, killed through A: B closes hers on one broadcast, before A has read the
+    // directory of 100,000 (which it does only to count them for its answer).
+    let path = format!("/admin/users/{alice_id}/sessions?reason=bye");
+    let kill = call(a, Method::DELETE, &path, ADMIN_TOKEN, None);
+    tokio::pin!(kill);
+    let closed = tokio::select! {
+        closed = tokio::time::timeout(Duration::from_secs(5), alice_on_b.close_code()) => closed,
+        (status, body) = &mut kill => panic!(
+            "the kill answered ({status} {body}) before the session closed: it waited for the listing"
+        ),
+    };
+    assert_eq!(closed.expect("closed"), (1008, "bye".to_owned()));
+    let (status, body) = kill.await;
+    assert_eq!(status, 200, "{body}");
+    // How many the directory still listed when read, alongside the closes: a count, not a
+    // promise (hers may already be gone from it).
+    assert!(body["sessions"].as_u64().is_some_and(|n| n <= 1), "{body}");
+}

@@ -1,21 +1,25 @@
 //! Live sessions and nodes: from the Redis directory when nodes share one (every node's
 //! sessions), else from this node's registry.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use actix_web::{http::StatusCode, web, HttpResponse};
-use ai_gateway_actors::{close_code, unix_time::now_unix_ms, KillSession, Revoked};
+use ai_gateway_actors::{close_code, unix_time::now_unix_ms, KillSession};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Admin, KillReason};
 use crate::{
     cluster::{
-        list_figures, list_nodes, list_sessions, ClusterError, ClusterEvent, DirectoryEntry,
-        NodeFigures,
+        list_figures, list_nodes, list_sessions_snapshot, ClusterError, ClusterEvent,
+        DirectoryEntry, NodeFigures,
     },
     routes::{ApiError, AppState, Paging},
 };
+
+/// How long the listing read for a first page serves the pages after it: paging through
+/// 100,000 sessions then costs one directory read, not one a page.
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// `GET /admin/sessions` filters; each is an exact match.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -49,28 +53,43 @@ fn directory_down(e: ClusterError) -> ApiError {
     )
 }
 
-/// Every live session this node can see: the whole cluster's with Redis, else its own.
-async fn all_sessions(state: &AppState) -> Result<Vec<DirectoryEntry>, ApiError> {
-    let mut sessions = match &state.cluster {
-        Some(cluster) => list_sessions(cluster).await.map_err(directory_down)?,
+/// Every live session this node can see, sorted by start: the whole cluster's with Redis, else
+/// its own. Unless `fresh`, a listing read within [`SNAPSHOT_MAX_AGE`] is reused.
+async fn all_sessions(state: &AppState, fresh: bool) -> Result<Arc<Vec<DirectoryEntry>>, ApiError> {
+    match &state.cluster {
+        Some(cluster) => list_sessions_snapshot(cluster, SNAPSHOT_MAX_AGE, fresh)
+            .await
+            .map_err(directory_down),
+        None => {
+            let mut sessions: Vec<DirectoryEntry> = state
+                .registry
+                .sessions()
+                .await
+                .iter()
+                .map(DirectoryEntry::from)
+                .collect();
+            sessions
+                .sort_by(|a, b| (a.started_at, &a.session_id).cmp(&(b.started_at, &b.session_id)));
+            Ok(Arc::new(sessions))
+        }
+    }
+}
+
+/// One live session: its directory entry (one read), else this node's own.
+async fn find_session(state: &AppState, id: &str) -> Result<DirectoryEntry, ApiError> {
+    let found = match &state.cluster {
+        Some(cluster) => crate::cluster::find_session(cluster, id)
+            .await
+            .map_err(directory_down)?,
         None => state
             .registry
             .sessions()
             .await
             .iter()
-            .map(DirectoryEntry::from)
-            .collect(),
+            .find(|s| &*s.session_id == id)
+            .map(DirectoryEntry::from),
     };
-    sessions.sort_by(|a, b| (a.started_at, &a.session_id).cmp(&(b.started_at, &b.session_id)));
-    Ok(sessions)
-}
-
-async fn find_session(state: &AppState, id: &str) -> Result<DirectoryEntry, ApiError> {
-    all_sessions(state)
-        .await?
-        .into_iter()
-        .find(|s| s.session_id == id)
-        .ok_or_else(|| ApiError::not_found("Session"))
+    found.ok_or_else(|| ApiError::not_found("Session"))
 }
 
 #[utoipa::path(
@@ -95,9 +114,10 @@ pub async fn list(
     filter: web::Query<SessionFilter>,
     paging: web::Query<Paging>,
 ) -> Result<HttpResponse, ApiError> {
-    let matching: Vec<DirectoryEntry> = all_sessions(&state)
-        .await?
-        .into_iter()
+    // A first page reads the directory; the pages after it are cut from the same listing.
+    let sessions = all_sessions(&state, paging.offset == 0).await?;
+    let matching: Vec<&DirectoryEntry> = sessions
+        .iter()
         .filter(|s| {
             filter
                 .user
@@ -244,29 +264,36 @@ pub async fn kill_user(
         return Err(ApiError::not_found("User"));
     }
     let reason = reason.close_reason();
-    let sessions: Vec<DirectoryEntry> = all_sessions(&state)
-        .await?
-        .into_iter()
-        .filter(|s| s.user_id == user_id)
-        .collect();
     admin
         .audit(
             &state,
             "kill_user_sessions",
             &user_id,
-            json!({"reason": reason, "sessions": sessions.len()}),
+            json!({"reason": reason}),
         )
         .await?;
-    // This node's own, including any that joined since the list was read.
-    state
-        .registry
-        .close_revoked(Revoked::User(user_id.clone()), &reason);
-    for session in sessions.iter().filter(|s| s.node_id != state.admin.node_id) {
-        close(&state, session, &reason).await?;
-    }
+    // One event closes the user's sessions on every node (this one included) at once; the
+    // directory is listed alongside only for the answer's count: the user's sessions it still
+    // held when read (those already closed and removed are not counted; null when it cannot be
+    // read: the sessions close all the same).
+    let close = async {
+        state
+            .access
+            .close_user_sessions(&user_id, &reason)
+            .await
+            .map_err(directory_down)
+    };
+    let count = async {
+        all_sessions(&state, true)
+            .await
+            .ok()
+            .map(|all| all.iter().filter(|s| s.user_id == user_id).count())
+    };
+    let (closed, sessions) = futures_util::join!(close, count);
+    closed?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
-        "sessions": sessions.len(),
+        "sessions": sessions,
         "reason": reason,
     })))
 }
@@ -286,7 +313,7 @@ pub async fn kill_user(
     ),
 )]
 pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
-    let sessions = all_sessions(&state).await?;
+    let sessions = all_sessions(&state, true).await?;
     let mut load: BTreeMap<String, NodeLoad> = BTreeMap::new();
     match &state.cluster {
         Some(cluster) => {
@@ -318,7 +345,7 @@ pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
             );
         }
     }
-    for s in &sessions {
+    for s in sessions.iter() {
         // A node seen only through its sessions (joined before its first refresh) still counts.
         let node = load.entry(s.node_id.clone()).or_insert_with(|| NodeLoad {
             node_id: s.node_id.clone(),
