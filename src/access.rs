@@ -241,34 +241,42 @@ impl Access {
         Ok(status)
     }
 
-    /// Revokes for good: stores it, applies it here, and tells every other node. (A
+    /// Revokes for good: applies it here, tells every other node and stores it, the last two at
+    /// once. The sessions close without waiting for the store (a slow commit used to hold every
+    /// close behind it). If the store fails the caller gets the error, and what was closed stays
+    /// closed: the nodes that heard it keep refusing a revoked token or key in memory, a new node
+    /// would not, so the caller retries (revoking twice is harmless). (A
     /// [`Revocation::UserSessions`] is not stored: it closes what is live now, once.)
     pub async fn revoke(&self, revocation: Revocation) -> Result<(), StoreError> {
-        match &revocation {
-            Revocation::Token {
-                jti,
-                user_id,
-                expires_at_unix,
-            } => {
-                let exp = from_unix_secs(*expires_at_unix);
-                self.identity.revoke_token(jti, user_id, exp).await?;
-            }
-            Revocation::ApiKey { id } => {
-                self.identity.revoke_api_key(id).await?;
-            }
-            Revocation::User { id } => {
-                self.identity.set_disabled(id, true).await?;
-            }
-            Revocation::UserSessions { .. } => {}
-        }
         self.apply(&revocation);
-        if let Some(cluster) = &self.cluster {
-            if let Err(e) = cluster.publish(&ClusterEvent::Revoked(revocation)).await {
-                // Other nodes still learn of it at their next pull from the store.
-                tracing::warn!(error = %e, "could not broadcast a revocation");
+        let store = async {
+            match &revocation {
+                Revocation::Token {
+                    jti,
+                    user_id,
+                    expires_at_unix,
+                } => {
+                    let exp = from_unix_secs(*expires_at_unix);
+                    self.identity.revoke_token(jti, user_id, exp).await
+                }
+                Revocation::ApiKey { id } => self.identity.revoke_api_key(id).await.map(drop),
+                Revocation::User { id } => self.identity.set_disabled(id, true).await.map(drop),
+                Revocation::UserSessions { .. } => Ok(()),
             }
-        }
-        Ok(())
+        };
+        let broadcast = async {
+            if let Some(cluster) = &self.cluster {
+                if let Err(e) = cluster
+                    .publish(&ClusterEvent::Revoked(revocation.clone()))
+                    .await
+                {
+                    // Other nodes still learn of it at their next pull from the store.
+                    tracing::warn!(error = %e, "could not broadcast a revocation");
+                }
+            }
+        };
+        let (stored, ()) = futures_util::join!(store, broadcast);
+        stored
     }
 
     /// Closes every live session of a user on this node and (through one broadcast) on every

@@ -165,6 +165,52 @@ async fn logout_on_one_node_closes_the_session_on_another() {
     assert!(a.new_user().await.1 != token);
 }
 
+/// A revocation closes the sessions on every node without waiting for its row to be stored:
+/// here the table is locked, so the store write waits until the test lets it go.
+#[actix_rt::test]
+async fn a_revocation_closes_sessions_before_its_store_write_commits() {
+    let (db, a, b) = two_nodes().await;
+    let (_, token) = a.new_user().await;
+    let mut on_a = a.connect(&token).await;
+    let mut on_b = b.connect(&token).await;
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE revoked_tokens IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let logout = send(&a, reqwest::Method::POST, "/logout", &token, None);
+    let closes = async {
+        let within = Duration::from_secs(5);
+        let on_a = tokio::time::timeout(within, on_a.close_code()).await;
+        let on_b = tokio::time::timeout(within, on_b.close_code()).await;
+        (on_a, on_b)
+    };
+    tokio::pin!(logout);
+    let (on_a, on_b) = tokio::select! {
+        closed = closes => closed,
+        answer = &mut logout => panic!("the logout answered {answer:?} while its row could not be written"),
+    };
+    let expected = (1008, "token revoked".to_owned());
+    assert_eq!(
+        on_a.expect("closed on the node asked while the store waits"),
+        expected
+    );
+    assert_eq!(
+        on_b.expect("closed on the other node while the store waits"),
+        expected
+    );
+
+    locker.batch_execute("COMMIT").await.unwrap();
+    let (status, _) = logout.await;
+    assert_eq!(status, 200, "the logout answers once its row is stored");
+    let rows = locker
+        .query("SELECT jti FROM revoked_tokens", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "the revocation was stored");
+}
+
 #[actix_rt::test]
 async fn api_keys_are_shown_once_stored_hashed_and_revocable_everywhere() {
     let (db, a, b) = two_nodes().await;
