@@ -246,7 +246,7 @@ pub async fn kill(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The user id"), KillReason),
     responses(
-        (status = 200, description = "`{user_id, sessions, reason}`", body = Object),
+        (status = 200, description = "`{user_id, sessions, reason}`: the closes are sent to every node at once; `sessions` counts the user's sessions the directory still held when read alongside them (those already closed are not counted), null when it could not be read", body = Object),
         (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
         (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
