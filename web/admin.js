@@ -2,6 +2,8 @@
 // and their figures, usage charts, providers' health, users and their API keys, the audit
 // trail. Everything comes from the admin API (docs/admin-openapi.json).
 
+import { HttpError, request } from '/assets/http.js';
+
 const POLL_MS = 1000;
 /** Users' and models' colours in the charts, in turn. */
 const PALETTE = ['#2563eb', '#16a34a', '#d97706', '#dc2626', '#7c3aed', '#0891b2', '#db2777', '#65a30d', '#ea580c', '#475569'];
@@ -33,21 +35,13 @@ let auditEntries = [];
 function showError(text) { $('errors').textContent = text || ''; }
 
 async function api(method, path, body) {
-  const opts = { method, headers: { Authorization: 'Bearer ' + bearer } };
-  if (body !== undefined) {
-    opts.headers['Content-Type'] = 'application/json';
-    opts.body = JSON.stringify(body);
+  try {
+    return await request(method, path, body, bearer);
+  } catch (e) {
+    if (!(e instanceof HttpError)) throw e;
+    if (e.status === 401 || e.status === 403) signOut(e.message);
+    throw new Error(method + ' ' + path + ': ' + e.message);
   }
-  const res = await fetch(path, opts);
-  let data = null;
-  try { data = await res.json(); } catch { /* empty body */ }
-  if (!res.ok) {
-    const err = data && data.error;
-    const msg = (err && (err.message || err)) || ('HTTP ' + res.status);
-    if (res.status === 401 || res.status === 403) signOut(String(msg));
-    throw new Error(method + ' ' + path + ': ' + msg);
-  }
-  return data;
 }
 
 function row(cells) {

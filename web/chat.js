@@ -5,6 +5,7 @@
 import { GatewayClient } from '/gateway-client.js';
 import { marked } from '/assets/marked.esm.js';
 import DOMPurify from '/assets/purify.es.mjs';
+import { HttpError, request } from '/assets/http.js';
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, cls, text) => {
@@ -38,26 +39,13 @@ let conversations = [];
 const requests = new Map(); // request id -> answer view
 
 // ---------- HTTP ----------
-class HttpError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
 async function api(method, path, body) {
-  const opts = { method, headers: { Authorization: 'Bearer ' + token } };
-  if (body !== undefined) {
-    opts.headers['Content-Type'] = 'application/json';
-    opts.body = JSON.stringify(body);
+  try {
+    return await request(method, path, body, token);
+  } catch (e) {
+    if (e instanceof HttpError && e.status === 401) signedOut('session expired: log in again');
+    throw e;
   }
-  const res = await fetch(path, opts);
-  let data = null;
-  try { data = await res.json(); } catch { /* empty body */ }
-  if (!res.ok) {
-    const err = data && data.error;
-    const msg = (err && (err.message || err)) || ('HTTP ' + res.status);
-    if (res.status === 401) signedOut('session expired: log in again');
-    throw new HttpError(res.status, String(msg));
-  }
-  return data;
 }
 
 function showError(text) { $('errors').textContent = text || ''; }

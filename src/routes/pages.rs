@@ -56,6 +56,7 @@ pub async fn client_dts() -> HttpResponse {
 const ASSETS: &[(&str, &str, &str)] = &[
     ("chat.js", JS, include_str!("../../web/chat.js")),
     ("admin.js", JS, include_str!("../../web/admin.js")),
+    ("http.js", JS, include_str!("../../web/http.js")),
     (
         "marked.esm.js",
         JS,
