@@ -101,20 +101,33 @@ async fn until(
     }
 }
 
-#[actix_rt::test]
-async fn three_nodes_list_and_kill_each_others_sessions() {
-    let db = TestDatabase::create().await;
-    let prefix = redis_prefix();
+/// `n` nodes on one database and Redis prefix, with the static admin token, each config also
+/// given `tweak`.
+async fn admin_nodes(
+    db: &TestDatabase,
+    prefix: &str,
+    n: usize,
+    tweak: impl Fn(&mut ai_gateway::Config),
+) -> Vec<TestGateway> {
     let mut nodes = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         nodes.push(
             start_with(|c| {
-                shared(c, &db, &prefix);
+                shared(c, db, prefix);
                 c.admin_token = ADMIN_TOKEN.into();
+                tweak(c);
             })
             .await,
         );
     }
+    nodes
+}
+
+#[actix_rt::test]
+async fn three_nodes_list_and_kill_each_others_sessions() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let nodes = admin_nodes(&db, &prefix, 3, |_| {}).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let (_, admin) = new_admin(a).await;
 
@@ -542,17 +555,7 @@ async fn any_node_shows_every_nodes_figures_usage_by_day_and_provider_health() {
     let db = TestDatabase::create().await;
     let prefix = redis_prefix();
     let fake = fake_upstream::FakeUpstream::start().await.unwrap();
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        nodes.push(
-            start_with(|c| {
-                shared(c, &db, &prefix);
-                c.admin_token = ADMIN_TOKEN.into();
-                broken_model(c, &fake);
-            })
-            .await,
-        );
-    }
+    let nodes = admin_nodes(&db, &prefix, 2, |c| broken_model(c, &fake)).await;
     let (a, b) = (&nodes[0], &nodes[1]);
 
     // A session and an answer on B.
@@ -674,16 +677,7 @@ async fn seed_directory(prefix: &str, n: usize) {
 async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
     let db = TestDatabase::create().await;
     let prefix = redis_prefix();
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        nodes.push(
-            start_with(|c| {
-                shared(c, &db, &prefix);
-                c.admin_token = ADMIN_TOKEN.into();
-            })
-            .await,
-        );
-    }
+    let nodes = admin_nodes(&db, &prefix, 2, |_| {}).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let (alice, alice_token) = a.new_user().await;
     let alice_id = user_id(a, &alice).await;
