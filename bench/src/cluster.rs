@@ -731,40 +731,26 @@ async fn drive(
     let mut sent = Vec::new();
     for round in 0..rounds {
         let kill_user = &kills[round].0;
-        let at = SystemTime::now();
-        let t = Instant::now();
-        let res = http
-            .delete(targets[0].url(&format!(
-                "/admin/users/{kill_user}/sessions?reason=bench%20kill"
-            )))
-            .bearer_auth(admin_token)
-            .send()
-            .await?;
-        let answered = t.elapsed();
-        let status = res.status().as_u16();
-        let body = res.text().await.unwrap_or_default();
-        if status != 200 {
-            r.note(format!("kill {round} answered {status}: {body}"));
-        }
-        sent.push((format!("kill-{round}"), at, answered));
-        tokio::time::sleep(opts.settle).await;
-
-        let at = SystemTime::now();
-        let t = Instant::now();
-        let res = http
+        let kill = http.delete(targets[0].url(&format!(
+            "/admin/users/{kill_user}/sessions?reason=bench%20kill"
+        )));
+        let revoke = http
             .post(targets[0].url("/admin/tokens/revoke"))
-            .bearer_auth(admin_token)
-            .json(&serde_json::json!({ "token": revokes[round].1 }))
-            .send()
-            .await?;
-        let answered = t.elapsed();
-        let status = res.status().as_u16();
-        let body = res.text().await.unwrap_or_default();
-        if status != 200 {
-            r.note(format!("revoke {round} answered {status}: {body}"));
+            .json(&serde_json::json!({ "token": revokes[round].1 }));
+        for (what, request) in [("kill", kill), ("revoke", revoke)] {
+            // The wall clock when sent (the clients stamp their close frames with it).
+            let at = SystemTime::now();
+            let t = Instant::now();
+            let res = request.bearer_auth(admin_token).send().await?;
+            let answered = t.elapsed();
+            let status = res.status().as_u16();
+            let body = res.text().await.unwrap_or_default();
+            if status != 200 {
+                r.note(format!("{what} {round} answered {status}: {body}"));
+            }
+            sent.push((format!("{what}-{round}"), at, answered));
+            tokio::time::sleep(opts.settle).await;
         }
-        sent.push((format!("revoke-{round}"), at, answered));
-        tokio::time::sleep(opts.settle).await;
     }
 
     // Stop the generators and gather what ended.
