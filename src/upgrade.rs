@@ -9,7 +9,7 @@
 //! writes the response itself and, for `101 Switching Protocols`, pumps the response body (the
 //! WebSocket's outgoing frames) to the socket. Neither direction keeps a buffer while idle: a
 //! read takes what the kernel holds into a stack buffer and hands on exactly that many bytes,
-//! and a write sends each batch of frames as it comes.
+//! and a write gathers every batch of frames that is ready into one `write`.
 
 use std::{
     future::poll_fn,
