@@ -240,10 +240,46 @@ pub(crate) async fn open_events(
     }
     Ok(Events {
         provider,
-        inner: Box::pin(response.bytes_stream().eventsource()),
+        inner: Box::pin(without_bom(Box::pin(response.bytes_stream())).eventsource()),
         first_deadline,
         timeouts,
         answer_started: false,
+    })
+}
+
+/// The upstream's body without a leading UTF-8 byte-order mark. eventsource-stream 0.2.3 drops
+/// the mark by slicing one byte off the first text, which panics on the mark's three bytes; so
+/// the bytes are looked at here until they are known not to start with it (a mark split over
+/// pieces included), and everything after passes through untouched.
+fn without_bom<S, E>(inner: S) -> impl Stream<Item = Result<bytes::Bytes, E>>
+where
+    S: Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    // The bytes read while it is still open whether they start with the mark; None after.
+    let state = (inner.fuse(), Some(Vec::new()));
+    futures_util::stream::unfold(state, |(mut inner, head)| async move {
+        let Some(mut seen) = head else {
+            let next = inner.next().await?;
+            return Some((next, (inner, None)));
+        };
+        loop {
+            match inner.next().await {
+                Some(Ok(piece)) => {
+                    seen.extend_from_slice(&piece);
+                    if seen.len() < BOM.len() && BOM.starts_with(&seen) {
+                        continue;
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), (inner, None))),
+                // The stream ends (fused: a later poll answers None again).
+                None if seen.is_empty() => return None,
+                None => {}
+            }
+            let rest = seen.strip_prefix(BOM).unwrap_or(&seen);
+            let rest = bytes::Bytes::copy_from_slice(rest);
+            return Some((Ok(rest), (inner, None)));
+        }
     })
 }
 
