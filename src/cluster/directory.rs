@@ -1,10 +1,16 @@
 //! The session directory in Redis: every node keeps its live sessions there with an expiry it
 //! refreshes, so a node that dies (even by SIGKILL) vanishes within `session_ttl`.
 //!
-//! Keys: `session:{id}` (JSON, expires), `sessions` (sorted set of ids by expiry time, for
-//! listing), `node:{id}` and `nodes` the same for nodes.
+//! Keys: `node-sessions:{node}` (a hash per node: session id → entry JSON, expiring as a
+//! whole), `node:{id}` (the node's entry, expires) and `nodes` (sorted set of node ids by expiry
+//! time). Nodes from before the per-node hash wrote `session:{id}` and `sessions` (a sorted set of
+//! session ids): those are still read, so a rolling upgrade lists every session.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use ai_gateway_actors::{
     unix_time::{now_unix_ms, unix_ms},
@@ -72,15 +78,19 @@ pub struct RedisDirectory {
     tx: mpsc::Sender<Update>,
 }
 
+/// Updates written in one pipeline at most: a burst of connections is a few round trips, not one
+/// per session.
+const BATCH: usize = 1024;
+
 impl RedisDirectory {
     /// Starts the writer task on the current runtime.
     pub fn start(cluster: Arc<Cluster>, node_id: String, ttl: Duration) -> RedisDirectory {
         let (tx, mut rx) = mpsc::channel(QUEUE_CAPACITY);
         actix_rt::spawn(async move {
-            while let Some(update) = rx.recv().await {
-                if let Err(e) = write(&cluster, &node_id, ttl, update).await {
-                    tracing::warn!(error = %e, "session directory update failed");
-                }
+            let mut writer = Writer::new(cluster, node_id, ttl);
+            let mut batch = Vec::with_capacity(BATCH);
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
+                writer.write(std::mem::take(&mut batch)).await;
             }
         });
         RedisDirectory { tx }
@@ -107,71 +117,208 @@ impl SessionDirectory for RedisDirectory {
     }
 }
 
-async fn write(
-    cluster: &Cluster,
-    node_id: &str,
-    ttl: Duration,
-    update: Update,
-) -> Result<(), ClusterError> {
-    let mut conn = cluster.conn().await?;
-    let now = now_unix_ms();
-    let expires = now + ttl.as_millis() as u64;
-    let ttl_ms = ttl.as_millis() as u64;
-    let index = cluster.key("sessions");
-    let mut pipe = redis::pipe();
-    match update {
-        Update::Joined(entry) => {
-            add_session(&mut pipe, cluster, &entry, ttl_ms, expires);
-        }
-        Update::Left(id) => {
-            pipe.del(cluster.key(&format!("session:{id}")))
-                .ignore()
-                .zrem(&index, &id)
-                .ignore();
-        }
-        Update::Refresh(entries) => {
-            for entry in &entries {
-                add_session(&mut pipe, cluster, entry, ttl_ms, expires);
-            }
-            let node = NodeEntry {
-                node_id: node_id.to_owned(),
-                sessions: entries.len(),
-                refreshed_at: now,
-            };
-            pipe.cmd("SET")
-                .arg(cluster.key(&format!("node:{node_id}")))
-                .arg(serde_json::to_string(&node).expect("entries serialize"))
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore()
-                .zadd(cluster.key("nodes"), node_id, expires)
-                .ignore()
-                .zrembyscore(&index, "-inf", now)
-                .ignore()
-                .zrembyscore(cluster.key("nodes"), "-inf", now)
-                .ignore();
-        }
-    }
-    pipe.query_async::<()>(&mut conn).await?;
-    Ok(())
+/// The hash that holds a node's sessions (session id → entry JSON). It expires as a whole: a node
+/// that stops refreshing it (killed) vanishes with all its sessions.
+fn node_sessions_key(cluster: &Cluster, node_id: &str) -> String {
+    cluster.key(&format!("node-sessions:{node_id}"))
 }
 
-fn add_session(
-    pipe: &mut redis::Pipeline,
-    cluster: &Cluster,
-    entry: &DirectoryEntry,
-    ttl_ms: u64,
-    expires: u64,
-) {
-    pipe.cmd("SET")
-        .arg(cluster.key(&format!("session:{}", entry.session_id)))
-        .arg(serde_json::to_string(entry).expect("entries serialize"))
-        .arg("PX")
-        .arg(ttl_ms)
-        .ignore()
-        .zadd(cluster.key("sessions"), &entry.session_id, expires)
-        .ignore();
+/// Fields written per `HSET` when a whole hash is written.
+const HSET_CHUNK: usize = 1000;
+
+/// Writes this node's share of the directory. It remembers a digest of every entry it wrote, so
+/// a refresh sends only what changed (a request started, a session came or went) and renews the
+/// rest with one `PEXPIRE`: an idle node of 100,000 sessions costs Redis a handful of commands
+/// every refresh, not 200,000.
+struct Writer {
+    cluster: Arc<Cluster>,
+    node_id: String,
+    ttl: Duration,
+    hash: String,
+    /// Session id → digest of the JSON written for it, as Redis should now hold it.
+    written: HashMap<String, u64>,
+    /// Sessions that joined since the last refresh, with their entries: a refresh gathered
+    /// before one of them joined must not remove it.
+    joined_since_refresh: HashMap<String, String>,
+    /// A write failed, or the node's entry is not written yet: the next write rewrites the
+    /// node's entry, and the next refresh the whole hash.
+    dirty: bool,
 }
+
+impl Writer {
+    fn new(cluster: Arc<Cluster>, node_id: String, ttl: Duration) -> Writer {
+        Writer {
+            hash: node_sessions_key(&cluster, &node_id),
+            cluster,
+            node_id,
+            ttl,
+            written: HashMap::new(),
+            joined_since_refresh: HashMap::new(),
+            dirty: true,
+        }
+    }
+
+    async fn write(&mut self, batch: Vec<Update>) {
+        if let Err(e) = self.try_write(batch).await {
+            self.dirty = true;
+            tracing::warn!(error = %e, "session directory update failed; the next refresh rewrites it");
+        }
+    }
+
+    async fn try_write(&mut self, batch: Vec<Update>) -> Result<(), ClusterError> {
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        let mut joins = Vec::new();
+        let mut refresh: Option<HashMap<String, DirectoryEntry>> = None;
+        for update in batch {
+            match update {
+                Update::Joined(entry) => {
+                    let json = serde_json::to_string(&entry).expect("entries serialize");
+                    self.written.insert(entry.session_id.clone(), digest(&json));
+                    self.joined_since_refresh
+                        .insert(entry.session_id.clone(), json.clone());
+                    joins.push((entry.session_id, json));
+                }
+                Update::Left(id) => {
+                    self.written.remove(&id);
+                    self.joined_since_refresh.remove(&id);
+                    joins.retain(|(joined, _)| *joined != id);
+                    // The refresh is written after this batch's joins and leaves: a session that
+                    // left after it was gathered must not come back with it.
+                    if let Some(refresh) = refresh.as_mut() {
+                        refresh.remove(&id);
+                    }
+                    pipe.hdel(&self.hash, &id).ignore();
+                }
+                // Only the latest refresh of a batch matters: it is the newest whole picture.
+                Update::Refresh(entries) => {
+                    refresh = Some(
+                        entries
+                            .into_iter()
+                            .map(|entry| (entry.session_id.clone(), entry))
+                            .collect(),
+                    )
+                }
+            }
+        }
+        let mut conn = self.cluster.conn().await?;
+        if !pipe.is_empty() || !joins.is_empty() {
+            if !joins.is_empty() {
+                pipe.hset_multiple(&self.hash, &joins).ignore();
+            }
+            if self.dirty {
+                self.node_entry(&mut pipe);
+            }
+            pipe.pexpire(&self.hash, ttl_ms as i64).ignore();
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        if let Some(entries) = refresh {
+            self.refresh(&mut conn, entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what changed since the last write, renews the hash's expiry and checks that Redis
+    /// holds as many sessions as this node: when it does not (Redis restarted, the hash expired
+    /// while Redis was out of reach), or after a failed write, the whole hash is written again.
+    async fn refresh(
+        &mut self,
+        conn: &mut deadpool_redis::Connection,
+        entries: HashMap<String, DirectoryEntry>,
+    ) -> Result<(), ClusterError> {
+        let mut current: HashMap<String, (u64, String)> = entries
+            .into_iter()
+            .map(|(id, entry)| {
+                let json = serde_json::to_string(&entry).expect("entries serialize");
+                (id, (digest(&json), json))
+            })
+            .collect();
+        // A session that joined after the refresh was gathered is live all the same.
+        for (id, json) in self.joined_since_refresh.drain() {
+            current.entry(id).or_insert_with(|| (digest(&json), json));
+        }
+        let mut rewrite = self.dirty;
+        loop {
+            let mut pipe = redis::pipe();
+            if rewrite {
+                pipe.del(&self.hash).ignore();
+            } else {
+                let gone: Vec<&String> = self
+                    .written
+                    .keys()
+                    .filter(|id| !current.contains_key(*id))
+                    .collect();
+                if !gone.is_empty() {
+                    pipe.hdel(&self.hash, gone).ignore();
+                }
+            }
+            let changed: Vec<(&String, &String)> = current
+                .iter()
+                .filter(|(id, (d, _))| rewrite || self.written.get(*id) != Some(d))
+                .map(|(id, (_, json))| (id, json))
+                .collect();
+            for chunk in changed.chunks(HSET_CHUNK) {
+                pipe.hset_multiple(&self.hash, chunk).ignore();
+            }
+            pipe.pexpire(&self.hash, self.ttl.as_millis() as i64)
+                .ignore();
+            self.written = current
+                .iter()
+                .map(|(id, (d, _))| (id.clone(), *d))
+                .collect();
+            self.node_entry(&mut pipe);
+            pipe.hlen(&self.hash);
+            let (held,): (usize,) = pipe.query_async(&mut *conn).await?;
+            self.dirty = false;
+            if held == current.len() || rewrite {
+                return Ok(());
+            }
+            // Redis lost entries (restarted, or the hash expired while out of reach): write the
+            // whole hash now.
+            tracing::warn!(
+                held,
+                live = current.len(),
+                "session directory out of step with this node; rewriting it"
+            );
+            rewrite = true;
+        }
+    }
+
+    /// The node's own entry and its place in `nodes`, and the removal of expired nodes (and of
+    /// the per-session index that nodes before the per-node hash wrote).
+    fn node_entry(&self, pipe: &mut redis::Pipeline) {
+        let now = now_unix_ms();
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let node = NodeEntry {
+            node_id: self.node_id.clone(),
+            sessions: self.written.len(),
+            refreshed_at: now,
+        };
+        let nodes = self.cluster.key("nodes");
+        pipe.cmd("SET")
+            .arg(self.cluster.key(&format!("node:{}", self.node_id)))
+            .arg(serde_json::to_string(&node).expect("entries serialize"))
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .zadd(&nodes, &self.node_id, now + ttl_ms)
+            .ignore()
+            .zrembyscore(&nodes, "-inf", now)
+            .ignore()
+            .zrembyscore(self.cluster.key(LEGACY_INDEX), "-inf", now)
+            .ignore();
+    }
+}
+
+fn digest(json: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(json)
+}
+
+/// The per-session index of nodes from before the per-node hash (`sessions`, with the entries
+/// under `session:{id}`): read while such nodes run beside this one (a rolling upgrade), and
+/// emptied of expired ids by every refresh.
+const LEGACY_INDEX: &str = "sessions";
 
 /// Keys read per `MGET` when listing: a whole directory in one command would hold Redis (and the
 /// reply) for longer than a command may take, and 100,000 entries outlast the client's 0.5 s.
@@ -188,7 +335,7 @@ pub(super) async fn list_live<T: serde::de::DeserializeOwned>(
 ) -> Result<Vec<T>, ClusterError> {
     let mut conn = cluster.conn().await?;
     let now = now_unix_ms();
-    let mut ids = std::collections::HashSet::new();
+    let mut ids = HashSet::new();
     let mut cursor = 0u64;
     loop {
         // ZSCAN may return an id twice (the set is rehashed); the set keeps it once.
@@ -229,9 +376,59 @@ pub(super) async fn list_live<T: serde::de::DeserializeOwned>(
     Ok(live)
 }
 
-/// Every live session of every node, as the directory holds them.
+/// The ids of the nodes whose directory has not expired.
+async fn live_node_ids(
+    cluster: &Cluster,
+    conn: &mut deadpool_redis::Connection,
+) -> Result<Vec<String>, ClusterError> {
+    Ok(redis::cmd("ZRANGE")
+        .arg(cluster.key("nodes"))
+        .arg(now_unix_ms())
+        .arg("+inf")
+        .arg("BYSCORE")
+        .query_async(conn)
+        .await?)
+}
+
+/// Every live session of every node, as the directory holds them: each live node's hash, read
+/// with `HSCAN` ([`LIST_CHUNK`] at a time, so no reply outlasts the client's response timeout),
+/// then the sessions of nodes from before the per-node hash, if any run beside this one.
 pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, ClusterError> {
-    list_live(cluster, "sessions", "session").await
+    let mut conn = cluster.conn().await?;
+    let mut seen = HashSet::new();
+    let mut live = Vec::new();
+    for node in live_node_ids(cluster, &mut conn).await? {
+        let hash = node_sessions_key(cluster, &node);
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&hash)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(LIST_CHUNK)
+                .query_async(&mut conn)
+                .await?;
+            // HSCAN may return a field twice (the hash is rehashed); the set keeps it once.
+            for (id, json) in found {
+                if seen.insert(id) {
+                    live.extend(serde_json::from_str::<DirectoryEntry>(&json).ok());
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+    }
+    let legacy = list_legacy_sessions(cluster).await?;
+    live.extend(legacy.into_iter().filter(|s| !seen.contains(&s.session_id)));
+    Ok(live)
+}
+
+/// The sessions of nodes from before the per-node hash (a rolling upgrade): they ignore
+/// `user_sessions` events, so a user's kill closes theirs one by one.
+pub async fn list_legacy_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, ClusterError> {
+    list_live(cluster, LEGACY_INDEX, "session").await
 }
 
 /// Every live session, sorted by start, from a listing read at most `max_age` ago (read now when
@@ -262,20 +459,120 @@ pub async fn list_sessions_snapshot(
     Ok(sessions)
 }
 
-/// One live session by id: one `GET`, whatever the directory's size.
+/// One live session by id: one `HGET` per live node, in one round trip, whatever the
+/// directory's size (and the entry a node from before the per-node hash wrote for it).
 pub async fn find_session(
     cluster: &Cluster,
     session_id: &str,
 ) -> Result<Option<DirectoryEntry>, ClusterError> {
     let mut conn = cluster.conn().await?;
-    let value: Option<String> = redis::cmd("GET")
-        .arg(cluster.key(&format!("session:{session_id}")))
-        .query_async(&mut conn)
-        .await?;
-    Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+    let mut pipe = redis::pipe();
+    for node in live_node_ids(cluster, &mut conn).await? {
+        pipe.hget(node_sessions_key(cluster, &node), session_id);
+    }
+    pipe.get(cluster.key(&format!("session:{session_id}")));
+    let values: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+    Ok(values
+        .into_iter()
+        .flatten()
+        .find_map(|v| serde_json::from_str(&v).ok()))
 }
 
 /// Every live node, as the directory holds them.
 pub async fn list_nodes(cluster: &Cluster) -> Result<Vec<NodeEntry>, ClusterError> {
     list_live(cluster, "nodes", "node").await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against the real Redis (127.0.0.1:6379), each test under a prefix of its own.
+    use super::*;
+
+    fn entry(id: &str, running: u32) -> DirectoryEntry {
+        DirectoryEntry {
+            session_id: id.to_owned(),
+            user_id: "u".into(),
+            username: "user".into(),
+            role: "user".into(),
+            node_id: "n1".into(),
+            remote_addr: None,
+            started_at: 1,
+            running,
+            last_model: None,
+        }
+    }
+
+    fn writer() -> Writer {
+        let prefix = format!("agw_test:{}:", uuid::Uuid::new_v4().simple());
+        let cluster = Cluster::new("redis://127.0.0.1:6379/", "", &prefix).unwrap();
+        Writer::new(Arc::new(cluster), "n1".into(), Duration::from_secs(30))
+    }
+
+    async fn listed(w: &Writer) -> Vec<(String, u32)> {
+        let mut ids: Vec<_> = list_sessions(&w.cluster)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.session_id, e.running))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn refresh(entries: &[DirectoryEntry]) -> Update {
+        Update::Refresh(entries.to_vec())
+    }
+
+    #[actix_rt::test]
+    async fn a_refresh_writes_what_changed_and_keeps_who_joined_or_left_after_its_gathering() {
+        let mut w = writer();
+        w.write(vec![
+            Update::Joined(entry("a", 0)),
+            Update::Joined(entry("b", 0)),
+        ])
+        .await;
+        w.write(vec![refresh(&[entry("a", 0), entry("b", 0)])])
+            .await;
+        assert_eq!(listed(&w).await, [("a".into(), 0), ("b".into(), 0)]);
+
+        // Gathered before c joined and before b left, written after both.
+        w.write(vec![
+            refresh(&[entry("a", 2), entry("b", 0)]),
+            Update::Joined(entry("c", 0)),
+            Update::Left("b".into()),
+        ])
+        .await;
+        assert_eq!(listed(&w).await, [("a".into(), 2), ("c".into(), 0)]);
+
+        // The next refresh, gathered after c joined, holds every live session: one missing from
+        // it has gone (its leave was lost), and goes from the directory too.
+        w.write(vec![refresh(&[entry("a", 0)])]).await;
+        assert_eq!(listed(&w).await, [("a".into(), 0)]);
+    }
+
+    #[actix_rt::test]
+    async fn a_hash_that_redis_lost_is_written_whole_by_the_next_refresh() {
+        let mut w = writer();
+        let all = [entry("a", 0), entry("b", 1)];
+        w.write(vec![refresh(&all)]).await;
+        let mut conn = w.cluster.conn().await.unwrap();
+        redis::cmd("HDEL")
+            .arg(&w.hash)
+            .arg("b")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(listed(&w).await, [("a".into(), 0)]);
+        w.write(vec![refresh(&all)]).await;
+        assert_eq!(listed(&w).await, [("a".into(), 0), ("b".into(), 1)]);
+        redis::cmd("DEL")
+            .arg(&w.hash)
+            .arg(w.cluster.key("nodes"))
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(listed(&w).await, []);
+        w.write(vec![refresh(&all)]).await;
+        assert_eq!(listed(&w).await, [("a".into(), 0), ("b".into(), 1)]);
+    }
 }

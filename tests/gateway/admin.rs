@@ -638,36 +638,138 @@ async fn any_node_shows_every_nodes_figures_usage_by_day_and_provider_health() {
     fake.stop().await;
 }
 
-/// Writes `n` directory entries of a node that holds no connection (`ghost`), as a cluster of
-/// 100,000 sessions would have them, expiring after two minutes.
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A directory entry of `node` for one session of `user_id`.
+fn ghost_entry(id: &str, node: &str, user_id: &str, now: u64) -> Value {
+    json!({
+        "session_id": id, "user_id": user_id, "username": "ghost", "role": "user",
+        "node_id": node, "remote_addr": "127.0.0.1:40000", "started_at": now,
+        "running": 0, "last_model": null,
+    })
+}
+
+/// Writes `n` directory entries of a node that holds no connection (`ghost`), as a node of
+/// 100,000 sessions would have them (its hash, its entry), expiring after two minutes.
 async fn seed_directory(prefix: &str, n: usize) {
     let client = redis::Client::open(format!("redis://{REDIS_HOST}/")).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let index = format!("{prefix}sessions");
+    let now = unix_ms_now();
+    let hash = format!("{prefix}node-sessions:ghost");
     for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
-        let mut pipe = redis::pipe();
-        for i in chunk {
-            let id = format!("ghost-session-{i:06}");
-            let entry = json!({
-                "session_id": id, "user_id": "ghost-user", "username": "ghost", "role": "user",
-                "node_id": "ghost", "remote_addr": "127.0.0.1:40000", "started_at": now,
-                "running": 0, "last_model": null,
-            });
-            pipe.cmd("SET")
-                .arg(format!("{prefix}session:{id}"))
-                .arg(entry.to_string())
-                .arg("PX")
-                .arg(120_000)
-                .ignore()
-                .zadd(&index, &id, now + 120_000)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await.unwrap();
+        let fields: Vec<(String, String)> = chunk
+            .iter()
+            .map(|i| {
+                let id = format!("ghost-session-{i:06}");
+                let entry = ghost_entry(&id, "ghost", "ghost-user", now);
+                (id, entry.to_string())
+            })
+            .collect();
+        redis::pipe()
+            .hset_multiple(&hash, &fields)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
     }
+    let node = json!({"node_id": "ghost", "sessions": n, "refreshed_at": now});
+    redis::pipe()
+        .pexpire(&hash, 120_000)
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{prefix}node:ghost"))
+        .arg(node.to_string())
+        .arg("PX")
+        .arg(120_000)
+        .ignore()
+        .zadd(format!("{prefix}nodes"), "ghost", now + 120_000)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// A node from before the per-node hash, as it wrote the directory: `session:{id}` and the
+/// `sessions` index. It ignores `user_sessions` events; it hears `kill_session` ones.
+#[actix_rt::test]
+async fn during_a_rolling_upgrade_older_nodes_sessions_are_listed_and_killed_one_by_one() {
+    use futures_util::StreamExt;
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let nodes = admin_nodes(&db, &prefix, 1, |_| {}).await;
+    let a = &nodes[0];
+    let (alice, alice_token) = a.new_user().await;
+    let alice_id = user_id(a, &alice).await;
+    let mut alice_on_a = a.connect(&alice_token).await;
+    let client = redis::Client::open(format!("redis://{REDIS_HOST}/")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let now = unix_ms_now();
+    let old_sessions = [("old-1", alice_id.as_str()), ("old-2", "someone-else")];
+    for (id, user) in old_sessions {
+        redis::pipe()
+            .cmd("SET")
+            .arg(format!("{prefix}session:{id}"))
+            .arg(ghost_entry(id, "old-node", user, now).to_string())
+            .arg("PX")
+            .arg(60_000)
+            .ignore()
+            .zadd(format!("{prefix}sessions"), id, now + 60_000)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let listed = until(
+        a,
+        "/admin/sessions",
+        ADMIN_TOKEN,
+        Duration::from_secs(5),
+        |l| l["total"] == 3,
+    )
+    .await;
+    let mut ids = session_ids(&listed);
+    ids.sort();
+    let mut expected = vec![
+        "old-1".to_owned(),
+        "old-2".to_owned(),
+        alice_on_a.session_id.clone(),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let (status, one) = get(a, "/admin/sessions/old-2", ADMIN_TOKEN).await;
+    assert_eq!(
+        (status, &one["node_id"]),
+        (200, &json!("old-node")),
+        "{one}"
+    );
+
+    // The old node hears the cluster channel: the kill of Alice's sessions reaches it as a
+    // `kill_session` event for her session there, and for no one else's.
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(format!("{prefix}events")).await.unwrap();
+    let mut events = pubsub.into_on_message();
+    let path = format!("/admin/users/{alice_id}/sessions?reason=upgrade");
+    let (status, body) = call(a, Method::DELETE, &path, ADMIN_TOKEN, None).await;
+    assert_eq!(status, 200, "{body}");
+    let closed = tokio::time::timeout(Duration::from_secs(5), alice_on_a.close_code()).await;
+    assert_eq!(closed.expect("closed"), (1008, "upgrade".to_owned()));
+    let mut kills = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await
+    {
+        let event: Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        if event["event"] == "kill_session" {
+            kills.push(event);
+        }
+    }
+    assert_eq!(
+        kills,
+        vec![json!({"event": "kill_session", "session_id": "old-1", "reason": "upgrade"})]
+    );
 }
 
 /// With 100,000 sessions in the directory, every one is listed page by page, a session and a

@@ -389,6 +389,99 @@ async fn the_directory_lists_every_nodes_sessions_and_forgets_dead_ones() {
     }
 }
 
+/// Waits until the directory lists `n` sessions.
+async fn until_listed(cluster: &ai_gateway::cluster::Cluster, n: usize) {
+    for _ in 0..200 {
+        if list_sessions(cluster).await.unwrap().len() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "the directory never listed {n} sessions: {:?}",
+        list_sessions(cluster).await.unwrap().len()
+    );
+}
+
+/// The directory's refresh renews a node's idle sessions as a whole: over five refreshes of a
+/// node with 40 idle sessions Redis sees a few commands on the directory, not one or more per
+/// session and refresh (watched with `MONITOR`, this test's key prefix only).
+#[actix_rt::test]
+async fn refreshing_idle_sessions_costs_redis_a_few_commands_not_one_a_session() {
+    use futures_util::StreamExt;
+    let (_db, a, _b) = two_nodes().await;
+    let (_, token) = a.new_user().await;
+    let mut sessions = Vec::new();
+    for _ in 0..40 {
+        sessions.push(a.connect(&token).await);
+    }
+    let cluster = a.gw.cluster().unwrap().clone();
+    until_listed(&cluster, 40).await;
+
+    let client = redis::Client::open(format!("redis://{REDIS_HOST}/")).unwrap();
+    // The monitor starts watching as it connects.
+    let monitor = client.get_async_monitor().await.unwrap();
+    let mut lines = monitor.into_on_message::<String>();
+    let prefix = cluster.key("");
+    // Node A's hash, and the per-session keys of the previous design.
+    let session_keys = [
+        format!("\"{prefix}node-sessions:{}\"", a.gw.node_id()),
+        format!("\"{prefix}session:"),
+    ];
+    let mut directory_commands = 0;
+    // The nodes refresh every 300 ms: about five refreshes each.
+    let watch = tokio::time::sleep(Duration::from_millis(1_600));
+    tokio::pin!(watch);
+    loop {
+        tokio::select! {
+            _ = &mut watch => break,
+            line = lines.next() => {
+                let line = line.expect("monitor open");
+                if session_keys.iter().any(|k| line.contains(k.as_str())) {
+                    directory_commands += 1;
+                }
+            }
+        }
+    }
+    // Two a refresh (renew, count), and room for one full write; the previous design wrote
+    // each session every refresh (200 here).
+    assert!(
+        directory_commands < 40,
+        "{directory_commands} directory commands in ~5 refreshes of 40 idle sessions"
+    );
+    // The sessions are still listed, and a change to one reaches the directory.
+    until_listed(&cluster, 40).await;
+    drop(sessions.pop());
+    until_listed(&cluster, 39).await;
+}
+
+/// A node writes its whole share of the directory again when Redis lost it (a restart): the
+/// refresh finds Redis holding fewer sessions than the node.
+#[actix_rt::test]
+async fn a_directory_that_redis_lost_is_written_again_at_the_next_refresh() {
+    let (_db, a, b) = two_nodes().await;
+    let (_, token) = a.new_user().await;
+    let _on_a = a.connect(&token).await;
+    let _on_b = b.connect(&token).await;
+    let cluster = a.gw.cluster().unwrap().clone();
+    until_listed(&cluster, 2).await;
+
+    let client = redis::Client::open(format!("redis://{REDIS_HOST}/")).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", cluster.key("")))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(list_sessions(&cluster).await.unwrap().is_empty());
+    until_listed(&cluster, 2).await;
+}
+
 #[actix_rt::test]
 async fn conversations_continue_across_nodes_and_stay_private() {
     let (db, a, b) = two_nodes().await;

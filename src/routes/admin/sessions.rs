@@ -11,8 +11,8 @@ use serde_json::json;
 use super::{Admin, KillReason};
 use crate::{
     cluster::{
-        list_figures, list_nodes, list_sessions_snapshot, ClusterError, ClusterEvent,
-        DirectoryEntry, NodeFigures,
+        list_figures, list_legacy_sessions, list_nodes, list_sessions_snapshot, ClusterError,
+        ClusterEvent, DirectoryEntry, NodeFigures,
     },
     routes::{ApiError, AppState, Paging},
 };
@@ -283,19 +283,46 @@ pub async fn kill_user(
             .await
             .map_err(directory_down)
     };
+    let close_legacy = close_on_legacy_nodes(&state, &user_id, &reason);
     let count = async {
         all_sessions(&state, true)
             .await
             .ok()
             .map(|all| all.iter().filter(|s| s.user_id == user_id).count())
     };
-    let (closed, sessions) = futures_util::join!(close, count);
+    let (closed, closed_legacy, sessions) = futures_util::join!(close, close_legacy, count);
     closed?;
+    closed_legacy?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
         "sessions": sessions,
         "reason": reason,
     })))
+}
+
+/// Nodes from before the per-node directory ignore a `user_sessions` event: during a rolling
+/// upgrade, the user's sessions they hold are killed one by one, as those nodes understand.
+async fn close_on_legacy_nodes(
+    state: &AppState,
+    user_id: &str,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(());
+    };
+    let legacy = list_legacy_sessions(cluster)
+        .await
+        .map_err(directory_down)?;
+    for session in legacy.iter().filter(|s| s.user_id == user_id) {
+        cluster
+            .publish(&ClusterEvent::KillSession {
+                session_id: session.session_id.clone(),
+                reason: reason.to_owned(),
+            })
+            .await
+            .map_err(directory_down)?;
+    }
+    Ok(())
 }
 
 #[utoipa::path(
