@@ -390,13 +390,15 @@ async fn live_node_ids(
         .await?)
 }
 
-/// Every live session of every node, as the directory holds them: each live node's hash, read
-/// with `HSCAN` ([`LIST_CHUNK`] at a time, so no reply outlasts the client's response timeout),
-/// then the sessions of nodes from before the per-node hash, if any run beside this one.
-pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, ClusterError> {
+/// Calls `each` with every entry of every live node's hash (session id, entry JSON), read with
+/// `HSCAN` ([`LIST_CHUNK`] at a time, so no reply outlasts the client's response timeout), each
+/// session once. Returns the ids of the sessions seen.
+async fn scan_node_hashes(
+    cluster: &Cluster,
+    mut each: impl FnMut(&str),
+) -> Result<HashSet<String>, ClusterError> {
     let mut conn = cluster.conn().await?;
     let mut seen = HashSet::new();
-    let mut live = Vec::new();
     for node in live_node_ids(cluster, &mut conn).await? {
         let hash = node_sessions_key(cluster, &node);
         let mut cursor = 0u64;
@@ -411,7 +413,7 @@ pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, Clu
             // HSCAN may return a field twice (the hash is rehashed); the set keeps it once.
             for (id, json) in found {
                 if seen.insert(id) {
-                    live.extend(serde_json::from_str::<DirectoryEntry>(&json).ok());
+                    each(&json);
                 }
             }
             cursor = next;
@@ -420,6 +422,37 @@ pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, Clu
             }
         }
     }
+    Ok(seen)
+}
+
+/// How many live sessions of `user_id` the directory holds, reading of each entry only its user:
+/// a fraction of a full listing's work, for an answer's count.
+pub async fn count_user_sessions(cluster: &Cluster, user_id: &str) -> Result<usize, ClusterError> {
+    #[derive(Deserialize)]
+    struct Owner<'a> {
+        #[serde(borrow)]
+        user_id: std::borrow::Cow<'a, str>,
+    }
+    let mut count = 0;
+    scan_node_hashes(cluster, |json| {
+        if serde_json::from_str::<Owner>(json).is_ok_and(|o| o.user_id == user_id) {
+            count += 1;
+        }
+    })
+    .await?;
+    let legacy = list_legacy_sessions(cluster).await?;
+    Ok(count + legacy.iter().filter(|s| s.user_id == user_id).count())
+}
+
+/// Every live session of every node, as the directory holds them: each live node's hash, read
+/// with `HSCAN` ([`LIST_CHUNK`] at a time, so no reply outlasts the client's response timeout),
+/// then the sessions of nodes from before the per-node hash, if any run beside this one.
+pub async fn list_sessions(cluster: &Cluster) -> Result<Vec<DirectoryEntry>, ClusterError> {
+    let mut live = Vec::new();
+    let seen = scan_node_hashes(cluster, |json| {
+        live.extend(serde_json::from_str::<DirectoryEntry>(json).ok());
+    })
+    .await?;
     let legacy = list_legacy_sessions(cluster).await?;
     live.extend(legacy.into_iter().filter(|s| !seen.contains(&s.session_id)));
     Ok(live)

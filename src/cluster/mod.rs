@@ -13,8 +13,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 pub use directory::{
-    find_session, list_legacy_sessions, list_nodes, list_sessions, list_sessions_snapshot,
-    DirectoryEntry, NodeEntry, RedisDirectory,
+    count_user_sessions, find_session, list_legacy_sessions, list_nodes, list_sessions,
+    list_sessions_snapshot, DirectoryEntry, NodeEntry, RedisDirectory,
 };
 pub use figures::{list_figures, publish_figures, NodeFigures};
 pub use journal::RedisJournals;

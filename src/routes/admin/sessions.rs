@@ -11,8 +11,8 @@ use serde_json::json;
 use super::{Admin, KillReason};
 use crate::{
     cluster::{
-        list_figures, list_legacy_sessions, list_nodes, list_sessions_snapshot, ClusterError,
-        ClusterEvent, DirectoryEntry, NodeFigures,
+        count_user_sessions, list_figures, list_legacy_sessions, list_nodes,
+        list_sessions_snapshot, ClusterError, ClusterEvent, DirectoryEntry, NodeFigures,
     },
     routes::{ApiError, AppState, Paging},
 };
@@ -285,10 +285,13 @@ pub async fn kill_user(
     };
     let close_legacy = close_on_legacy_nodes(&state, &user_id, &reason);
     let count = async {
-        all_sessions(&state, true)
-            .await
-            .ok()
-            .map(|all| all.iter().filter(|s| s.user_id == user_id).count())
+        match &state.cluster {
+            Some(cluster) => count_user_sessions(cluster, &user_id).await.ok(),
+            None => all_sessions(&state, true)
+                .await
+                .ok()
+                .map(|all| all.iter().filter(|s| s.user_id == user_id).count()),
+        }
     };
     let (closed, closed_legacy, sessions) = futures_util::join!(close, close_legacy, count);
     closed?;
