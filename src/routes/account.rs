@@ -259,10 +259,9 @@ pub async fn login(
     tag = "account",
     security(("bearer" = [])),
     responses(
+        crate::routes::openapi::UserErrors,
         (status = 200, description = "`{message}`", body = Object),
         (status = 400, description = "The credential is an API key (revoke it with DELETE /v1/keys/{id})", body = crate::routes::openapi::SeedError),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {

@@ -412,13 +412,12 @@ fn stop_reason(r: FinishReason) -> &'static str {
     security(("bearer" = []), ("x_api_key" = [])),
     request_body = MessagesRequest,
     responses(
+        crate::routes::openapi::AnthropicErrors,
         (status = 200, description = "A `message`, or with `stream: true` Anthropic's stream of events", content(
             (Object = "application/json"),
             (String = "text/event-stream"),
         )),
         (status = 400, description = "Invalid request", body = crate::routes::openapi::AnthropicErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::AnthropicErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::AnthropicErrorBody),
         (status = 404, description = "Unknown model", body = crate::routes::openapi::AnthropicErrorBody),
         (status = 413, description = "Body too large", body = crate::routes::openapi::AnthropicErrorBody),
         (status = 429, description = "Too many requests (the caller's, or the upstream's); see Retry-After", body = crate::routes::openapi::AnthropicErrorBody),

@@ -16,11 +16,8 @@ use super::{ApiError, AppState, Caller, Paging};
     tag = "v1",
     security(("bearer" = []), ("x_api_key" = [])),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "`{conversations: [{id, title, created_at, updated_at}]}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
@@ -42,13 +39,10 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
     security(("bearer" = []), ("x_api_key" = [])),
     params(("id" = String, Path, description = "The conversation's id"), Paging),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "`{id, title, created_at, updated_at, messages, total, offset}`", body = Object),
         (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 404, description = "No such conversation of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn show(
@@ -79,12 +73,9 @@ pub async fn show(
     security(("bearer" = []), ("x_api_key" = [])),
     params(("id" = String, Path, description = "The conversation's id")),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such conversation of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn delete(
@@ -137,12 +128,9 @@ impl UsageQuery {
     security(("bearer" = []), ("x_api_key" = [])),
     params(UsageQuery),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "`{days, totals: [{day, model, requests, prompt_tokens, completion_tokens, estimated_requests}]}`", body = Object),
         (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn usage(

@@ -51,14 +51,11 @@ fn expiry(now: SystemTime, secs: Option<u64>) -> Result<Option<SystemTime>, ApiE
     security(("bearer" = []), ("x_api_key" = [])),
     request_body = NewKey,
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 201, description = "The key's record and, this once, `key`", body = Object),
         (status = 400, description = "Bad name (1 to 100 characters) or expires_in_secs, or an unknown field", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 409, description = "The caller has max_api_keys_per_user keys", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 413, description = "Body too large", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn create(
@@ -110,12 +107,9 @@ pub async fn create(
     security(("bearer" = []), ("x_api_key" = [])),
     params(Paging),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "`{keys, offset, limit, next_offset}` (never the keys themselves)", body = Object),
         (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn list(
@@ -149,12 +143,9 @@ pub async fn list(
     security(("bearer" = []), ("x_api_key" = [])),
     params(("id" = String, Path, description = "The key's id")),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "`{id, revoked: true}`", body = Object),
         (status = 404, description = "No such key of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn revoke(

@@ -409,9 +409,8 @@ impl CompletionRequest {
     summary = "The models the gateway serves",
     security(("bearer" = []), ("x_api_key" = [])),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "`{object: \"list\", data: [{id, object: \"model\", created, owned_by}]}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn models(state: web::Data<AppState>, _caller: Caller) -> HttpResponse {
@@ -729,13 +728,12 @@ pub(super) async fn begin(
     security(("bearer" = []), ("x_api_key" = [])),
     request_body = CompletionRequest,
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "A `chat.completion`, or with `stream: true` a stream of `chat.completion.chunk` events ending `data: [DONE]`", content(
             (Object = "application/json"),
             (String = "text/event-stream"),
         )),
         (status = 400, description = "Invalid request (`param` names the field)", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 404, description = "Unknown model", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 413, description = "Body too large", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 429, description = "Too many requests (the caller's, or the upstream's); see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
@@ -1115,12 +1113,10 @@ fn resume_point(
         EventsQuery,
     ),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "The rest of the stream, as `chat.completion.chunk` events", body = String, content_type = "text/event-stream"),
         (status = 400, description = "Bad Last-Event-ID", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 404, description = "No answer to resume: unknown, expired or not the caller's", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn events(

@@ -101,11 +101,9 @@ async fn find_session(state: &AppState, id: &str) -> Result<DirectoryEntry, ApiE
     security(("admin" = [])),
     params(SessionFilter, Paging),
     responses(
+        crate::routes::openapi::SessionAdminErrors,
         (status = 200, description = "`{sessions: [DirectoryEntry], total, offset, limit}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn list(
@@ -156,11 +154,9 @@ pub async fn list(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The session id")),
     responses(
+        crate::routes::openapi::SessionAdminErrors,
         (status = 200, description = "The session", body = DirectoryEntry),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such session", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn show(
@@ -206,11 +202,9 @@ async fn close(state: &AppState, session: &DirectoryEntry, reason: &str) -> Resu
     security(("admin" = [])),
     params(("id" = String, Path, description = "The session id"), KillReason),
     responses(
+        crate::routes::openapi::SessionAdminErrors,
         (status = 200, description = "`{session_id, node_id, reason}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such session", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn kill(
@@ -246,11 +240,9 @@ pub async fn kill(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The user id"), KillReason),
     responses(
+        crate::routes::openapi::SessionAdminErrors,
         (status = 200, description = "`{user_id, sessions, reason}`: the closes are sent to every node at once; `sessions` counts the user's sessions the directory still held when read alongside them (those already closed are not counted), null when it could not be read", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn kill_user(
@@ -333,10 +325,8 @@ async fn close_on_legacy_nodes(
     summary = "Every live node: its sessions and running requests from the directory, and the figures it published",
     security(("admin" = [])),
     responses(
+        crate::routes::openapi::SessionAdminErrors,
         (status = 200, description = "`{nodes: [{node_id, sessions, running, refreshed_at, figures: null | {node_id, version, started_at, uptime_secs, sessions, running_requests, running_answers, rss_bytes, queued_bytes, chunks_relayed, draining, at}}]}` (this node's figures read now)", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {

@@ -17,11 +17,9 @@ use crate::routes::{conversations::UsageQuery, ApiError, AppState};
     security(("admin" = [])),
     params(UsageQuery),
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "`{days, totals: [{day, user_id, username, model, requests, prompt_tokens, completion_tokens, estimated_requests}]}`", body = Object),
         (status = 400, description = "A bad `days`", body = crate::routes::openapi::SeedError),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "The store is unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn list(

@@ -61,11 +61,9 @@ async fn user(state: &AppState, id: &str) -> Result<User, ApiError> {
     security(("admin" = [])),
     params(Paging),
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "`{users: [UserView], offset, limit}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn list(
@@ -98,11 +96,9 @@ pub async fn list(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The user id")),
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "The user", body = UserView),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn show(
@@ -135,12 +131,10 @@ fn default_role() -> String {
     security(("admin" = [])),
     request_body = NewUser,
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 201, description = "The user", body = UserView),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 400, description = "Bad username, password or role", body = crate::routes::openapi::SeedError),
         (status = 409, description = "The username is taken", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn create(
@@ -190,12 +184,10 @@ pub struct UserChange {
     params(("id" = String, Path, description = "The user id")),
     request_body = UserChange,
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "The user", body = UserView),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 400, description = "Bad role, or nothing to change", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn update(
@@ -251,11 +243,9 @@ pub async fn update(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The user id")),
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "`{keys: [{id, user_id, name, prefix, created_at, expires_at, revoked_at}]}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn keys(
@@ -277,11 +267,9 @@ pub async fn keys(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The key id")),
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "`{revoked: id}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such API key", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn revoke_key(
@@ -325,11 +313,9 @@ pub struct TokenToRevoke {
     security(("admin" = [])),
     request_body = TokenToRevoke,
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "`{revoked: jti}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 400, description = "Not a valid token", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn revoke_token(
@@ -370,9 +356,8 @@ pub async fn revoke_token(
     summary = "Models served, their routes and each upstream's circuit breaker",
     security(("admin" = [])),
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "`{models: [{model, provider, kind, upstream_model, targets: [{provider, kind, upstream_model, breaker: closed|open|half_open, recent: {calls, failures}}]}]}` (recent: the upstream's latest 100 calls at most, on this node; provider: the configured name; kind: openai, anthropic, gemini or mock)", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
@@ -421,11 +406,9 @@ pub struct AuditQuery {
     security(("admin" = [])),
     params(AuditQuery),
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "`{entries: [{id, actor, action, target, detail, at}]}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn audit(
