@@ -3,10 +3,28 @@
 use std::time::{Duration, SystemTime};
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, Caller, Paging};
+use super::{bodies::UsageReport, ApiError, AppState, Caller, Paging};
+use crate::store::{Conversation, StoredMessage, UsageTotal};
+
+/// `GET /v1/conversations`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConversationList {
+    conversations: Vec<Conversation>,
+}
+
+/// `GET /v1/conversations/{id}`'s answer: the conversation and a page of its messages.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConversationShown {
+    #[serde(flatten)]
+    conversation: Conversation,
+    /// Oldest first.
+    messages: Vec<StoredMessage>,
+    /// Messages in the whole conversation.
+    total: usize,
+    offset: usize,
+}
 
 /// The caller's conversations
 #[utoipa::path(
@@ -17,7 +35,7 @@ use super::{ApiError, AppState, Caller, Paging};
     security(("bearer" = []), ("x_api_key" = [])),
     responses(
         crate::routes::openapi::OpenAiErrors,
-        (status = 200, description = "`{conversations: [{id, title, created_at, updated_at}]}`", body = Object),
+        (status = 200, description = "The caller's conversations", body = ConversationList),
     ),
 )]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
@@ -26,7 +44,9 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
         .conversations
         .conversations_of(&caller.0.user_id)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "conversations": list })))
+    Ok(HttpResponse::Ok().json(ConversationList {
+        conversations: list,
+    }))
 }
 
 /// `GET /v1/conversations/{id}?offset=&limit=`: the conversation and a page of its messages,
@@ -40,7 +60,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
     params(("id" = String, Path, description = "The conversation's id"), Paging),
     responses(
         crate::routes::openapi::OpenAiErrors,
-        (status = 200, description = "`{id, title, created_at, updated_at, messages, total, offset}`", body = Object),
+        (status = 200, description = "The conversation and a page of its messages", body = ConversationShown),
         (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 404, description = "No such conversation of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
     ),
@@ -57,11 +77,12 @@ pub async fn show(
         .conversation(&caller.0.user_id, &id, page.offset, page.limit())
         .await?
         .ok_or_else(|| ApiError::not_found("Conversation"))?;
-    let mut body = serde_json::to_value(found.conversation).expect("conversations serialize");
-    body["messages"] = json!(found.messages);
-    body["total"] = json!(found.total);
-    body["offset"] = json!(page.offset);
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(ConversationShown {
+        conversation: found.conversation,
+        messages: found.messages,
+        total: found.total,
+        offset: page.offset,
+    }))
 }
 
 /// Delete one of the caller's conversations
@@ -129,7 +150,7 @@ impl UsageQuery {
     params(UsageQuery),
     responses(
         crate::routes::openapi::OpenAiErrors,
-        (status = 200, description = "`{days, totals: [{day, model, requests, prompt_tokens, completion_tokens, estimated_requests}]}`", body = Object),
+        (status = 200, description = "The caller's totals by UTC day and model", body = UsageReport<UsageTotal>),
         (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
@@ -144,5 +165,5 @@ pub async fn usage(
         .usage
         .usage_totals(&caller.0.user_id, since)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "days": days, "totals": totals })))
+    Ok(HttpResponse::Ok().json(UsageReport { days, totals }))
 }
