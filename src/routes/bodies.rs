@@ -13,3 +13,10 @@ pub struct UsageReport<T> {
     pub days: u64,
     pub totals: Vec<T>,
 }
+
+/// A credential revoked on every node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revoked {
+    /// The API key's id, or the session token's jti.
+    pub revoked: String,
+}
