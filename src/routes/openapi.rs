@@ -1,7 +1,8 @@
 //! The REST API's OpenAPI 3.1 document, derived by utoipa from the handlers' `#[utoipa::path]`
-//! annotations and request types. Served at `/openapi.json` (and `/admin/openapi.json`), checked
-//! in at `docs/openapi.json`; `tests/gateway/openapi.rs` fails when the two differ or when a
-//! route registered in `configure` is missing from it.
+//! annotations and their request and answer types (a handler answers with the type its path
+//! names as the success body). Served at `/openapi.json` (and `/admin/openapi.json`), checked
+//! in at `docs/openapi.json`; `tests/gateway/openapi.rs` fails when the two differ, when a
+//! route registered in `configure` is missing from it, or when a success body is a bare object.
 
 use std::{collections::BTreeMap, marker::PhantomData};
 
