@@ -241,6 +241,8 @@ pub struct JsonSchemaSpec {
 
 /// A stored conversation's roles (the history kept with `conversation_id`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "utoipa", schema(as = MessageRole))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     System,

@@ -4,8 +4,7 @@ use std::{net::IpAddr, time::Duration};
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use ai_gateway_actors::unix_time::unix_secs;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, Caller};
 use crate::{
@@ -23,6 +22,30 @@ pub const PASSWORD_BYTES: std::ops::RangeInclusive<usize> = 8..=1024;
 pub struct Credentials {
     pub(super) username: String,
     pub(super) password: String,
+}
+
+/// `POST /register`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Registered {
+    /// `User created successfully`.
+    message: &'static str,
+    user_id: String,
+}
+
+/// `POST /login`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LoggedIn {
+    /// The session token: `Authorization: Bearer <token>`.
+    token: String,
+    username: String,
+    role: Role,
+}
+
+/// `POST /logout`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct LoggedOut {
+    /// `Logged out`.
+    message: &'static str,
 }
 
 pub(super) fn validate(c: &Credentials) -> Result<(), ApiError> {
@@ -84,7 +107,7 @@ async fn verify_password(
     tag = "account",
     request_body = Credentials,
     responses(
-        (status = 200, description = "`{message, user_id}`", body = Object),
+        (status = 200, description = "The account is created", body = Registered),
         (status = 400, description = "Bad username (3 to 64 of letters, digits, '_', '.', '-') or password (8 to 1024 bytes)", body = crate::routes::openapi::SeedError),
         (status = 403, description = "Registration is closed", body = crate::routes::openapi::SeedError),
         (status = 409, description = "The username is taken", body = crate::routes::openapi::SeedError),
@@ -123,10 +146,10 @@ pub async fn register(
         .create_user(&creds.username, hash, Role::User)
         .await?;
     tracing::info!(user_id = %user.id, username = %user.username, "user registered");
-    Ok(HttpResponse::Ok().json(json!({
-        "message": "User created successfully",
-        "user_id": user.id,
-    })))
+    Ok(HttpResponse::Ok().json(Registered {
+        message: "User created successfully",
+        user_id: user.id,
+    }))
 }
 
 /// The key per-address limits count by: an IPv4 address, or the /64 network of an IPv6 one
@@ -178,7 +201,7 @@ pub fn client_addr(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Option<IpAddr
     tag = "account",
     request_body = Credentials,
     responses(
-        (status = 200, description = "`{token, username, role}`", body = Object),
+        (status = 200, description = "A session token", body = LoggedIn),
         (status = 400, description = "Unreadable body", body = crate::routes::openapi::SeedError),
         (status = 401, description = "Invalid credentials", body = crate::routes::openapi::SeedError),
         (status = 403, description = "User disabled", body = crate::routes::openapi::SeedError),
@@ -245,11 +268,11 @@ pub async fn login(
         .access
         .tokens()
         .issue(&user.id, &user.username, user.role);
-    Ok(HttpResponse::Ok().json(json!({
-        "token": token,
-        "username": user.username,
-        "role": user.role,
-    })))
+    Ok(HttpResponse::Ok().json(LoggedIn {
+        token,
+        username: user.username,
+        role: user.role,
+    }))
 }
 
 /// `POST /logout`: revokes the presented token on every node and closes its sessions.
@@ -259,10 +282,9 @@ pub async fn login(
     tag = "account",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "`{message}`", body = Object),
+        crate::routes::openapi::UserErrors,
+        (status = 200, description = "The token is revoked and its sessions closed", body = LoggedOut),
         (status = 400, description = "The credential is an API key (revoke it with DELETE /v1/keys/{id})", body = crate::routes::openapi::SeedError),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
@@ -282,5 +304,7 @@ pub async fn logout(state: web::Data<AppState>, caller: Caller) -> Result<HttpRe
             expires_at_unix,
         })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "message": "Logged out" })))
+    Ok(HttpResponse::Ok().json(LoggedOut {
+        message: "Logged out",
+    }))
 }

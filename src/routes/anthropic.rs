@@ -14,7 +14,7 @@ use ai_gateway_actors::{
 use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::{
@@ -401,6 +401,55 @@ fn stop_reason(r: FinishReason) -> &'static str {
     }
 }
 
+/// `POST /v1/messages`'s answer when not streamed: a `message`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageAnswer {
+    id: String,
+    /// Always `message`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Always `assistant`.
+    role: &'static str,
+    model: String,
+    content: Vec<ContentBlock>,
+    /// `end_turn`, `max_tokens`, `tool_use` or `refusal`.
+    stop_reason: &'static str,
+    /// Always null.
+    stop_sequence: Option<String>,
+    usage: MessageUsage,
+}
+
+/// A block of the answer. Reasoning (`thinking`, `redacted_thinking`) only when the request
+/// asked for it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
+    /// Reasoning the provider sent encrypted.
+    RedactedThinking {
+        data: String,
+    },
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        /// The tool's arguments.
+        #[schema(value_type = Object)]
+        input: Value,
+    },
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
 /// `POST /v1/messages`
 #[utoipa::path(
     post,
@@ -412,13 +461,12 @@ fn stop_reason(r: FinishReason) -> &'static str {
     security(("bearer" = []), ("x_api_key" = [])),
     request_body = MessagesRequest,
     responses(
+        crate::routes::openapi::AnthropicErrors,
         (status = 200, description = "A `message`, or with `stream: true` Anthropic's stream of events", content(
-            (Object = "application/json"),
+            (MessageAnswer = "application/json"),
             (String = "text/event-stream"),
         )),
         (status = 400, description = "Invalid request", body = crate::routes::openapi::AnthropicErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::AnthropicErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::AnthropicErrorBody),
         (status = 404, description = "Unknown model", body = crate::routes::openapi::AnthropicErrorBody),
         (status = 413, description = "Body too large", body = crate::routes::openapi::AnthropicErrorBody),
         (status = 429, description = "Too many requests (the caller's, or the upstream's); see Retry-After", body = crate::routes::openapi::AnthropicErrorBody),
@@ -464,7 +512,7 @@ pub async fn messages(
             Some(Piece::Chunk(chunk)) if chunk.is_seal() => match chunk.seal.as_deref() {
                 Some(Seal::Signature(s)) => signature.push_str(s),
                 Some(Seal::Redacted(data)) => {
-                    redacted.push(json!({"type": "redacted_thinking", "data": data}))
+                    redacted.push(ContentBlock::RedactedThinking { data: data.clone() })
                 }
                 None => {}
             },
@@ -486,32 +534,43 @@ pub async fn messages(
                     .map_err(|e| AnthropicError::of_provider(&e))?;
                 let mut content = Vec::new();
                 if thinking && !reasoning.is_empty() {
-                    content.push(
-                        json!({"type": "thinking", "thinking": reasoning, "signature": signature}),
-                    );
+                    content.push(ContentBlock::Thinking {
+                        thinking: reasoning,
+                        signature,
+                    });
                 }
                 if thinking {
                     content.extend(redacted);
                 }
                 if !text.is_empty() {
-                    content.push(json!({"type": "text", "text": text}));
+                    content.push(ContentBlock::Text { text });
                 }
                 for call in joined_tool_calls(&calls) {
                     let input: Value = serde_json::from_str(&call.arguments).unwrap_or(json!({}));
-                    content.push(json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}));
+                    content.push(ContentBlock::ToolUse {
+                        id: call.id,
+                        name: call.name,
+                        input,
+                    });
                 }
                 return Ok(HttpResponse::Ok()
                     .insert_header((
                         super::openai::ADDED_LATENCY_HEADER,
                         begun.added_us.to_string(),
                     ))
-                    .json(json!({
-                        "id": id, "type": "message", "role": "assistant", "model": begun.model,
-                        "content": content, "stop_reason": stop_reason(reason),
-                        "stop_sequence": null,
-                        "usage": {"input_tokens": usage.prompt_tokens,
-                            "output_tokens": usage.completion_tokens},
-                    })));
+                    .json(MessageAnswer {
+                        id,
+                        kind: "message",
+                        role: "assistant",
+                        model: begun.model,
+                        content,
+                        stop_reason: stop_reason(reason),
+                        stop_sequence: None,
+                        usage: MessageUsage {
+                            input_tokens: usage.prompt_tokens,
+                            output_tokens: usage.completion_tokens,
+                        },
+                    }));
             }
             None => {
                 answer.broken();

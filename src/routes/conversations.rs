@@ -3,10 +3,28 @@
 use std::time::{Duration, SystemTime};
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, Caller, Paging};
+use super::{bodies::UsageReport, ApiError, AppState, Caller, Paging};
+use crate::store::{Conversation, StoredMessage, UsageTotal};
+
+/// `GET /v1/conversations`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConversationList {
+    conversations: Vec<Conversation>,
+}
+
+/// `GET /v1/conversations/{id}`'s answer: the conversation and a page of its messages.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConversationShown {
+    #[serde(flatten)]
+    conversation: Conversation,
+    /// Oldest first.
+    messages: Vec<StoredMessage>,
+    /// Messages in the whole conversation.
+    total: usize,
+    offset: usize,
+}
 
 /// The caller's conversations
 #[utoipa::path(
@@ -16,11 +34,8 @@ use super::{ApiError, AppState, Caller, Paging};
     tag = "v1",
     security(("bearer" = []), ("x_api_key" = [])),
     responses(
-        (status = 200, description = "`{conversations: [{id, title, created_at, updated_at}]}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
+        crate::routes::openapi::OpenAiErrors,
+        (status = 200, description = "The caller's conversations", body = ConversationList),
     ),
 )]
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
@@ -29,7 +44,9 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
         .conversations
         .conversations_of(&caller.0.user_id)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "conversations": list })))
+    Ok(HttpResponse::Ok().json(ConversationList {
+        conversations: list,
+    }))
 }
 
 /// `GET /v1/conversations/{id}?offset=&limit=`: the conversation and a page of its messages,
@@ -42,13 +59,10 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
     security(("bearer" = []), ("x_api_key" = [])),
     params(("id" = String, Path, description = "The conversation's id"), Paging),
     responses(
-        (status = 200, description = "`{id, title, created_at, updated_at, messages, total, offset}`", body = Object),
+        crate::routes::openapi::OpenAiErrors,
+        (status = 200, description = "The conversation and a page of its messages", body = ConversationShown),
         (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 404, description = "No such conversation of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn show(
@@ -63,11 +77,12 @@ pub async fn show(
         .conversation(&caller.0.user_id, &id, page.offset, page.limit())
         .await?
         .ok_or_else(|| ApiError::not_found("Conversation"))?;
-    let mut body = serde_json::to_value(found.conversation).expect("conversations serialize");
-    body["messages"] = json!(found.messages);
-    body["total"] = json!(found.total);
-    body["offset"] = json!(page.offset);
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(ConversationShown {
+        conversation: found.conversation,
+        messages: found.messages,
+        total: found.total,
+        offset: page.offset,
+    }))
 }
 
 /// Delete one of the caller's conversations
@@ -79,12 +94,9 @@ pub async fn show(
     security(("bearer" = []), ("x_api_key" = [])),
     params(("id" = String, Path, description = "The conversation's id")),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such conversation of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn delete(
@@ -137,12 +149,9 @@ impl UsageQuery {
     security(("bearer" = []), ("x_api_key" = [])),
     params(UsageQuery),
     responses(
-        (status = 200, description = "`{days, totals: [{day, model, requests, prompt_tokens, completion_tokens, estimated_requests}]}`", body = Object),
+        crate::routes::openapi::OpenAiErrors,
+        (status = 200, description = "The caller's totals by UTC day and model", body = UsageReport<UsageTotal>),
         (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn usage(
@@ -156,5 +165,5 @@ pub async fn usage(
         .usage
         .usage_totals(&caller.0.user_id, since)
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "days": days, "totals": totals })))
+    Ok(HttpResponse::Ok().json(UsageReport { days, totals }))
 }

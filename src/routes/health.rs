@@ -9,7 +9,7 @@ use prometheus_client::{
     metrics::{family::Family, gauge::Gauge},
     registry::Registry,
 };
-use serde_json::json;
+use serde::Serialize;
 
 use super::AppState;
 
@@ -45,15 +45,60 @@ impl Telemetry {
     }
 }
 
+/// `GET /healthz`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// `GET /readyz`'s answer, with either status.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    status: ReadyStatus,
+    /// The node is shutting down.
+    draining: bool,
+    /// Null when not configured.
+    postgres: Option<DependencyState>,
+    /// Null when not configured.
+    redis: Option<DependencyState>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub enum ReadyStatus {
+    #[serde(rename = "ready")]
+    Ready,
+    /// Draining, or a dependency is down.
+    #[serde(rename = "not ready")]
+    NotReady,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyState {
+    Up,
+    Down,
+}
+
+impl From<bool> for DependencyState {
+    fn from(up: bool) -> Self {
+        if up {
+            DependencyState::Up
+        } else {
+            DependencyState::Down
+        }
+    }
+}
+
 /// Liveness: the process answers
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "health",
-    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)),
+    responses((status = 200, description = "The process answers", body = Liveness)),
 )]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Liveness { status: "ok" })
 }
 
 /// Ready when not draining and every configured dependency answers.
@@ -62,8 +107,8 @@ pub async fn healthz() -> HttpResponse {
     path = "/readyz",
     tag = "health",
     responses(
-        (status = 200, description = "`{status: \"ready\", draining, postgres, redis}` (each `up`, `down` or null when not configured)", body = Object),
-        (status = 503, description = "The same body with `status: \"not ready\"`: draining, or a dependency is down", body = Object),
+        (status = 200, description = "Ready: `status` is `ready`", body = Readiness),
+        (status = 503, description = "The same body with `status: \"not ready\"`: draining, or a dependency is down", body = Readiness),
     ),
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
@@ -77,12 +122,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         None => None,
     };
     let ready = !draining && postgres != Some(false) && redis != Some(false);
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "draining": draining,
-        "postgres": postgres.map(|ok| if ok { "up" } else { "down" }),
-        "redis": redis.map(|ok| if ok { "up" } else { "down" }),
-    });
+    let body = Readiness {
+        status: if ready {
+            ReadyStatus::Ready
+        } else {
+            ReadyStatus::NotReady
+        },
+        draining,
+        postgres: postgres.map(DependencyState::from),
+        redis: redis.map(DependencyState::from),
+    };
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -3,9 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use actix_web::{http::StatusCode, web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, Caller, Paging};
 use crate::{
@@ -27,6 +26,34 @@ pub struct NewKey {
     /// Seconds from now; absent means the key does not expire.
     #[serde(default)]
     expires_in_secs: Option<u64>,
+}
+
+/// `POST /v1/keys`'s answer: the key's record and, this once, the key itself.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    record: ApiKey,
+    /// The key itself, shown only in this answer.
+    key: String,
+}
+
+/// `GET /v1/keys`: a page of the caller's keys.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct KeyPage {
+    /// Never the keys themselves.
+    keys: Vec<ApiKey>,
+    offset: usize,
+    limit: usize,
+    /// Where the next page starts; null on the last page.
+    next_offset: Option<usize>,
+}
+
+/// `DELETE /v1/keys/{id}`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RevokedKey {
+    id: String,
+    /// Always true.
+    revoked: bool,
 }
 
 /// When a key asked to live `secs` from `now` expires: 1 second to ten years, else 400.
@@ -51,14 +78,11 @@ fn expiry(now: SystemTime, secs: Option<u64>) -> Result<Option<SystemTime>, ApiE
     security(("bearer" = []), ("x_api_key" = [])),
     request_body = NewKey,
     responses(
-        (status = 201, description = "The key's record and, this once, `key`", body = Object),
+        crate::routes::openapi::OpenAiErrors,
+        (status = 201, description = "The key's record and, this once, `key`", body = CreatedKey),
         (status = 400, description = "Bad name (1 to 100 characters) or expires_in_secs, or an unknown field", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 409, description = "The caller has max_api_keys_per_user keys", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 413, description = "Body too large", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn create(
@@ -89,15 +113,11 @@ pub async fn create(
         .identity()
         .create_api_key(key, state.guards.max_api_keys_per_user)
         .await?;
-    let mut body = serde_json::to_value(&key).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("could not show the key: {e}"),
-        )
-    })?;
     // The only time the key itself is shown.
-    body["key"] = json!(secret);
-    Ok(HttpResponse::Created().json(body))
+    Ok(HttpResponse::Created().json(CreatedKey {
+        record: key,
+        key: secret,
+    }))
 }
 
 /// `GET /v1/keys?offset=&limit=`: the caller's keys, oldest first, `limit` (default 100, at
@@ -110,12 +130,9 @@ pub async fn create(
     security(("bearer" = []), ("x_api_key" = [])),
     params(Paging),
     responses(
-        (status = 200, description = "`{keys, offset, limit, next_offset}` (never the keys themselves)", body = Object),
+        crate::routes::openapi::OpenAiErrors,
+        (status = 200, description = "A page of the caller's keys (never the keys themselves)", body = KeyPage),
         (status = 400, description = "Bad query", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn list(
@@ -132,12 +149,12 @@ pub async fn list(
     let more = keys.len() > limit;
     keys.truncate(limit);
     let next_offset = more.then(|| page.offset.saturating_add(limit));
-    Ok(HttpResponse::Ok().json(json!({
-        "keys": keys,
-        "offset": page.offset,
-        "limit": limit,
-        "next_offset": next_offset,
-    })))
+    Ok(HttpResponse::Ok().json(KeyPage {
+        keys,
+        offset: page.offset,
+        limit,
+        next_offset,
+    }))
 }
 
 /// Revoke one of the caller's API keys (an admin may revoke anyone's) on every node
@@ -149,12 +166,9 @@ pub async fn list(
     security(("bearer" = []), ("x_api_key" = [])),
     params(("id" = String, Path, description = "The key's id")),
     responses(
-        (status = 200, description = "`{id, revoked: true}`", body = Object),
+        crate::routes::openapi::OpenAiErrors,
+        (status = 200, description = "The key is revoked", body = RevokedKey),
         (status = 404, description = "No such key of the caller's", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn revoke(
@@ -174,11 +188,16 @@ pub async fn revoke(
         .access
         .revoke(Revocation::ApiKey { id: key.id.clone() })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "id": key.id, "revoked": true })))
+    Ok(HttpResponse::Ok().json(RevokedKey {
+        id: key.id,
+        revoked: true,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
+    use actix_web::http::StatusCode;
+
     use super::*;
 
     #[test]

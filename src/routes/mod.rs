@@ -4,6 +4,7 @@
 mod account;
 pub(crate) mod admin;
 mod anthropic;
+mod bodies;
 mod caller;
 mod chat;
 mod conversations;

@@ -25,7 +25,7 @@ use ai_gateway_actors::{
 use ai_gateway_proto::{ChunkKind, ErrorReason, FinishReason, Usage};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::{AppState, Caller};
@@ -400,6 +400,27 @@ impl CompletionRequest {
     }
 }
 
+/// `GET /v1/models`'s answer, in OpenAI's shape.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ModelList<'a> {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<Model<'a>>,
+}
+
+/// A model the gateway serves.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Model<'a> {
+    /// The name to request it by.
+    id: &'a str,
+    /// Always `model`.
+    object: &'static str,
+    /// Always 0.
+    created: u64,
+    /// The kind of its route's first upstream: `openai`, `anthropic`, `gemini` or `mock`.
+    owned_by: &'static str,
+}
+
 /// `GET /v1/models`
 #[utoipa::path(
     get,
@@ -409,20 +430,25 @@ impl CompletionRequest {
     summary = "The models the gateway serves",
     security(("bearer" = []), ("x_api_key" = [])),
     responses(
-        (status = 200, description = "`{object: \"list\", data: [{id, object: \"model\", created, owned_by}]}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
+        crate::routes::openapi::OpenAiErrors,
+        (status = 200, description = "The models the gateway serves", body = ModelList),
     ),
 )]
 pub async fn models(state: web::Data<AppState>, _caller: Caller) -> HttpResponse {
-    let data: Vec<Value> = state
+    let data: Vec<Model> = state
         .router
         .models()
-        .map(|(name, route)| {
-            json!({"id": name, "object": "model", "created": 0, "owned_by": route.primary().name()})
+        .map(|(name, route)| Model {
+            id: name,
+            object: "model",
+            created: 0,
+            owned_by: route.primary().name(),
         })
         .collect();
-    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+    HttpResponse::Ok().json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
 /// A piece of a running answer, as the HTTP front writes it.
@@ -729,13 +755,12 @@ pub(super) async fn begin(
     security(("bearer" = []), ("x_api_key" = [])),
     request_body = CompletionRequest,
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "A `chat.completion`, or with `stream: true` a stream of `chat.completion.chunk` events ending `data: [DONE]`", content(
-            (Object = "application/json"),
+            (Completion = "application/json"),
             (String = "text/event-stream"),
         )),
         (status = 400, description = "Invalid request (`param` names the field)", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 404, description = "Unknown model", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 413, description = "Body too large", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 429, description = "Too many requests (the caller's, or the upstream's); see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
@@ -812,31 +837,37 @@ pub async fn completions(
             Some(Piece::End(end)) => {
                 let Finish { reason, usage } = answer.end(end)?;
                 let calls = joined_tool_calls(&calls);
-                let content = if content.is_empty() && !calls.is_empty() {
-                    Value::Null
-                } else {
-                    json!(content)
-                };
-                let mut message = json!({"role": "assistant", "content": content});
-                if !reasoning.is_empty() {
-                    message["reasoning_content"] = json!(reasoning);
-                }
-                if !calls.is_empty() {
-                    message["tool_calls"] = calls
-                        .iter()
-                        .map(|c| {
-                            json!({"id": c.id, "type": "function",
-                                "function": {"name": c.name, "arguments": c.arguments}})
+                let message = CompletionMessage {
+                    role: "assistant",
+                    // Null when the answer is only tool calls.
+                    content: (!content.is_empty() || calls.is_empty()).then_some(content),
+                    reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                    tool_calls: calls
+                        .into_iter()
+                        .map(|c| OutToolCall {
+                            id: c.id,
+                            kind: "function",
+                            function: OutFunctionCall {
+                                name: c.name,
+                                arguments: c.arguments,
+                            },
                         })
-                        .collect();
-                }
+                        .collect(),
+                };
                 return Ok(HttpResponse::Ok()
                     .insert_header((ADDED_LATENCY_HEADER, added_us.to_string()))
-                    .json(json!({
-                    "id": id, "object": "chat.completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": finish_reason_str(reason)}],
-                    "usage": usage,
-                })));
+                    .json(Completion {
+                        id,
+                        object: "chat.completion",
+                        created,
+                        model,
+                        choices: vec![CompletionChoice {
+                            index: 0,
+                            message,
+                            finish_reason: finish_reason_str(reason),
+                        }],
+                        usage,
+                    }));
             }
             None => {
                 answer.broken();
@@ -845,6 +876,61 @@ pub async fn completions(
         }
         next = answer.next().await;
     }
+}
+
+/// `POST /v1/chat/completions`'s answer when not streamed: a `chat.completion`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Completion {
+    id: String,
+    /// Always `chat.completion`.
+    object: &'static str,
+    /// Unix seconds.
+    created: u64,
+    model: String,
+    /// Always one.
+    choices: Vec<CompletionChoice>,
+    usage: Usage,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CompletionChoice {
+    /// Always 0.
+    index: u32,
+    message: CompletionMessage,
+    /// `stop`, `length`, `tool_calls` or `content_filter`.
+    finish_reason: &'static str,
+}
+
+/// The answer, as an assistant message.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CompletionMessage {
+    /// Always `assistant`.
+    role: &'static str,
+    /// Null when the answer is only tool calls.
+    content: Option<String>,
+    /// The model's reasoning, where its provider shows it; absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    /// Absent when the model called no tool.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OutToolCall>,
+}
+
+/// A tool the model called.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OutToolCall {
+    id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: OutFunctionCall,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OutFunctionCall {
+    name: String,
+    /// The arguments, as the JSON text the model wrote.
+    arguments: String,
 }
 
 /// Events already waiting are written together, up to this many bytes: one socket write
@@ -1115,12 +1201,10 @@ fn resume_point(
         EventsQuery,
     ),
     responses(
+        crate::routes::openapi::OpenAiErrors,
         (status = 200, description = "The rest of the stream, as `chat.completion.chunk` events", body = String, content_type = "text/event-stream"),
         (status = 400, description = "Bad Last-Event-ID", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 403, description = "User disabled", body = crate::routes::openapi::OpenAiErrorBody),
         (status = 404, description = "No answer to resume: unknown, expired or not the caller's", body = crate::routes::openapi::OpenAiErrorBody),
-        (status = 429, description = "Too many failed attempts from this address; see Retry-After", body = crate::routes::openapi::OpenAiErrorBody),
     ),
 )]
 pub async fn events(

@@ -1,13 +1,19 @@
 //! The REST API's OpenAPI 3.1 document, derived by utoipa from the handlers' `#[utoipa::path]`
-//! annotations and request types. Served at `/openapi.json` (and `/admin/openapi.json`), checked
-//! in at `docs/openapi.json`; `tests/gateway/openapi.rs` fails when the two differ or when a
-//! route registered in `configure` is missing from it.
+//! annotations and their request and answer types (a handler answers with the type its path
+//! names as the success body). Served at `/openapi.json` (and `/admin/openapi.json`), checked
+//! in at `docs/openapi.json`; `tests/gateway/openapi.rs` fails when the two differ, when a
+//! route registered in `configure` is missing from it, or when a success body is a bare object.
+
+use std::{collections::BTreeMap, marker::PhantomData};
 
 use actix_web::HttpResponse;
 use serde::Serialize;
 use utoipa::{
-    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
-    Modify, OpenApi, ToSchema,
+    openapi::{
+        security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
+        ContentBuilder, Ref, RefOr, ResponseBuilder,
+    },
+    IntoResponses, Modify, OpenApi, ToSchema,
 };
 
 use super::{account, admin, anthropic, chat, conversations, health, keys, openai};
@@ -49,6 +55,7 @@ pub const ADMIN: &str = "admin";
         health::readyz,
         health::metrics,
     ),
+    components(schemas(SeedError, OpenAiErrorBody, AnthropicErrorBody)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "account", description = "Sign-up, login and logout"),
@@ -107,6 +114,82 @@ pub fn document() -> utoipa::openapi::OpenApi {
 )]
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok().json(document())
+}
+
+// The error sets every route of a kind shares, named once: a route lists its set in
+// `responses(...)` first, then its own rows (a row of the same status replaces the set's, for
+// a route that says more about it).
+
+/// The errors of a route that takes a caller's credential (the `Caller` extractor), with the
+/// error body `B` of the route's front.
+pub struct CallerErrors<B>(PhantomData<B>);
+
+impl<B: ToSchema> IntoResponses for CallerErrors<B> {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        error_rows::<B>(&[
+            (401, "No or bad credential"),
+            (403, "User disabled"),
+            (
+                429,
+                "Too many failed attempts from this address; see Retry-After",
+            ),
+            (503, "Store unavailable"),
+        ])
+    }
+}
+
+/// [`CallerErrors`] in the seed's shape (`/logout`).
+pub type UserErrors = CallerErrors<SeedError>;
+/// [`CallerErrors`] in OpenAI's shape (every `/v1/` route but `/v1/messages`).
+pub type OpenAiErrors = CallerErrors<OpenAiErrorBody>;
+/// [`CallerErrors`] in Anthropic's shape (`/v1/messages`).
+pub type AnthropicErrors = CallerErrors<AnthropicErrorBody>;
+
+/// The errors of every route under `/admin/` but the document: the admin check's.
+pub struct AdminErrors;
+
+impl IntoResponses for AdminErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        error_rows::<SeedError>(&[
+            (401, "No or bad credential"),
+            (403, "Not an admin"),
+            (503, "Store unavailable"),
+        ])
+    }
+}
+
+/// [`AdminErrors`] of the routes that read the session directory.
+pub struct SessionAdminErrors;
+
+impl IntoResponses for SessionAdminErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let mut rows = AdminErrors::responses();
+        rows.extend(error_rows::<SeedError>(&[(
+            503,
+            "Session directory or store unavailable",
+        )]));
+        rows
+    }
+}
+
+/// `(status, description)` rows, each with the JSON body `B`.
+fn error_rows<B: ToSchema>(
+    rows: &[(u16, &str)],
+) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+    rows.iter()
+        .map(|(status, description)| {
+            let response = ResponseBuilder::new()
+                .description(*description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(B::name())))
+                        .build(),
+                )
+                .build();
+            (status.to_string(), RefOr::T(response))
+        })
+        .collect()
 }
 
 // The error bodies below are documentation only: the handlers build them with `json!`.

@@ -51,19 +51,26 @@ pub struct User {
 }
 
 /// An API key as stored: never the key itself, only its hash and visible prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: String,
     pub user_id: String,
     pub name: String,
+    /// The key's first characters, to tell keys apart.
     pub prefix: String,
     #[serde(skip)]
     pub key_hash: Vec<u8>,
+    /// Unix seconds.
     #[serde(with = "as_unix_secs")]
+    #[schema(value_type = u64)]
     pub created_at: SystemTime,
+    /// Unix seconds; null when the key does not expire.
     #[serde(with = "as_unix_secs::option")]
+    #[schema(value_type = Option<u64>)]
     pub expires_at: Option<SystemTime>,
+    /// Unix seconds; null while the key is not revoked.
     #[serde(with = "as_unix_secs::option")]
+    #[schema(value_type = Option<u64>)]
     pub revoked_at: Option<SystemTime>,
 }
 
@@ -82,17 +89,21 @@ pub struct Revocations {
     pub disabled_users: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Conversation {
     pub id: String,
     pub title: String,
+    /// Unix seconds.
     #[serde(with = "as_unix_secs")]
+    #[schema(value_type = u64)]
     pub created_at: SystemTime,
+    /// Unix seconds.
     #[serde(with = "as_unix_secs")]
+    #[schema(value_type = u64)]
     pub updated_at: SystemTime,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct StoredMessage {
     pub role: MessageRole,
     pub content: String,
@@ -101,7 +112,9 @@ pub struct StoredMessage {
     pub completion_tokens: Option<u64>,
     pub first_chunk_ms: Option<u64>,
     pub duration_ms: Option<u64>,
+    /// Unix seconds.
     #[serde(with = "as_unix_secs")]
+    #[schema(value_type = u64)]
     pub created_at: SystemTime,
 }
 
@@ -169,7 +182,7 @@ pub struct UsageRecord {
 }
 
 /// A user's usage of one model on one UTC day.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageTotal {
     /// `YYYY-MM-DD`, UTC.
     pub day: String,
@@ -182,7 +195,7 @@ pub struct UsageTotal {
 }
 
 /// Every user's totals for one UTC day and model (the admin panel's usage charts).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserUsageTotal {
     pub user_id: String,
     pub username: String,
@@ -262,15 +275,19 @@ pub trait IdentityStore: Send + Sync + 'static {
 }
 
 /// One admin action, as the audit table keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     /// The admin's username, or `static-token`.
     pub actor: String,
     pub action: String,
     pub target: String,
+    /// What the action was given (its fields depend on `action`).
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
+    /// Unix seconds.
     #[serde(with = "as_unix_secs")]
+    #[schema(value_type = u64)]
     pub at: SystemTime,
 }
 

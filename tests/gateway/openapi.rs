@@ -1,5 +1,6 @@
 //! The OpenAPI document: served at `/openapi.json` and `/admin/openapi.json`, checked in at
-//! `docs/openapi.json`, and naming every route `src/routes` registers (and no other).
+//! `docs/openapi.json`, naming every route `src/routes` registers (and no other), with a schema
+//! for every success body.
 
 use std::{
     collections::BTreeSet,
@@ -126,6 +127,69 @@ async fn every_route_is_documented_and_every_documented_route_exists() {
         assert!(
             ids.insert(id.to_owned()),
             "operationId {id:?} of {method} {path} is not unique"
+        );
+    }
+}
+
+/// Success answers whose JSON is free-form by nature, each with why. Every other 2xx answer
+/// must have a schema naming its fields.
+const FREE_FORM_SUCCESS: &[(&str, &str, &str)] = &[
+    ("get", "/openapi.json", "the OpenAPI document itself"),
+    ("get", "/admin/openapi.json", "the OpenAPI document itself"),
+];
+
+/// A schema that says only "an object": no fields, no reference, no composition.
+fn untyped_object(schema: &Value) -> bool {
+    let Some(fields) = schema.as_object() else {
+        return false;
+    };
+    schema["type"] == "object"
+        && fields
+            .keys()
+            .all(|k| ["type", "description", "title"].contains(&k.as_str()))
+}
+
+/// The handlers build their success bodies from types that derive `ToSchema`, so no success
+/// answer is documented as a bare object with its shape only in prose.
+#[actix_rt::test]
+async fn every_success_body_has_a_schema() {
+    let t = start().await;
+    let doc = served(&t, "/openapi.json").await;
+    let mut untyped = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in METHODS {
+            let Some(op) = item.get(*method) else {
+                continue;
+            };
+            if FREE_FORM_SUCCESS
+                .iter()
+                .any(|(m, p, _)| m == method && p == path)
+            {
+                continue;
+            }
+            for (status, response) in op["responses"].as_object().expect("responses") {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                let Some(content) = response.get("content").and_then(Value::as_object) else {
+                    continue;
+                };
+                for (media_type, media) in content {
+                    if untyped_object(&media["schema"]) {
+                        untyped.push(format!("{method} {path} {status} {media_type}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        untyped.is_empty(),
+        "success bodies documented as a bare object (answer with a type deriving ToSchema and name it in `body = ...`): {untyped:?}"
+    );
+    for (method, path, _) in FREE_FORM_SUCCESS {
+        assert!(
+            doc["paths"][path].get(*method).is_some(),
+            "FREE_FORM_SUCCESS names a route the document lacks: {method} {path}"
         );
     }
 }

@@ -22,6 +22,7 @@ enum State {
 
 /// What an operator sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -34,6 +35,7 @@ pub const RECENT_CALLS: usize = 100;
 
 /// The outcome of the latest calls (at most [`RECENT_CALLS`]), for the admin panel's error rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct RecentCalls {
     pub calls: usize,
     pub failures: usize,

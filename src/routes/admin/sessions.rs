@@ -33,7 +33,7 @@ pub struct SessionFilter {
     pub model: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct NodeLoad {
     node_id: String,
     sessions: usize,
@@ -42,7 +42,45 @@ struct NodeLoad {
     /// Unix milliseconds of the node's last directory refresh.
     refreshed_at: u64,
     /// What the node published of itself (this node's: read now); null until it has.
+    #[schema(value_type = Option<super::figures::NodeFiguresSchema>)]
     figures: Option<NodeFigures>,
+}
+
+/// `GET /admin/nodes`: every live node.
+#[derive(Serialize, utoipa::ToSchema)]
+struct NodeList {
+    nodes: Vec<NodeLoad>,
+}
+
+/// `GET /admin/sessions`: a page of the matching sessions, by start.
+#[derive(Serialize, utoipa::ToSchema)]
+struct SessionPage<'a> {
+    sessions: Vec<&'a DirectoryEntry>,
+    /// Sessions matching the filters, on every page.
+    total: usize,
+    offset: usize,
+    limit: usize,
+}
+
+/// `DELETE /admin/sessions/{id}`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct SessionKilled {
+    session_id: String,
+    /// The node that held the session.
+    node_id: String,
+    /// The close reason the client was sent.
+    reason: String,
+}
+
+/// `DELETE /admin/users/{id}/sessions`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct UserSessionsKilled {
+    user_id: String,
+    /// The user's sessions the directory still held when read alongside the closes (those
+    /// already closed are not counted); null when it could not be read.
+    sessions: Option<usize>,
+    /// The close reason the clients were sent.
+    reason: String,
 }
 
 fn directory_down(e: ClusterError) -> ApiError {
@@ -101,11 +139,9 @@ async fn find_session(state: &AppState, id: &str) -> Result<DirectoryEntry, ApiE
     security(("admin" = [])),
     params(SessionFilter, Paging),
     responses(
-        (status = 200, description = "`{sessions: [DirectoryEntry], total, offset, limit}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::SessionAdminErrors,
+        (status = 200, description = "A page of the matching sessions", body = SessionPage),
         (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn list(
@@ -139,12 +175,12 @@ pub async fn list(
         .skip(paging.offset)
         .take(limit)
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "sessions": page,
-        "total": total,
-        "offset": paging.offset,
-        "limit": limit,
-    })))
+    Ok(HttpResponse::Ok().json(SessionPage {
+        sessions: page,
+        total,
+        offset: paging.offset,
+        limit,
+    }))
 }
 
 #[utoipa::path(
@@ -156,11 +192,9 @@ pub async fn list(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The session id")),
     responses(
+        crate::routes::openapi::SessionAdminErrors,
         (status = 200, description = "The session", body = DirectoryEntry),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such session", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn show(
@@ -206,11 +240,9 @@ async fn close(state: &AppState, session: &DirectoryEntry, reason: &str) -> Resu
     security(("admin" = [])),
     params(("id" = String, Path, description = "The session id"), KillReason),
     responses(
-        (status = 200, description = "`{session_id, node_id, reason}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::SessionAdminErrors,
+        (status = 200, description = "The session is being closed", body = SessionKilled),
         (status = 404, description = "No such session", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn kill(
@@ -230,11 +262,11 @@ pub async fn kill(
         )
         .await?;
     close(&state, &session, &reason).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "session_id": session.session_id,
-        "node_id": session.node_id,
-        "reason": reason,
-    })))
+    Ok(HttpResponse::Ok().json(SessionKilled {
+        session_id: session.session_id,
+        node_id: session.node_id,
+        reason,
+    }))
 }
 
 #[utoipa::path(
@@ -246,11 +278,9 @@ pub async fn kill(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The user id"), KillReason),
     responses(
-        (status = 200, description = "`{user_id, sessions, reason}`: the closes are sent to every node at once; `sessions` counts the user's sessions the directory still held when read alongside them (those already closed are not counted), null when it could not be read", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::SessionAdminErrors,
+        (status = 200, description = "The closes are sent to every node at once", body = UserSessionsKilled),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn kill_user(
@@ -296,11 +326,11 @@ pub async fn kill_user(
     let (closed, closed_legacy, sessions) = futures_util::join!(close, close_legacy, count);
     closed?;
     closed_legacy?;
-    Ok(HttpResponse::Ok().json(json!({
-        "user_id": user_id,
-        "sessions": sessions,
-        "reason": reason,
-    })))
+    Ok(HttpResponse::Ok().json(UserSessionsKilled {
+        user_id,
+        sessions,
+        reason,
+    }))
 }
 
 /// Nodes from before the per-node directory ignore a `user_sessions` event: during a rolling
@@ -336,10 +366,8 @@ async fn close_on_legacy_nodes(
     summary = "Every live node: its sessions and running requests from the directory, and the figures it published",
     security(("admin" = [])),
     responses(
-        (status = 200, description = "`{nodes: [{node_id, sessions, running, refreshed_at, figures: null | {node_id, version, started_at, uptime_secs, sessions, running_requests, running_answers, rss_bytes, queued_bytes, chunks_relayed, draining, at}}]}` (this node's figures read now)", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Session directory or store unavailable", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::SessionAdminErrors,
+        (status = 200, description = "Every live node (this node's figures read now)", body = NodeList),
     ),
 )]
 pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse, ApiError> {
@@ -405,5 +433,5 @@ pub async fn nodes(state: web::Data<AppState>, _: Admin) -> Result<HttpResponse,
         node.figures = Some(f);
     }
     let nodes: Vec<NodeLoad> = load.into_values().collect();
-    Ok(HttpResponse::Ok().json(json!({ "nodes": nodes })))
+    Ok(HttpResponse::Ok().json(NodeList { nodes }))
 }

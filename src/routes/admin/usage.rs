@@ -1,10 +1,12 @@
 //! Every user's usage by day and model, for the admin panel's charts.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use super::Admin;
-use crate::routes::{conversations::UsageQuery, ApiError, AppState};
+use crate::{
+    routes::{bodies::UsageReport, conversations::UsageQuery, ApiError, AppState},
+    store::UserUsageTotal,
+};
 
 /// `GET /admin/usage?days=N`: every user's totals by UTC day, user and model (30 days by
 /// default, 366 at most), oldest first.
@@ -17,11 +19,9 @@ use crate::routes::{conversations::UsageQuery, ApiError, AppState};
     security(("admin" = [])),
     params(UsageQuery),
     responses(
-        (status = 200, description = "`{days, totals: [{day, user_id, username, model, requests, prompt_tokens, completion_tokens, estimated_requests}]}`", body = Object),
+        crate::routes::openapi::AdminErrors,
+        (status = 200, description = "Every user's totals by UTC day and model", body = UsageReport<UserUsageTotal>),
         (status = 400, description = "A bad `days`", body = crate::routes::openapi::SeedError),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "The store is unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn list(
@@ -31,5 +31,5 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let (days, since) = query.window();
     let totals = state.stores.usage.usage_by_user(since).await?;
-    Ok(HttpResponse::Ok().json(json!({ "days": days, "totals": totals })))
+    Ok(HttpResponse::Ok().json(UsageReport { days, totals }))
 }

@@ -1,7 +1,10 @@
 //! Users, their credentials, the providers and the audit trail.
 
 use actix_web::{web, HttpResponse};
-use ai_gateway_actors::unix_time::unix_secs;
+use ai_gateway_actors::{
+    provider::{breaker::RecentCalls, BreakerState},
+    unix_time::unix_secs,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -10,10 +13,11 @@ use crate::{
     revocation::Revocation,
     routes::{
         account::{self, Credentials},
+        bodies::Revoked,
         paging::page_limit,
         ApiError, AppState, Paging,
     },
-    store::{Role, User},
+    store::{ApiKey, AuditEntry, Role, User},
 };
 
 /// A user as the admin API shows them: never the password hash.
@@ -39,6 +43,58 @@ impl From<User> for UserView {
     }
 }
 
+/// `GET /admin/users`: a page of users, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+struct UserPage {
+    users: Vec<UserView>,
+    offset: usize,
+    limit: usize,
+}
+
+/// `GET /admin/users/{id}/keys`: every key of the user, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeyList {
+    /// Never the keys themselves.
+    keys: Vec<ApiKey>,
+}
+
+/// `GET /admin/providers`: each model's route.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ProviderList<'a> {
+    models: Vec<ModelRoute<'a>>,
+}
+
+/// A model served, its route's first upstream and every upstream on the route.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ModelRoute<'a> {
+    model: &'a str,
+    /// The first upstream's configured name.
+    provider: &'a str,
+    /// The first upstream's kind: `openai`, `anthropic`, `gemini` or `mock`.
+    kind: &'static str,
+    upstream_model: &'a str,
+    targets: Vec<RouteTarget<'a>>,
+}
+
+/// An upstream on a model's route, and its circuit breaker on this node.
+#[derive(Serialize, utoipa::ToSchema)]
+struct RouteTarget<'a> {
+    /// The configured name.
+    provider: &'a str,
+    /// `openai`, `anthropic`, `gemini` or `mock`.
+    kind: &'static str,
+    upstream_model: &'a str,
+    breaker: BreakerState,
+    /// The upstream's latest 100 calls at most, on this node.
+    recent: RecentCalls,
+}
+
+/// `GET /admin/audit`: recent admin actions, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+struct AuditList {
+    entries: Vec<AuditEntry>,
+}
+
 fn parse_role(role: &str) -> Result<Role, ApiError> {
     Role::parse(role).ok_or_else(|| ApiError::bad_request("role must be \"user\" or \"admin\""))
 }
@@ -61,11 +117,9 @@ async fn user(state: &AppState, id: &str) -> Result<User, ApiError> {
     security(("admin" = [])),
     params(Paging),
     responses(
-        (status = 200, description = "`{users: [UserView], offset, limit}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::AdminErrors,
+        (status = 200, description = "A page of users", body = UserPage),
         (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn list(
@@ -82,11 +136,11 @@ pub async fn list(
         .into_iter()
         .map(UserView::from)
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "users": users,
-        "offset": paging.offset,
-        "limit": limit,
-    })))
+    Ok(HttpResponse::Ok().json(UserPage {
+        users,
+        offset: paging.offset,
+        limit,
+    }))
 }
 
 #[utoipa::path(
@@ -98,11 +152,9 @@ pub async fn list(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The user id")),
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "The user", body = UserView),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn show(
@@ -135,12 +187,10 @@ fn default_role() -> String {
     security(("admin" = [])),
     request_body = NewUser,
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 201, description = "The user", body = UserView),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 400, description = "Bad username, password or role", body = crate::routes::openapi::SeedError),
         (status = 409, description = "The username is taken", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn create(
@@ -190,12 +240,10 @@ pub struct UserChange {
     params(("id" = String, Path, description = "The user id")),
     request_body = UserChange,
     responses(
+        crate::routes::openapi::AdminErrors,
         (status = 200, description = "The user", body = UserView),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
         (status = 400, description = "Bad role, or nothing to change", body = crate::routes::openapi::SeedError),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn update(
@@ -251,11 +299,9 @@ pub async fn update(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The user id")),
     responses(
-        (status = 200, description = "`{keys: [{id, user_id, name, prefix, created_at, expires_at, revoked_at}]}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::AdminErrors,
+        (status = 200, description = "The user's keys", body = KeyList),
         (status = 404, description = "No such user", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn keys(
@@ -265,7 +311,7 @@ pub async fn keys(
 ) -> Result<HttpResponse, ApiError> {
     let target = user(&state, &id).await?;
     let keys = state.stores.identity.api_keys_of(&target.id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "keys": keys })))
+    Ok(HttpResponse::Ok().json(KeyList { keys }))
 }
 
 #[utoipa::path(
@@ -277,11 +323,9 @@ pub async fn keys(
     security(("admin" = [])),
     params(("id" = String, Path, description = "The key id")),
     responses(
-        (status = 200, description = "`{revoked: id}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::AdminErrors,
+        (status = 200, description = "The key is revoked: `revoked` is its id", body = Revoked),
         (status = 404, description = "No such API key", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn revoke_key(
@@ -307,7 +351,7 @@ pub async fn revoke_key(
         .access
         .revoke(Revocation::ApiKey { id: key.id.clone() })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "revoked": key.id })))
+    Ok(HttpResponse::Ok().json(Revoked { revoked: key.id }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -325,11 +369,9 @@ pub struct TokenToRevoke {
     security(("admin" = [])),
     request_body = TokenToRevoke,
     responses(
-        (status = 200, description = "`{revoked: jti}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::AdminErrors,
+        (status = 200, description = "The token is revoked: `revoked` is its jti", body = Revoked),
         (status = 400, description = "Not a valid token", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn revoke_token(
@@ -358,7 +400,9 @@ pub async fn revoke_token(
             expires_at_unix: claims.exp,
         })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "revoked": claims.jti })))
+    Ok(HttpResponse::Ok().json(Revoked {
+        revoked: claims.jti,
+    }))
 }
 
 /// Each model's route, with the circuit-breaker state of every upstream on it.
@@ -370,9 +414,8 @@ pub async fn revoke_token(
     summary = "Models served, their routes and each upstream's circuit breaker",
     security(("admin" = [])),
     responses(
-        (status = 200, description = "`{models: [{model, provider, kind, upstream_model, targets: [{provider, kind, upstream_model, breaker: closed|open|half_open, recent: {calls, failures}}]}]}` (recent: the upstream's latest 100 calls at most, on this node; provider: the configured name; kind: openai, anthropic, gemini or mock)", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::AdminErrors,
+        (status = 200, description = "Each model's route", body = ProviderList),
     ),
 )]
 pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
@@ -383,26 +426,24 @@ pub async fn providers(state: web::Data<AppState>, _: Admin) -> HttpResponse {
             let targets: Vec<_> = route
                 .targets
                 .iter()
-                .map(|t| {
-                    json!({
-                        "provider": t.upstream.name,
-                        "kind": t.upstream.provider.name(),
-                        "upstream_model": t.upstream_model,
-                        "breaker": t.upstream.breaker.state(),
-                        "recent": t.upstream.breaker.recent(),
-                    })
+                .map(|t| RouteTarget {
+                    provider: &t.upstream.name,
+                    kind: t.upstream.provider.name(),
+                    upstream_model: &t.upstream_model,
+                    breaker: t.upstream.breaker.state(),
+                    recent: t.upstream.breaker.recent(),
                 })
                 .collect();
-            json!({
-                "model": model,
-                "provider": route.targets[0].upstream.name,
-                "kind": route.primary().name(),
-                "upstream_model": route.targets[0].upstream_model,
-                "targets": targets,
-            })
+            ModelRoute {
+                model,
+                provider: &route.targets[0].upstream.name,
+                kind: route.primary().name(),
+                upstream_model: &route.targets[0].upstream_model,
+                targets,
+            }
         })
         .collect();
-    HttpResponse::Ok().json(json!({ "models": models }))
+    HttpResponse::Ok().json(ProviderList { models })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -421,11 +462,9 @@ pub struct AuditQuery {
     security(("admin" = [])),
     params(AuditQuery),
     responses(
-        (status = 200, description = "`{entries: [{id, actor, action, target, detail, at}]}`", body = Object),
-        (status = 401, description = "No or bad credential", body = crate::routes::openapi::SeedError),
-        (status = 403, description = "Not an admin", body = crate::routes::openapi::SeedError),
+        crate::routes::openapi::AdminErrors,
+        (status = 200, description = "Recent admin actions", body = AuditList),
         (status = 400, description = "Bad query", body = crate::routes::openapi::SeedError),
-        (status = 503, description = "Store unavailable", body = crate::routes::openapi::SeedError),
     ),
 )]
 pub async fn audit(
@@ -435,5 +474,5 @@ pub async fn audit(
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit);
     let entries = state.stores.audit.recent_audit(limit).await?;
-    Ok(HttpResponse::Ok().json(json!({ "entries": entries })))
+    Ok(HttpResponse::Ok().json(AuditList { entries }))
 }
