@@ -793,16 +793,35 @@ async fn drive(
         let mut all = Vec::new();
         let mut expected = 0;
         let mut answers = Vec::new();
+        let mut rounds_seen = Vec::new();
         for (group, at, answered) in sent.iter().filter(|(g, ..)| g.starts_with(kind)) {
             expected += open.get(group).copied().unwrap_or(0);
             answers.push(answered.as_secs_f64() * 1000.0);
             let t0 = unix_us(*at);
             // Stamp each close relative to its own request: shift it onto one common origin.
-            all.extend(ends.get(group).into_iter().flatten().map(|e| End {
-                at_us: (e.at_us + 1).saturating_sub(t0),
-                ..e.clone()
-            }));
+            let closes: Vec<End> = ends
+                .get(group)
+                .into_iter()
+                .flatten()
+                .map(|e| End {
+                    at_us: (e.at_us + 1).saturating_sub(t0),
+                    ..e.clone()
+                })
+                .collect();
+            let first = closes.iter().map(|e| e.at_us).min().unwrap_or(0);
+            let last = closes.iter().map(|e| e.at_us).max().unwrap_or(0);
+            rounds_seen.push(format!(
+                "{group} {:.0}/{:.0}/{:.0}",
+                answered.as_secs_f64() * 1000.0,
+                first as f64 / 1000.0,
+                last as f64 / 1000.0
+            ));
+            all.extend(closes);
         }
+        r.note(format!(
+            "{kind} by round, HTTP answer / first / last close frame, ms: {}",
+            rounds_seen.join(", ")
+        ));
         control_figures(r, kind, reason, expected, UNIX_EPOCH, &all);
         answers.sort_by(f64::total_cmp);
         r.add(format!("{kind} requests"), answers.len() as f64, "");

@@ -376,6 +376,9 @@ pub(super) async fn list_live<T: serde::de::DeserializeOwned>(
     Ok(live)
 }
 
+/// Tries for one page of a listing whose reply times out.
+const PAGE_TRIES: u32 = 3;
+
 /// The ids of the nodes whose directory has not expired.
 async fn live_node_ids(
     cluster: &Cluster,
@@ -403,13 +406,18 @@ async fn scan_node_hashes(
         let hash = node_sessions_key(cluster, &node);
         let mut cursor = 0u64;
         loop {
-            let (next, found): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(&hash)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(LIST_CHUNK)
-                .query_async(&mut conn)
-                .await?;
+            let mut page = redis::cmd("HSCAN");
+            page.arg(&hash).arg(cursor).arg("COUNT").arg(LIST_CHUNK);
+            // One slow reply (a busy Redis) must not fail a listing of a hundred pages: a page
+            // is read again, from the same cursor, after a timeout.
+            let mut tries = 0;
+            let (next, found): (u64, Vec<(String, String)>) = loop {
+                tries += 1;
+                match page.query_async(&mut conn).await {
+                    Err(e) if e.is_timeout() && tries < PAGE_TRIES => continue,
+                    read => break read?,
+                }
+            };
             // HSCAN may return a field twice (the hash is rehashed); the set keeps it once.
             for (id, json) in found {
                 if seen.insert(id) {

@@ -848,3 +848,68 @@ async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
     // promise (hers may already be gone from it).
     assert!(body["sessions"].as_u64().is_some_and(|n| n <= 1), "{body}");
 }
+
+/// Kills and revokes close their sessions while the audit row waits for a slow store (here the
+/// audit table is locked by another transaction), and answer once the row is written: the store
+/// delays the answer, never the closes.
+#[actix_rt::test]
+async fn kills_and_revokes_close_sessions_without_waiting_for_the_audit_row() {
+    let db = TestDatabase::create().await;
+    let prefix = redis_prefix();
+    let nodes = admin_nodes(&db, &prefix, 2, |_| {}).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (alice, alice_token) = a.new_user().await;
+    let alice_id = user_id(a, &alice).await;
+    let mut alice_on_b = b.connect(&alice_token).await;
+    let (_, bob_token) = a.new_user().await;
+    let mut bob_on_b = b.connect(&bob_token).await;
+
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE admin_audit IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let path = format!("/admin/users/{alice_id}/sessions?reason=now");
+    let kill = call(a, Method::DELETE, &path, ADMIN_TOKEN, None);
+    let revoke = call(
+        a,
+        Method::POST,
+        "/admin/tokens/revoke",
+        ADMIN_TOKEN,
+        Some(json!({"token": bob_token})),
+    );
+    let answers = async { futures_util::join!(kill, revoke) };
+    tokio::pin!(answers);
+    let closes = async {
+        let alice = tokio::time::timeout(Duration::from_secs(5), alice_on_b.close_code()).await;
+        let bob = tokio::time::timeout(Duration::from_secs(5), bob_on_b.close_code()).await;
+        (alice, bob)
+    };
+    let (alice_closed, bob_closed) = tokio::select! {
+        closed = closes => closed,
+        ((kill, revoke)) = &mut answers => panic!(
+            "answered ({kill:?}, {revoke:?}) while the audit table was locked"
+        ),
+    };
+    assert_eq!(alice_closed.expect("closed"), (1008, "now".to_owned()));
+    assert_eq!(bob_closed.expect("closed"), (1008, "token revoked".to_owned()));
+
+    // The rows are written once the lock goes, and then the answers come.
+    lock.rollback().await.unwrap();
+    let ((kill_status, kill_body), (revoke_status, revoke_body)) =
+        tokio::time::timeout(Duration::from_secs(5), answers)
+            .await
+            .expect("answered after the lock");
+    assert_eq!(kill_status, 200, "{kill_body}");
+    assert_eq!(revoke_status, 200, "{revoke_body}");
+    let (_, audit) = get(a, "/admin/audit", ADMIN_TOKEN).await;
+    let mut actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    actions.sort();
+    assert_eq!(actions, ["kill_user_sessions", "revoke_token"]);
+}

@@ -162,7 +162,7 @@ impl FromRequest for Admin {
 
 impl Admin {
     /// Writes the audit row for an action about to be taken; an action that cannot be recorded
-    /// is not taken.
+    /// is not taken (but see [`Admin::audited`]).
     async fn audit(
         &self,
         state: &AppState,
@@ -177,6 +177,27 @@ impl Admin {
             .await?;
         tracing::info!(actor = %self.name, action, target, "admin action");
         Ok(())
+    }
+
+    /// Takes a protective action (closing sessions, revoking a credential) and writes its audit
+    /// row at once, so that a slow store never delays the closes. If the row cannot be written,
+    /// the action has still been taken: the answer is the store's error, and the log keeps the
+    /// action (repeating it is harmless, and records it).
+    async fn audited<T>(
+        &self,
+        state: &AppState,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+        act: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let (audited, done) = futures_util::join!(self.audit(state, action, target, detail), act);
+        if audited.is_err() {
+            tracing::error!(actor = %self.name, action, target, "admin action taken but not audited: the store failed");
+        }
+        let done = done?;
+        audited?;
+        Ok(done)
     }
 }
 

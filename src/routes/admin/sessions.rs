@@ -254,14 +254,14 @@ pub async fn kill(
     let session = find_session(&state, &id).await?;
     let reason = reason.close_reason();
     admin
-        .audit(
+        .audited(
             &state,
             "kill_session",
             &session.session_id,
             json!({"reason": reason, "user_id": session.user_id, "node_id": session.node_id}),
+            close(&state, &session, &reason),
         )
         .await?;
-    close(&state, &session, &reason).await?;
     Ok(HttpResponse::Ok().json(SessionKilled {
         session_id: session.session_id,
         node_id: session.node_id,
@@ -290,30 +290,37 @@ pub async fn kill_user(
     reason: web::Query<KillReason>,
 ) -> Result<HttpResponse, ApiError> {
     let user_id = user_id.into_inner();
-    if state.stores.identity.user_by_id(&user_id).await?.is_none() {
+    let reason = reason.close_reason();
+    // One event closes the user's sessions on every node (this one included) at once, while the
+    // user is looked up and the audit row written: a slow store delays no close (closing the
+    // sessions of a user who does not exist closes none, and answers 404). The directory is read
+    // afterwards only for the answer's count: the user's sessions it still held when read
+    // (those already closed and removed are not counted; null when it cannot be read: the
+    // sessions close all the same).
+    let close = async {
+        let close = async {
+            state
+                .access
+                .close_user_sessions(&user_id, &reason)
+                .await
+                .map_err(directory_down)
+        };
+        let (closed, closed_legacy) =
+            futures_util::join!(close, close_on_legacy_nodes(&state, &user_id, &reason));
+        closed.and(closed_legacy)
+    };
+    let kill = admin.audited(
+        &state,
+        "kill_user_sessions",
+        &user_id,
+        json!({"reason": reason}),
+        close,
+    );
+    let (found, killed) = futures_util::join!(state.stores.identity.user_by_id(&user_id), kill);
+    if found?.is_none() {
         return Err(ApiError::not_found("User"));
     }
-    let reason = reason.close_reason();
-    admin
-        .audit(
-            &state,
-            "kill_user_sessions",
-            &user_id,
-            json!({"reason": reason}),
-        )
-        .await?;
-    // One event closes the user's sessions on every node (this one included) at once; the
-    // directory is listed alongside only for the answer's count: the user's sessions it still
-    // held when read (those already closed and removed are not counted; null when it cannot be
-    // read: the sessions close all the same).
-    let close = async {
-        state
-            .access
-            .close_user_sessions(&user_id, &reason)
-            .await
-            .map_err(directory_down)
-    };
-    let close_legacy = close_on_legacy_nodes(&state, &user_id, &reason);
+    killed?;
     let count = async {
         match &state.cluster {
             Some(cluster) => count_user_sessions(cluster, &user_id).await.ok(),
@@ -323,9 +330,9 @@ pub async fn kill_user(
                 .map(|all| all.iter().filter(|s| s.user_id == user_id).count()),
         }
     };
-    let (closed, closed_legacy, sessions) = futures_util::join!(close, close_legacy, count);
-    closed?;
-    closed_legacy?;
+    // The count reads the whole directory: it starts once the closes are out, so that its
+    // reads do not compete with them.
+    let sessions = count.await;
     Ok(HttpResponse::Ok().json(UserSessionsKilled {
         user_id,
         sessions,

@@ -340,16 +340,18 @@ pub async fn revoke_key(
         .await?
         .ok_or_else(|| ApiError::not_found("API key"))?;
     admin
-        .audit(
+        .audited(
             &state,
             "revoke_api_key",
             &key.id,
             json!({"user_id": key.user_id, "prefix": key.prefix}),
+            async {
+                let revoked = state
+                    .access
+                    .revoke(Revocation::ApiKey { id: key.id.clone() });
+                Ok(revoked.await?)
+            },
         )
-        .await?;
-    state
-        .access
-        .revoke(Revocation::ApiKey { id: key.id.clone() })
         .await?;
     Ok(HttpResponse::Ok().json(Revoked { revoked: key.id }))
 }
@@ -385,20 +387,20 @@ pub async fn revoke_token(
         .verify(body.token.trim())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     admin
-        .audit(
+        .audited(
             &state,
             "revoke_token",
             &claims.jti,
             json!({"user_id": claims.sub, "username": claims.username}),
+            async {
+                let revoked = state.access.revoke(Revocation::Token {
+                    jti: claims.jti.clone(),
+                    user_id: claims.sub.clone(),
+                    expires_at_unix: claims.exp,
+                });
+                Ok(revoked.await?)
+            },
         )
-        .await?;
-    state
-        .access
-        .revoke(Revocation::Token {
-            jti: claims.jti.clone(),
-            user_id: claims.sub,
-            expires_at_unix: claims.exp,
-        })
         .await?;
     Ok(HttpResponse::Ok().json(Revoked {
         revoked: claims.jti,
