@@ -127,12 +127,15 @@ impl Registry {
     }
 
     /// Hands every live session of the node to the directory every `every`, from a task on the
-    /// current arbiter, until [`Registry::stop`].
+    /// current arbiter, until [`Registry::stop`]. The first refresh comes after a random part of
+    /// `every`: nodes started together do not refresh together, so their bursts of work (and
+    /// Redis's) do not pile up on a shared core at the same instant.
     pub fn refresh_directory_every(&self, every: Duration) {
         let shared = Arc::downgrade(&self.shared);
+        let offset = every.mul_f64(rand::random::<f64>());
         let task = actix_rt::spawn(async move {
-            let mut tick = actix_rt::time::interval(every);
-            tick.tick().await;
+            let start = actix_rt::time::Instant::now() + offset;
+            let mut tick = actix_rt::time::interval_at(start, every);
             loop {
                 tick.tick().await;
                 let Some(shared) = shared.upgrade() else {

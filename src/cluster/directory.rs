@@ -27,7 +27,7 @@ use super::{Cluster, ClusterError};
 const QUEUE_CAPACITY: usize = 65_536;
 
 /// A session as other nodes see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DirectoryEntry {
     pub session_id: String,
     pub user_id: String,
@@ -135,11 +135,11 @@ struct Writer {
     node_id: String,
     ttl: Duration,
     hash: String,
-    /// Session id → digest of the JSON written for it, as Redis should now hold it.
+    /// Session id → digest of the entry written for it, as Redis should now hold it.
     written: HashMap<String, u64>,
     /// Sessions that joined since the last refresh, with their entries: a refresh gathered
     /// before one of them joined must not remove it.
-    joined_since_refresh: HashMap<String, String>,
+    joined_since_refresh: HashMap<String, DirectoryEntry>,
     /// A write failed, or the node's entry is not written yet: the next write rewrites the
     /// node's entry, and the next refresh the whole hash.
     dirty: bool,
@@ -174,10 +174,11 @@ impl Writer {
             match update {
                 Update::Joined(entry) => {
                     let json = serde_json::to_string(&entry).expect("entries serialize");
-                    self.written.insert(entry.session_id.clone(), digest(&json));
+                    self.written
+                        .insert(entry.session_id.clone(), digest(&entry));
+                    joins.push((entry.session_id.clone(), json));
                     self.joined_since_refresh
-                        .insert(entry.session_id.clone(), json.clone());
-                    joins.push((entry.session_id, json));
+                        .insert(entry.session_id.clone(), entry);
                 }
                 Update::Left(id) => {
                     self.written.remove(&id);
@@ -226,16 +227,13 @@ impl Writer {
         conn: &mut deadpool_redis::Connection,
         entries: HashMap<String, DirectoryEntry>,
     ) -> Result<(), ClusterError> {
-        let mut current: HashMap<String, (u64, String)> = entries
+        let mut current: HashMap<String, (u64, DirectoryEntry)> = entries
             .into_iter()
-            .map(|(id, entry)| {
-                let json = serde_json::to_string(&entry).expect("entries serialize");
-                (id, (digest(&json), json))
-            })
+            .map(|(id, entry)| (id, (digest(&entry), entry)))
             .collect();
         // A session that joined after the refresh was gathered is live all the same.
-        for (id, json) in self.joined_since_refresh.drain() {
-            current.entry(id).or_insert_with(|| (digest(&json), json));
+        for (id, entry) in self.joined_since_refresh.drain() {
+            current.entry(id).or_insert_with(|| (digest(&entry), entry));
         }
         let mut rewrite = self.dirty;
         loop {
@@ -252,10 +250,13 @@ impl Writer {
                     pipe.hdel(&self.hash, gone).ignore();
                 }
             }
-            let changed: Vec<(&String, &String)> = current
+            // Only what changed is serialized: an idle refresh writes no JSON at all.
+            let changed: Vec<(&String, String)> = current
                 .iter()
                 .filter(|(id, (d, _))| rewrite || self.written.get(*id) != Some(d))
-                .map(|(id, (_, json))| (id, json))
+                .map(|(id, (_, entry))| {
+                    (id, serde_json::to_string(entry).expect("entries serialize"))
+                })
                 .collect();
             for chunk in changed.chunks(HSET_CHUNK) {
                 pipe.hset_multiple(&self.hash, chunk).ignore();
@@ -310,9 +311,10 @@ impl Writer {
     }
 }
 
-fn digest(json: &str) -> u64 {
+/// What the writer remembers of an entry it wrote, to tell whether it changed since.
+fn digest(entry: &DirectoryEntry) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(json)
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(entry)
 }
 
 /// The per-session index of nodes from before the per-node hash (`sessions`, with the entries

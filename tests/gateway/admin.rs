@@ -888,12 +888,15 @@ async fn kills_and_revokes_close_sessions_without_waiting_for_the_audit_row() {
     };
     let (alice_closed, bob_closed) = tokio::select! {
         closed = closes => closed,
-        ((kill, revoke)) = &mut answers => panic!(
+        (kill, revoke) = &mut answers => panic!(
             "answered ({kill:?}, {revoke:?}) while the audit table was locked"
         ),
     };
     assert_eq!(alice_closed.expect("closed"), (1008, "now".to_owned()));
-    assert_eq!(bob_closed.expect("closed"), (1008, "token revoked".to_owned()));
+    assert_eq!(
+        bob_closed.expect("closed"),
+        (1008, "token revoked".to_owned())
+    );
 
     // The rows are written once the lock goes, and then the answers come.
     lock.rollback().await.unwrap();
