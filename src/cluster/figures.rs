@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{directory::list_live, Cluster, ClusterError};
 
 /// One node's figures at `at`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeFigures {
     pub node_id: String,
     /// The gateway's version (`CARGO_PKG_VERSION`).

@@ -42,7 +42,6 @@ struct NodeLoad {
     /// Unix milliseconds of the node's last directory refresh.
     refreshed_at: u64,
     /// What the node published of itself (this node's: read now); null until it has.
-    #[schema(value_type = Option<super::figures::NodeFiguresSchema>)]
     figures: Option<NodeFigures>,
 }
 
@@ -76,7 +75,7 @@ struct SessionKilled {
 #[derive(Serialize, utoipa::ToSchema)]
 struct UserSessionsKilled {
     user_id: String,
-    /// The user's sessions the directory still held when read alongside the closes (those
+    /// The user's sessions the directory still held when read, once the closes were out (those
     /// already closed are not counted); null when it could not be read.
     sessions: Option<usize>,
     /// The close reason the clients were sent.
