@@ -119,6 +119,9 @@ pub struct Journal {
     pub user_id: String,
     pub model: String,
     pub conversation_id: Option<String>,
+    /// Unix seconds when the answer started: every rendering of it (a resume on any node)
+    /// shows the same time.
+    pub created: u64,
     kept: Mutex<Kept>,
     /// Wakes readers when chunks or the end arrive.
     changed: Notify,
@@ -323,6 +326,8 @@ pub enum Remote {
 pub struct RemoteAnswer {
     pub model: String,
     pub conversation_id: Option<String>,
+    /// Unix seconds when the answer started.
+    pub created: u64,
     pub pieces: futures_util::stream::LocalBoxStream<'static, Remote>,
 }
 
@@ -472,6 +477,7 @@ impl AnswerHub {
             user_id: user_id.to_owned(),
             model: model.to_owned(),
             conversation_id,
+            created: crate::unix_time::now_unix_secs(),
             kept: Mutex::default(),
             changed: Notify::new(),
             control: Notify::new(),

@@ -386,6 +386,7 @@ pub(crate) async fn replay_remote(
         model: journal_model,
         conversation_id,
         mut pieces,
+        ..
     } = remote;
     let mut since_ready = 0;
     while let Some(item) = pieces.next().await {

@@ -47,6 +47,9 @@ struct Meta {
     #[serde(default)]
     conversation_id: Option<String>,
     node: String,
+    /// Unix seconds when the answer started (0 from nodes before it was written).
+    #[serde(default)]
+    created: u64,
 }
 
 /// A tool call piece: index, and on its first piece the call's id and name.
@@ -237,6 +240,7 @@ impl SharedJournals for RedisJournals {
             model: journal.model.clone(),
             conversation_id: journal.conversation_id.clone(),
             node: self.node_id.clone(),
+            created: journal.created,
         };
         let meta = serde_json::to_string(&meta).expect("meta serializes");
         let writer = RedisWriter {
@@ -370,6 +374,11 @@ impl SharedJournals for RedisJournals {
             Some(RemoteAnswer {
                 model: meta.model,
                 conversation_id: meta.conversation_id,
+                created: if meta.created == 0 {
+                    ai_gateway_actors::unix_time::now_unix_secs()
+                } else {
+                    meta.created
+                },
                 pieces: Box::pin(pieces),
             })
         })

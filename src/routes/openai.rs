@@ -795,7 +795,7 @@ pub async fn completions(
     if stream {
         let answers = state.session_env.answers.clone();
         let journal = answers.open(answer.request.user_id(), &model, None);
-        let writer = SseWriter::new(journal.stream_id.clone(), model);
+        let writer = SseWriter::new(journal.stream_id.clone(), model, journal.created);
         let stream_id = journal.stream_id.to_string();
         let live = Journaled {
             answer: Some(answer),
@@ -937,10 +937,39 @@ pub struct OutFunctionCall {
 /// instead of one per event, and no waiting for events that have not come.
 pub(super) const SSE_BATCH_BYTES: usize = 16 * 1024;
 
-pub(super) fn push_sse(out: &mut BytesMut, v: &Value) {
+/// Appends `v` as one SSE `data:` event, serialized straight into `out`.
+pub(super) fn push_sse(out: &mut BytesMut, v: &impl Serialize) {
+    use bytes::BufMut as _;
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(v.to_string().as_bytes());
+    serde_json::to_writer(out.writer(), v).expect("events serialize");
     out.extend_from_slice(b"\n\n");
+}
+
+/// A `chat.completion.chunk` event, borrowed from the writer: no JSON tree built per event.
+#[derive(Serialize)]
+struct ChunkEvent<'a, D> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [ChoiceDelta<'a, D>; 1],
+}
+
+#[derive(Serialize)]
+struct ChoiceDelta<'a, D> {
+    index: u32,
+    delta: D,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ContentDelta<'a> {
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct ReasoningDelta<'a> {
+    reasoning_content: &'a str,
 }
 
 /// Writes a streamed completion's events. A chunk's event carries `id: <stream_id>:<seq>`, which
@@ -954,29 +983,34 @@ struct SseWriter {
 }
 
 impl SseWriter {
-    fn new(stream_id: Arc<str>, model: String) -> Self {
+    /// `created`: the answer's start, in unix seconds (the same in every resume).
+    fn new(stream_id: Arc<str>, model: String, created: u64) -> Self {
         SseWriter {
             id: format!("chatcmpl-{stream_id}"),
-            created: now_unix_secs(),
+            created,
             model,
             stream_id,
             out: BytesMut::new(),
         }
     }
 
-    fn event(&mut self, seq: Option<u64>, delta: Value, finish: Option<&str>) {
+    fn event(&mut self, seq: Option<u64>, delta: impl Serialize, finish: Option<&str>) {
         if let Some(seq) = seq {
             use std::fmt::Write as _;
             let _ = writeln!(self.out, "id: {}:{seq}", self.stream_id);
         }
-        push_sse(
-            &mut self.out,
-            &json!({
-                "id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }),
-        );
+        let event = ChunkEvent {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: [ChoiceDelta {
+                index: 0,
+                delta,
+                finish_reason: finish,
+            }],
+        };
+        push_sse(&mut self.out, &event);
     }
 
     /// The first event, before any chunk.
@@ -985,12 +1019,17 @@ impl SseWriter {
     }
 
     fn chunk(&mut self, seq: u64, kind: ChunkKind, text: &str, call: Option<&ToolCallDelta>) {
-        let delta = match kind {
-            ChunkKind::Text => json!({"content": text}),
-            ChunkKind::Reasoning => json!({"reasoning_content": text}),
-            ChunkKind::ToolCall => tool_call_delta(text, call),
-        };
-        self.event(Some(seq), delta, None);
+        match kind {
+            ChunkKind::Text => self.event(Some(seq), ContentDelta { content: text }, None),
+            ChunkKind::Reasoning => self.event(
+                Some(seq),
+                ReasoningDelta {
+                    reasoning_content: text,
+                },
+                None,
+            ),
+            ChunkKind::ToolCall => self.event(Some(seq), tool_call_delta(text, call), None),
+        }
     }
 
     /// The answer's end: its finish reason (and usage when asked), then `[DONE]`; or an error
@@ -1226,9 +1265,10 @@ pub async fn events(
         )
         .with_param("stream_id")
     };
-    let (model, mut pieces) = match env.answers.find(&stream_id, &user) {
+    let (model, created, mut pieces) = match env.answers.find(&stream_id, &user) {
         Some(journal) => (
             journal.model.clone(),
+            journal.created,
             relay::follow_local(journal, env.answers.settings().grace, after_seq),
         ),
         None => {
@@ -1237,11 +1277,11 @@ pub async fn events(
                 .follow(&stream_id, &user, after_seq)
                 .await
                 .ok_or_else(unavailable)?;
-            (remote.model, remote.pieces)
+            (remote.model, remote.created, remote.pieces)
         }
     };
     env.metrics.resumes.inc();
-    let mut w = SseWriter::new(stream_id.into(), model);
+    let mut w = SseWriter::new(stream_id.into(), model, created);
     let body = async_stream::stream! {
         use futures_util::{FutureExt, StreamExt};
         if after_seq.is_none() {
