@@ -1,7 +1,7 @@
 //! Answer journals in Redis, so that a client can resume on any node.
 //!
 //! Each answer is a Redis Stream `{prefix}answer:{stream_id}`: a first entry `m` (owner, model,
-//! conversation, node), one entry `b` per batch of chunks (`{"s": first seq, "c": [[kind,
+//! conversation, node, start time), one entry `b` per batch of chunks (`{"s": first seq, "c": [[kind,
 //! text], ...]}`), and a last entry `e` with the end. Batches are written in order by one task per
 //! answer, every batch that is waiting in one pipeline; the key expires `retention` after the
 //! last write. A follower on another node reads the stream (`XRANGE`), then blocks on `XREAD`
