@@ -656,7 +656,7 @@ async fn drive(
 
     // Let every join reach the directory, then take the figures of the hold.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let listed_at_open = redis.directory_entries(&prefix).await?;
+    let listed_at_open = redis.directory_entries(prefix).await?;
     let cmds_before = redis
         .info_field("stats", "total_commands_processed")
         .await?;
@@ -672,7 +672,7 @@ async fn drive(
         .await?;
     let hold_secs = hold_started.elapsed().as_secs_f64();
     // At the end of the hold: joins dropped during the connect storm are back after a refresh.
-    let listed_in_redis = redis.directory_entries(&prefix).await?;
+    let listed_in_redis = redis.directory_entries(prefix).await?;
     let mem_open = redis.info_field("memory", "used_memory").await?;
     let rss_held: Vec<Option<ProcStats>> = targets.iter().map(Target::stats).collect();
     r.add("hold", hold_secs, "s");
