@@ -282,20 +282,24 @@ impl Cluster {
         }
     }
 
-    /// The session ids the Redis directory lists.
+    /// The session ids the Redis directory lists: the fields of every node's hash.
     async fn directory(&self) -> Vec<String> {
         let mut redis = self.redis.connection().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}session:*", self.prefix))
+        let hashes: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}node-sessions:*", self.prefix))
             .query_async(&mut redis)
             .await
             .unwrap_or_default();
-        keys.iter()
-            .map(|k| {
-                k.trim_start_matches(&format!("{}session:", self.prefix))
-                    .to_owned()
-            })
-            .collect()
+        let mut ids = Vec::new();
+        for hash in hashes {
+            let fields: Vec<String> = redis::cmd("HKEYS")
+                .arg(&hash)
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            ids.extend(fields);
+        }
+        ids
     }
 
     /// Waits until the directory lists (or no longer lists) `session`.
