@@ -189,6 +189,9 @@ pub(crate) struct Events {
     timeouts: Timeouts,
     /// A piece of the answer has been sent: the idle timeout applies from now on.
     answer_started: bool,
+    /// The first piece has been handed over: from now on a batch waits one turn of the
+    /// scheduler for the rest of a read (the first piece never waits).
+    batching: bool,
 }
 
 /// Sends `request` and opens its event stream, or says why it could not.
@@ -244,7 +247,14 @@ pub(crate) async fn open_events(
         first_deadline,
         timeouts,
         answer_started: false,
+        batching: false,
     })
+}
+
+/// Polls `next` once after letting every other ready task run: `None` if it is still pending.
+async fn yield_then<F: std::future::Future + Unpin>(mut next: F) -> Option<F::Output> {
+    tokio::task::yield_now().await;
+    (&mut next).now_or_never()
 }
 
 /// The upstream's body without a leading UTF-8 byte-order mark. eventsource-stream 0.2.3 drops
@@ -290,10 +300,22 @@ impl Events {
     pub async fn next(&mut self, sink: &ChunkSink) -> Result<Option<Event>, ProviderError> {
         let item = match self.inner.next().now_or_never() {
             Some(item) => item,
-            None => {
+            None if !self.batching => {
                 sink.flush().await?;
+                self.batching = self.answer_started;
                 self.wait_next().await?
             }
+            // The HTTP client's connection task decodes the body one piece at a time, as it is
+            // asked for: a piece already read from the socket may just not be decoded yet. One
+            // turn of the scheduler lets it catch up, so that an answer that arrived in one read
+            // leaves as one batch (one write to the client, not one per event).
+            None => match yield_then(self.inner.next()).await {
+                Some(item) => item,
+                None => {
+                    sink.flush().await?;
+                    self.wait_next().await?
+                }
+            },
         };
         match item {
             None => Ok(None),
