@@ -295,18 +295,17 @@ impl Writer {
             sessions: self.written.len(),
             refreshed_at: now,
         };
-        let nodes = self.cluster.key("nodes");
-        pipe.cmd("SET")
-            .arg(self.cluster.key(&format!("node:{}", self.node_id)))
-            .arg(serde_json::to_string(&node).expect("entries serialize"))
-            .arg("PX")
-            .arg(ttl_ms)
-            .ignore()
-            .zadd(&nodes, &self.node_id, now + ttl_ms)
-            .ignore()
-            .zrembyscore(&nodes, "-inf", now)
-            .ignore()
-            .zrembyscore(self.cluster.key(LEGACY_INDEX), "-inf", now)
+        put_live(
+            pipe,
+            &self.cluster,
+            "nodes",
+            "node",
+            &self.node_id,
+            &node,
+            now,
+            ttl_ms,
+        );
+        pipe.zrembyscore(self.cluster.key(LEGACY_INDEX), "-inf", now)
             .ignore();
     }
 }
@@ -325,6 +324,32 @@ const LEGACY_INDEX: &str = "sessions";
 /// Keys read per `MGET` when listing: a whole directory in one command would hold Redis (and the
 /// reply) for longer than a command may take, and 100,000 entries outlast the client's 0.5 s.
 const LIST_CHUNK: usize = 1000;
+
+/// Adds to `pipe` what [`list_live`] reads: `value`'s JSON under `{kind}:{id}`, expiring after
+/// `ttl_ms`, and `id` in the index with its expiry (`now` + `ttl_ms`), whose expired ids go.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn put_live(
+    pipe: &mut redis::Pipeline,
+    cluster: &Cluster,
+    index: &str,
+    kind: &str,
+    id: &str,
+    value: &impl Serialize,
+    now: u64,
+    ttl_ms: u64,
+) {
+    let index = cluster.key(index);
+    pipe.cmd("SET")
+        .arg(cluster.key(&format!("{kind}:{id}")))
+        .arg(serde_json::to_string(value).expect("entries serialize"))
+        .arg("PX")
+        .arg(ttl_ms)
+        .ignore()
+        .zadd(&index, id, now + ttl_ms)
+        .ignore()
+        .zrembyscore(&index, "-inf", now)
+        .ignore();
+}
 
 /// The live entries of an index (`sessions` or `nodes`): ids whose expiry is still ahead (read
 /// with `ZSCAN`, [`LIST_CHUNK`] at a time), then their JSON under `{kind}:{id}`, [`LIST_CHUNK`]

@@ -8,7 +8,10 @@ use ai_gateway_actors::unix_time::now_unix_ms;
 use deadpool_redis::redis;
 use serde::{Deserialize, Serialize};
 
-use super::{directory::list_live, Cluster, ClusterError};
+use super::{
+    directory::{list_live, put_live},
+    Cluster, ClusterError,
+};
 
 /// One node's figures at `at`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,20 +48,12 @@ pub async fn publish_figures(
     let mut conn = cluster.conn().await?;
     let now = now_unix_ms();
     let ttl_ms = ttl.as_millis() as u64;
-    let index = cluster.key("figures");
-    redis::pipe()
-        .cmd("SET")
-        .arg(cluster.key(&format!("figures:{}", figures.node_id)))
-        .arg(serde_json::to_string(figures).expect("figures serialize"))
-        .arg("PX")
-        .arg(ttl_ms)
-        .ignore()
-        .zadd(&index, &figures.node_id, now + ttl_ms)
-        .ignore()
-        .zrembyscore(&index, "-inf", now)
-        .ignore()
-        .query_async::<()>(&mut conn)
-        .await?;
+    let mut pipe = redis::pipe();
+    let id = &figures.node_id;
+    put_live(
+        &mut pipe, cluster, "figures", "figures", id, figures, now, ttl_ms,
+    );
+    pipe.query_async::<()>(&mut conn).await?;
     Ok(())
 }
 
