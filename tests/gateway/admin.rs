@@ -774,20 +774,50 @@ async fn during_a_rolling_upgrade_older_nodes_sessions_are_listed_and_killed_one
     );
 }
 
+/// Two admin nodes, A and B, and two new users, each with a session on B.
+struct AliceAndBob {
+    prefix: String,
+    nodes: Vec<TestGateway>,
+    alice_id: String,
+    alice_on_b: Ws,
+    bob_token: String,
+    bob_on_b: Ws,
+}
+
+async fn alice_and_bob_on_b(db: &TestDatabase) -> AliceAndBob {
+    let prefix = redis_prefix();
+    let nodes = admin_nodes(db, &prefix, 2, |_| {}).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (alice, alice_token) = a.new_user().await;
+    let alice_id = user_id(a, &alice).await;
+    let alice_on_b = b.connect(&alice_token).await;
+    let (_, bob_token) = a.new_user().await;
+    let bob_on_b = b.connect(&bob_token).await;
+    AliceAndBob {
+        prefix,
+        nodes,
+        alice_id,
+        alice_on_b,
+        bob_token,
+        bob_on_b,
+    }
+}
+
 /// With 100,000 sessions in the directory, every one is listed page by page, a session and a
 /// user are killed across nodes, and the kill of a user does not wait for the directory to be
 /// read: it is one event every node applies.
 #[actix_rt::test]
 async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
     let db = TestDatabase::create().await;
-    let prefix = redis_prefix();
-    let nodes = admin_nodes(&db, &prefix, 2, |_| {}).await;
-    let (a, b) = (&nodes[0], &nodes[1]);
-    let (alice, alice_token) = a.new_user().await;
-    let alice_id = user_id(a, &alice).await;
-    let mut alice_on_b = b.connect(&alice_token).await;
-    let (_, bob_token) = a.new_user().await;
-    let mut bob_on_b = b.connect(&bob_token).await;
+    let AliceAndBob {
+        prefix,
+        nodes,
+        alice_id,
+        mut alice_on_b,
+        mut bob_on_b,
+        ..
+    } = alice_and_bob_on_b(&db).await;
+    let a = &nodes[0];
     seed_directory(&prefix, 100_000).await;
     until(
         a,
@@ -855,14 +885,15 @@ async fn a_directory_of_100000_sessions_is_paged_and_killed_across_nodes() {
 #[actix_rt::test]
 async fn kills_and_revokes_close_sessions_without_waiting_for_the_audit_row() {
     let db = TestDatabase::create().await;
-    let prefix = redis_prefix();
-    let nodes = admin_nodes(&db, &prefix, 2, |_| {}).await;
-    let (a, b) = (&nodes[0], &nodes[1]);
-    let (alice, alice_token) = a.new_user().await;
-    let alice_id = user_id(a, &alice).await;
-    let mut alice_on_b = b.connect(&alice_token).await;
-    let (_, bob_token) = a.new_user().await;
-    let mut bob_on_b = b.connect(&bob_token).await;
+    let AliceAndBob {
+        nodes,
+        alice_id,
+        mut alice_on_b,
+        bob_token,
+        mut bob_on_b,
+        ..
+    } = alice_and_bob_on_b(&db).await;
+    let a = &nodes[0];
 
     let mut locker = db.client().await;
     let lock = locker.transaction().await.unwrap();
