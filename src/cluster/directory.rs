@@ -224,7 +224,7 @@ impl Writer {
     /// while Redis was out of reach), or after a failed write, the whole hash is written again.
     async fn refresh(
         &mut self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut super::SharedConnection,
         entries: HashMap<String, DirectoryEntry>,
     ) -> Result<(), ClusterError> {
         let mut current: HashMap<String, (u64, DirectoryEntry)> = entries
@@ -409,7 +409,7 @@ const PAGE_TRIES: u32 = 3;
 /// The ids of the nodes whose directory has not expired.
 async fn live_node_ids(
     cluster: &Cluster,
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut super::SharedConnection,
 ) -> Result<Vec<String>, ClusterError> {
     Ok(redis::cmd("ZRANGE")
         .arg(cluster.key("nodes"))

@@ -272,7 +272,8 @@ impl SharedJournals for RedisJournals {
         let key = self.key(stream_id);
         let user_id = user_id.to_owned();
         Box::pin(async move {
-            // A connection of its own: XREAD blocks it, longer than pooled ones wait for a reply.
+            // A connection of its own: XREAD blocks it, and every command queued behind it on the
+            // shared one, longer than the shared one waits for a reply.
             let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(
                 Duration::from_millis(BLOCK_MS) + Duration::from_secs(2),
             ));

@@ -5,6 +5,7 @@
 mod directory;
 mod figures;
 mod journal;
+mod shared;
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,6 +19,7 @@ pub use directory::{
 };
 pub use figures::{list_figures, publish_figures, NodeFigures};
 pub use journal::RedisJournals;
+pub use shared::SharedConnection;
 
 use crate::revocation::Revocation;
 
@@ -47,7 +49,9 @@ pub enum ClusterEvent {
 }
 
 pub struct Cluster {
+    /// Makes the shared connection (and a new one when it breaks).
     pool: Pool,
+    shared: Arc<shared::Slot>,
     client: redis::Client,
     prefix: String,
     /// The latest full session listing and when it was read, for paging through it.
@@ -111,6 +115,7 @@ impl Cluster {
             .build()?;
         Ok(Cluster {
             pool,
+            shared: Arc::default(),
             client,
             prefix: prefix.to_owned(),
             snapshot: std::sync::Mutex::default(),
@@ -121,8 +126,9 @@ impl Cluster {
         format!("{}{suffix}", self.prefix)
     }
 
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, ClusterError> {
-        Ok(self.pool.get().await?)
+    /// The node's connection for commands, shared by every task (see [`SharedConnection`]).
+    pub async fn conn(&self) -> Result<SharedConnection, ClusterError> {
+        self.shared.get(&self.pool).await
     }
 
     pub async fn ping(&self) -> Result<(), ClusterError> {
