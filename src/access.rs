@@ -341,6 +341,7 @@ impl Access {
             }
             Revocation::UserSessions { id, reason } => (Revoked::User(id.clone()), reason.as_str()),
         };
+        tracing::debug!(reason, "revocation applied on this node");
         self.registry.close_revoked(revoked, reason);
     }
 

@@ -164,7 +164,10 @@ fn dispatch_cluster_events(
     let local = registry.clone();
     cluster.subscribe(
         move |event| match event {
-            ClusterEvent::Revoked(r) => on_event.apply(&r),
+            ClusterEvent::Revoked(r) => {
+                tracing::debug!("revocation heard from another node");
+                on_event.apply(&r)
+            }
             ClusterEvent::KillSession { session_id, reason } => {
                 let local = local.clone();
                 actix_rt::spawn(async move {

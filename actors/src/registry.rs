@@ -437,18 +437,21 @@ impl Handler<CloseRevoked> for SessionRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: CloseRevoked, _: &mut Self::Context) {
+        let mut closed = 0;
         for live in self.sessions.values() {
             let hit = match &msg.revoked {
                 Revoked::User(id) => live.info.user_id == *id,
                 Revoked::Credential(id) => live.info.credential_id == *id,
             };
             if hit {
+                closed += 1;
                 live.close.do_send(CloseSession {
                     code: crate::close_code::POLICY,
                     reason: msg.reason.clone(),
                 });
             }
         }
+        tracing::debug!(closed, of = self.sessions.len(), reason = %msg.reason, "shard closed revoked sessions");
     }
 }
 

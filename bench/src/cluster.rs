@@ -750,6 +750,7 @@ async fn drive(
         for (what, request) in [("kill", kill), ("revoke", revoke)] {
             // The wall clock when sent (the clients stamp their close frames with it).
             let at = SystemTime::now();
+            eprintln!("[cluster] {what}-{round} sent at {} us", unix_us(at));
             let t = Instant::now();
             let res = request.bearer_auth(admin_token).send().await?;
             let answered = t.elapsed();

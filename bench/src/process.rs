@@ -63,7 +63,12 @@ pub fn bench_env(mock_text_repeat: u32) -> Vec<(String, String)> {
         ("GATEWAY_MOCK__REASONING_DELAY_MS", "[0,0]".to_owned()),
         ("GATEWAY_MOCK__TEXT_DELAY_MS", "[0,0]".to_owned()),
         ("GATEWAY_MOCK__TEXT_REPEAT", mock_text_repeat.to_string()),
-        ("RUST_LOG", "warn".to_owned()),
+        // BENCH_GATEWAY_LOG (a RUST_LOG filter) lets a slow run be traced: the gateways' log
+        // lines are echoed to the bench's stderr, each prefixed with its process id.
+        (
+            "RUST_LOG",
+            std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -119,7 +124,7 @@ impl SpawnedGateway {
         drain(
             child.stderr.take().expect("piped stderr"),
             tail.clone(),
-            true,
+            Some(pid),
         );
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         let first = tokio::time::timeout(SPAWN_TIMEOUT, lines.next_line()).await;
@@ -160,12 +165,16 @@ impl SpawnedGateway {
 }
 
 /// Reads a pipe to its end, keeping the last bytes in `tail` (and echoing them when `echo`).
-fn drain(pipe: impl AsyncRead + Unpin + Send + 'static, tail: Arc<Mutex<String>>, echo: bool) {
+fn drain(
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+    tail: Arc<Mutex<String>>,
+    echo: Option<u32>,
+) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(pipe).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if echo {
-                eprintln!("[gateway] {line}");
+            if let Some(pid) = echo {
+                eprintln!("[gateway {pid}] {line}");
             }
             let mut t = tail.lock().expect("stderr tail");
             t.push_str(&line);

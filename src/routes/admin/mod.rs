@@ -191,6 +191,7 @@ impl Admin {
         detail: serde_json::Value,
         act: impl std::future::Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
+        tracing::debug!(actor = %self.name, action, target, "admin action starts");
         let (audited, done) = futures_util::join!(self.audit(state, action, target, detail), act);
         if audited.is_err() {
             tracing::error!(actor = %self.name, action, target, "admin action taken but not audited: the store failed");
