@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod forward;
 pub mod handshake;
 pub mod http;
 pub mod idle;

@@ -147,6 +147,11 @@ enum Scenario {
         /// A fake upstream already running (`http://ADDR`), the one the gateway routes `fake` to.
         #[arg(long)]
         upstream: Option<String>,
+        /// Requests per second in all, on each side (the workers take turns): both sides then
+        /// carry the same load, below what saturates either. Without it, each worker sends its
+        /// next request as soon as an answer ends.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// New authenticated WebSocket sessions per second.
     Handshake {
@@ -193,6 +198,17 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         settle_secs: u64,
     },
+    /// A TCP forwarder that only copies bytes, on one thread: pinned where the gateway runs, the
+    /// overhead scenario's direct side through it gives the floor any forwarder adds
+    /// (scripts/bench-floor).
+    Forward {
+        /// Where to listen (IP:PORT).
+        #[arg(long)]
+        listen: String,
+        /// Where to connect each accepted connection (IP:PORT).
+        #[arg(long)]
+        to: String,
+    },
     /// Streaming POST /v1/chat/completions per second, direct to the fake and through the gateway.
     Http {
         #[command(flatten)]
@@ -209,6 +225,18 @@ enum Scenario {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_nofile_limit();
+    if let Scenario::Forward { listen, to } = &cli.scenario {
+        // One thread, like the gateway under the pinned benchmarks (GATEWAY_WORKERS=1).
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        // It forwards until killed: it only returns on an error.
+        if let Err(e) = runtime.block_on(gateway_bench::forward::run(listen, to)) {
+            eprintln!("gateway-bench: {e}");
+        }
+        return ExitCode::FAILURE;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -464,16 +492,19 @@ async fn run(scenario: Scenario) -> Result<(), BenchError> {
             concurrency,
             secs,
             upstream,
+            rate,
         } => {
             let opts = OverheadOptions {
                 concurrencies: concurrency,
                 level_duration: Duration::from_secs(secs),
+                rate,
             };
             with_upstream(&common, upstream, |t, up| async move {
                 overhead::run(&t, &up, &opts).await
             })
             .await
         }
+        Scenario::Forward { .. } => unreachable!("main runs the forwarder on a runtime of its own"),
         Scenario::Http {
             common,
             concurrency,

@@ -157,12 +157,15 @@ fn every_scenario_runs_at_a_tiny_size() {
             &OverheadOptions {
                 concurrencies: vec![1, 4],
                 level_duration: Duration::from_millis(300),
+                // Paced: 4 workers take turns at 40 requests/s in all (12 in 300 ms, at most 16).
+                rate: Some(40.0),
             },
         )
         .await
         .unwrap();
         print!("{}", r.table());
         check(&r, "c=4 direct first chunk p99", |v| v > 0.0);
+        check(&r, "c=4 direct requests/s", |v| v > 0.0 && v <= 60.0);
         gateway_half_ran_or_skipped(&r, "c=4 gateway first chunk p99");
 
         let r = http::run(
