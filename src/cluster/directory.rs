@@ -119,7 +119,8 @@ impl From<&SessionInfo> for DirectoryEntry {
 enum Update {
     Joined(DirectoryEntry),
     Left(String),
-    /// Every live session, as the registry gathered them (made entries on the writer's thread).
+    /// Every live session, as the registry gathered them (turned into entries on the writer's
+    /// thread).
     Refresh(Vec<SessionInfo>),
 }
 
