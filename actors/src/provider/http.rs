@@ -298,24 +298,22 @@ impl Events {
     /// comes at once; before waiting for the upstream, the chunks gathered in `sink` are handed
     /// over, so that everything one read brought travels as one batch.
     pub async fn next(&mut self, sink: &ChunkSink) -> Result<Option<Event>, ProviderError> {
-        let item = match self.inner.next().now_or_never() {
-            Some(item) => item,
-            None if !self.batching => {
-                sink.flush().await?;
-                self.batching = self.answer_started;
-                self.wait_next().await?
-            }
+        let ready = match self.inner.next().now_or_never() {
+            Some(item) => Some(item),
             // The HTTP client's connection task decodes the body one piece at a time, as it is
             // asked for: a piece already read from the socket may just not be decoded yet. One
             // turn of the scheduler lets it catch up, so that an answer that arrived in one read
             // leaves as one batch (one write to the client, not one per event).
-            None => match yield_then(self.inner.next()).await {
-                Some(item) => item,
-                None => {
-                    sink.flush().await?;
-                    self.wait_next().await?
-                }
-            },
+            None if self.batching => yield_then(self.inner.next()).await,
+            None => None,
+        };
+        let item = match ready {
+            Some(item) => item,
+            None => {
+                sink.flush().await?;
+                self.batching = self.answer_started;
+                self.wait_next().await?
+            }
         };
         match item {
             None => Ok(None),
