@@ -100,19 +100,25 @@ impl<'a> From<&'a SessionInfo> for EntryView<'a> {
     }
 }
 
+impl From<EntryView<'_>> for DirectoryEntry {
+    fn from(v: EntryView<'_>) -> Self {
+        DirectoryEntry {
+            session_id: v.session_id.to_owned(),
+            user_id: v.user_id.to_owned(),
+            username: v.username.to_owned(),
+            role: v.role.to_owned(),
+            node_id: v.node_id.to_owned(),
+            remote_addr: v.remote_addr.map(str::to_owned),
+            started_at: v.started_at,
+            running: v.running,
+            last_model: v.last_model.map(str::to_owned),
+        }
+    }
+}
+
 impl From<&SessionInfo> for DirectoryEntry {
     fn from(s: &SessionInfo) -> Self {
-        DirectoryEntry {
-            session_id: s.session_id.to_string(),
-            user_id: s.user_id.clone(),
-            username: s.username.clone(),
-            role: s.role.clone(),
-            node_id: s.node_id.to_string(),
-            remote_addr: s.remote_addr.clone(),
-            started_at: unix_ms(s.started_at),
-            running: s.running,
-            last_model: s.last_model.clone(),
-        }
+        EntryView::from(s).into()
     }
 }
 
