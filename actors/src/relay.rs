@@ -120,7 +120,7 @@ impl Relay {
                 produced_at: chunk.produced_at,
                 request_started: (seq == 0).then_some(self.request.started()),
             };
-            self.outbox.push_chunk(frame, chunk.charge(), timing);
+            self.outbox.push_chunk(&frame, chunk.charge(), timing);
         }
         if self.flow.queued_bytes() > self.outbox_max_bytes {
             if let Some(session) = &self.session {
@@ -152,7 +152,7 @@ impl Relay {
     fn end(&mut self, reason: FinishReason, usage: Usage, error: Option<(ErrorReason, String)>) {
         if let Some((why, message)) = &error {
             self.outbox
-                .push_text(error_frame(&self.request.id, *why, message));
+                .push_text(&error_frame(&self.request.id, *why, message));
         }
         let r = &self.request;
         let chunks = r.chunks();
@@ -163,7 +163,7 @@ impl Relay {
             gateway_max_chunk_us: added.max_us,
         });
         let done = done_frame(&r.id, &self.journal, reason, usage, chunks, metadata);
-        self.outbox.push_text(done);
+        self.outbox.push_text(&done);
         self.request.finish(reason, usage);
         self.journal.end(Ending {
             finish_reason: reason,
@@ -237,15 +237,15 @@ pub fn run_detached(
     actix_rt::spawn(relay.run());
 }
 
-pub(crate) fn chunk_frame(
-    id: &str,
-    model: &str,
-    stream_id: &str,
+pub(crate) fn chunk_frame<'a>(
+    id: &'a str,
+    model: &'a str,
+    stream_id: &'a str,
     seq: u64,
     kind: ai_gateway_proto::ChunkKind,
-    text: &str,
-    call: Option<&ToolCallDelta>,
-) -> String {
+    text: &'a str,
+    call: Option<&'a ToolCallDelta>,
+) -> ServerMessage<'a> {
     ServerMessage::Chat {
         id: id.into(),
         payload: ChunkPayload {
@@ -261,7 +261,6 @@ pub(crate) fn chunk_frame(
             }),
         },
     }
-    .to_json()
 }
 
 pub(crate) fn error_frame(id: &str, reason: ErrorReason, message: &str) -> String {
@@ -334,7 +333,7 @@ pub(crate) async fn replay(
         let read = journal.read(cursor);
         if read.lost {
             let message = "the answer outgrew what the gateway keeps; it cannot be resumed";
-            outbox.push_text(error_frame(&id, ErrorReason::ResumeUnavailable, message));
+            outbox.push_text(&error_frame(&id, ErrorReason::ResumeUnavailable, message));
             return;
         }
         for batch in read.chunks.chunks(REPLAY_BATCH_FRAMES) {
@@ -342,7 +341,7 @@ pub(crate) async fn replay(
                 return;
             }
             for (seq, kind, text, call) in batch {
-                outbox.push_text(chunk_frame(
+                outbox.push_message(&chunk_frame(
                     &id,
                     &journal.model,
                     &journal.stream_id,
@@ -356,9 +355,9 @@ pub(crate) async fn replay(
         }
         if let Some(ending) = read.ending {
             if let Some((reason, message)) = &ending.error {
-                outbox.push_text(error_frame(&id, *reason, message));
+                outbox.push_text(&error_frame(&id, *reason, message));
             }
-            outbox.push_text(done_frame(
+            outbox.push_text(&done_frame(
                 &id,
                 journal,
                 ending.finish_reason,
@@ -399,7 +398,7 @@ pub(crate) async fn replay_remote(
                     }
                 }
                 since_ready += 1;
-                outbox.push_text(chunk_frame(
+                outbox.push_message(&chunk_frame(
                     &id,
                     &journal_model,
                     &stream_id,
@@ -411,7 +410,7 @@ pub(crate) async fn replay_remote(
             }
             Remote::End(ending, total) => {
                 if let Some((reason, message)) = &ending.error {
-                    outbox.push_text(error_frame(&id, *reason, message));
+                    outbox.push_text(&error_frame(&id, *reason, message));
                 }
                 let done = ServerMessage::Done {
                     id: id.as_str().into(),
@@ -425,11 +424,11 @@ pub(crate) async fn replay_remote(
                         stream_id: Some(stream_id.as_str().into()),
                     },
                 };
-                outbox.push_text(done.to_json());
+                outbox.push_message(&done);
                 return;
             }
             Remote::Lost(why) => {
-                outbox.push_text(error_frame(&id, ErrorReason::ResumeUnavailable, &why));
+                outbox.push_text(&error_frame(&id, ErrorReason::ResumeUnavailable, &why));
                 return;
             }
         }

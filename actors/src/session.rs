@@ -23,7 +23,7 @@ use crate::{
     frames::{close_code, Assembler, FrameError, Incoming},
     hooks::{Admission, Refusal, RequestStart},
     metrics::{Front, ReasonLabel},
-    outbox::{Outbox, Outgoing},
+    outbox::{Outbound, Outbox},
     provider::{chat, ChunkReceiver, ChunkSink, ProviderRequest, StreamHandle},
     registry::{
         CloseSession, DrainSession, Register, Registry, RequestsChanged, SessionInfo,
@@ -153,7 +153,7 @@ pub struct SessionActor {
     /// Why the session closed, for the disconnect metric; unset when the client just left.
     close_label: Option<&'static str>,
     flow: Arc<FlowControl>,
-    ws: Option<(actix_ws::Session, actix_ws::MessageStream)>,
+    ws: Option<(Outbound, actix_ws::MessageStream)>,
     outbox: Option<Outbox>,
     incoming: Option<SpawnHandle>,
     assembler: Assembler,
@@ -170,7 +170,7 @@ impl SessionActor {
         info: SessionInfo,
         span: tracing::Span,
         env: SessionEnv,
-        ws: (actix_ws::Session, actix_ws::MessageStream),
+        ws: (Outbound, actix_ws::MessageStream),
         abort: Option<Rc<dyn ConnectionAbort>>,
     ) -> Self {
         let max_frame_bytes = env.config.max_frame_bytes;
@@ -203,7 +203,7 @@ impl SessionActor {
 
     fn send(&mut self, msg: &ServerMessage<'_>, ctx: &mut Context<Self>) {
         if let Some(outbox) = &self.outbox {
-            outbox.push_text(msg.to_json());
+            outbox.push_message(msg);
         }
         self.check_outbox(ctx);
     }
@@ -271,13 +271,13 @@ impl SessionActor {
                 Why::ClientClosed(_) => self.abort.clone(),
                 _ => None,
             };
-            outbox.push(Outgoing::Close(
+            outbox.close(
                 CloseReason {
                     code: CloseCode::from(code),
                     description: Some(reason.to_owned()),
                 },
                 then_end,
-            ));
+            );
             outbox.end();
             if let Some(abort) = self.abort.take() {
                 let outbox = outbox.clone();
@@ -652,7 +652,7 @@ impl SessionActor {
                 None => {
                     metrics.resumes_unavailable.inc();
                     let reason = ErrorReason::ResumeUnavailable;
-                    outbox.push_text(error_frame(&id, reason, &unavailable(&stream_id)));
+                    outbox.push_text(&error_frame(&id, reason, &unavailable(&stream_id)));
                 }
             }
         }
@@ -705,7 +705,7 @@ impl SessionActor {
         }
         .to_json();
         if let Some(outbox) = &self.outbox {
-            outbox.push_text(msg);
+            outbox.push_text(&msg);
         }
         self.check_outbox(ctx);
     }
@@ -718,7 +718,7 @@ impl Actor for SessionActor {
         let Some((ws, stream)) = self.ws.take() else {
             return ctx.stop();
         };
-        self.outbox = Some(Outbox::spawn(ws, self.flow.clone(), self.metrics.clone()));
+        self.outbox = Some(Outbox::new(ws, self.flow.clone(), self.metrics.clone()));
         self.metrics.connects.inc();
         self.metrics.sessions_live.inc();
         self.incoming = Some(ctx.add_stream(stream.max_frame_size(self.config.max_frame_bytes)));
@@ -734,7 +734,7 @@ impl Actor for SessionActor {
         let heartbeat = self.config.heartbeat_interval;
         ctx.run_interval(heartbeat, |act, _| {
             if let Some(outbox) = &act.outbox {
-                outbox.push(Outgoing::Ping);
+                outbox.ping();
             }
         });
         // A client that stops reading holds its answers at the watermark, never growing past

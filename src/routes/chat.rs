@@ -15,7 +15,7 @@ use actix_web::{
     web, HttpRequest, HttpResponse,
 };
 use actix_ws::{CloseCode, CloseReason, Message};
-use ai_gateway_actors::{ConnectionAbort, SessionActor};
+use ai_gateway_actors::{ConnectionAbort, Outbound, SessionActor};
 use ai_gateway_proto::{
     decode_client_frame, ClientFrame, DecodeError, ErrorPayload, ErrorReason, ServerMessage,
 };
@@ -166,8 +166,23 @@ pub async fn upgrade(
     let lease = admit(&state, &principal)?;
     let (response, session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    start_session(&req, &state, principal, session, stream);
+    // The session writes its frames itself (`outbound`); actix-ws's sending end is not used.
+    drop(session);
+    let (response, out) = outbound(response);
+    start_session(&req, &state, principal, out, stream);
     Ok(leased(response, Rc::new(Cell::new(Some(lease)))))
+}
+
+/// The handshake's response with the body the session writes its frames to, and that end.
+fn outbound(response: HttpResponse) -> (HttpResponse, Outbound) {
+    let mut out = None;
+    let response = response.map_body(|_, before| {
+        let (body, end) = ai_gateway_actors::outbound(before);
+        out = Some(end);
+        body
+    });
+    let out = out.expect("map_body calls its function");
+    (response.map_into_boxed_body(), out)
 }
 
 /// A WebSocket handshake (`Upgrade: websocket`), as opposed to a plain HTTP request.
@@ -218,7 +233,7 @@ fn start_session(
     req: &HttpRequest,
     state: &AppState,
     principal: Principal,
-    session: actix_ws::Session,
+    out: Outbound,
     stream: actix_ws::MessageStream,
 ) {
     let info = session_of(principal, uuid::Uuid::new_v4().to_string(), state, req);
@@ -236,7 +251,7 @@ fn start_session(
         info,
         span,
         state.session_env.clone(),
-        (session, stream),
+        (out, stream),
         abort_of(req),
     )
     .start();
@@ -265,6 +280,9 @@ fn upgrade_then_authenticate(
     })?;
     let (response, session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // Until it authenticates, the connection is answered through actix-ws's `session`; then the
+    // session's frames follow through `out`.
+    let (response, out) = outbound(response);
     let place = Rc::new(Cell::new(None));
     // On this worker thread, as the connection's dispatcher (see `ConnSocket`).
     actix_web::rt::spawn(authenticate_first_message(
@@ -272,6 +290,7 @@ fn upgrade_then_authenticate(
         state,
         from,
         (session, stream),
+        out,
         place.clone(),
         waiting,
     ));
@@ -316,6 +335,7 @@ async fn authenticate_first_message(
     state: web::Data<AppState>,
     from: String,
     (mut session, stream): (actix_ws::Session, actix_ws::MessageStream),
+    out: Outbound,
     place: Rc<Cell<Option<StreamLease>>>,
     _waiting: StreamLease,
 ) {
@@ -353,10 +373,13 @@ async fn authenticate_first_message(
     match admitted {
         Ok((principal, lease)) => {
             place.set(Some(lease));
-            start_session(&req, &state, principal, session, stream);
+            drop(session);
+            start_session(&req, &state, principal, out, stream);
         }
         Err(refusal) => {
             let close_grace = state.session_env.config.close_grace;
+            // The connection's body ends after the refusal's close frame.
+            drop(out);
             refuse(session, stream, refusal, close_grace, abort_of(&req)).await;
         }
     }
