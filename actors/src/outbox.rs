@@ -129,11 +129,6 @@ impl State {
                 }
             }
         }
-        // The list's room is kept for the next batch, unless one long batch made it large.
-        if chunks.capacity() <= 1024 {
-            self.chunks = chunks;
-            self.chunks.clear();
-        }
         Some(batch)
     }
 
@@ -484,6 +479,9 @@ mod tests {
         assert!(matches!(poll(&mut body), Poll::Ready(Some(_))));
         assert_eq!(flow.queued_bytes(), 0);
         assert_eq!(metrics.chunks_relayed.get(), 1);
+        // Nothing is kept for the next batch: an idle connection holds no memory for it.
+        assert_eq!(outbox.state().chunks.capacity(), 0);
+        assert_eq!(outbox.state().buf.capacity(), 0);
     }
 
     #[test]
@@ -544,6 +542,26 @@ mod tests {
         );
         assert_eq!(flow.queued_bytes(), 0);
         assert_eq!(outbox.stalled_for(), Duration::ZERO);
+    }
+
+    /// The close grace cuts a connection whose writer is stuck on a client that reads nothing:
+    /// the close frame taken by the connection is not yet the close frame written.
+    #[test]
+    fn the_writer_finishes_when_the_connection_lets_go_not_when_it_takes_the_close_frame() {
+        let (mut body, outbox, _, _) = setup();
+        outbox.push_text("the last of an answer");
+        outbox.close(
+            CloseReason {
+                code: CloseCode::Normal,
+                description: None,
+            },
+            None,
+        );
+        assert!(matches!(poll(&mut body), Poll::Ready(Some(_))));
+        assert!(matches!(poll(&mut body), Poll::Ready(None)));
+        assert!(!outbox.writer_finished(), "still being written");
+        drop(body);
+        assert!(outbox.writer_finished());
     }
 
     #[test]
