@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 ///
 /// Provider streams charge each chunk before sending it and wait while the queue is above the
 /// high watermark, so a slow reader slows the provider instead of growing memory. The session's
-/// writer releases the charge once the frame is written.
+/// outbox releases the charge once the connection takes the frame for the socket.
 #[derive(Debug)]
 pub struct FlowControl {
     queued_bytes: AtomicUsize,
