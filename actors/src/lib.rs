@@ -23,7 +23,7 @@ pub use hooks::{
     Admission, NoDirectory, Refusal, RequestHooks, RequestOutcome, RequestStart, SessionDirectory,
 };
 pub use metrics::{Front, Metrics};
-pub use outbox::{outbound, Outbound, OutboxBody};
+pub use outbox::{Outbound, OutboxBody};
 pub use provider::{
     anthropic::{AnthropicProvider, AnthropicSettings},
     gemini::{GeminiProvider, GeminiSettings},

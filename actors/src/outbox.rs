@@ -99,12 +99,17 @@ impl State {
         true
     }
 
-    /// Everything waiting, as one piece for the socket; its bytes leave the flow.
-    fn take(&mut self) -> Option<Bytes> {
+    /// Appends the pong waiting, if any.
+    fn put_pong(&mut self) {
         if let Some(data) = self.pong.take() {
             Parser::write_message(&mut self.buf, data, OpCode::Pong, true, false);
             self.frames += 1;
         }
+    }
+
+    /// Everything waiting, as one piece for the socket; its bytes leave the flow.
+    fn take(&mut self) -> Option<Bytes> {
+        self.put_pong();
         if self.buf.is_empty() {
             return None;
         }
@@ -146,8 +151,9 @@ impl State {
 }
 
 /// The sending end of a WebSocket connection whose session has not started yet: made with the
-/// handshake's response ([`outbound`]), given to the session. Dropped unused, it ends the
-/// connection's body once anything else written before it is out.
+/// handshake's response, whose body it gives ([`Outbound::body`]), and given to the session.
+/// Dropped unused, it ends the connection's body once anything else written before it is out.
+#[derive(Default)]
 pub struct Outbound {
     state: Rc<RefCell<State>>,
 }
@@ -160,19 +166,19 @@ impl Drop for Outbound {
     }
 }
 
-/// The body for a WebSocket handshake's response (from `actix_ws::handle`) that this module
-/// writes, and the end the session writes to. What actix-ws's `Session` sends before the session
-/// starts (`before`: an answer to a ping while a connection authenticates, a refusal) goes out
-/// first: that body is read until it ends, and kept until the connection ends (actix-ws's message
-/// stream ends with it).
-pub fn outbound(before: BoxBody) -> (OutboxBody, Outbound) {
-    let state = Rc::new(RefCell::new(State::default()));
-    let body = OutboxBody {
-        state: state.clone(),
-        before,
-        before_ended: false,
-    };
-    (body, Outbound { state })
+impl Outbound {
+    /// The body for the WebSocket handshake's response (from `actix_ws::handle`), made once:
+    /// what this end writes. What actix-ws's `Session` sends before the session starts
+    /// (`before`: an answer to a ping while a connection authenticates, a refusal) goes out
+    /// first: that body is read until it ends, and kept until the connection ends (actix-ws's
+    /// message stream ends with it).
+    pub fn body(&self, before: BoxBody) -> OutboxBody {
+        OutboxBody {
+            state: self.state.clone(),
+            before,
+            before_ended: false,
+        }
+    }
 }
 
 /// A WebSocket response's body: the frames queued by the time the connection's writer asks, in
@@ -272,11 +278,16 @@ impl Outbox {
 
     /// Queues a message, charging its bytes to the flow.
     pub(crate) fn push_message(&self, msg: &ServerMessage<'_>) {
-        with_json(msg, |json| self.push_text(json));
+        with_json(msg, |json| self.push_utf8(json));
     }
 
     /// Queues a text frame, charging its bytes to the flow.
     pub(crate) fn push_text(&self, text: &str) {
+        self.push_utf8(text.as_bytes());
+    }
+
+    /// Queues a text frame of `text` (UTF-8), charging its bytes to the flow.
+    fn push_utf8(&self, text: &[u8]) {
         let mut state = self.state();
         if let Some(flow) = &state.flow {
             flow.charge(text.len());
@@ -319,16 +330,10 @@ impl Outbox {
         }
         let mut state = self.state();
         // A pong still waiting goes before the close frame: nothing may follow that.
-        let pong = state.pong.take();
-        let queued = state.frame(0, |buf| {
-            if let Some(data) = pong {
-                Parser::write_message(&mut *buf, data, OpCode::Pong, true, false);
-            }
-            Parser::write_close(buf, Some(reason), false);
-        });
-        state.ended = true;
-        state.wake();
+        state.put_pong();
+        let queued = state.frame(0, |buf| Parser::write_close(buf, Some(reason), false));
         drop(state);
+        self.end();
         if let (true, Some(connection)) = (queued, then_end) {
             connection.end_after_writes();
         }
@@ -354,8 +359,9 @@ impl Outbox {
     }
 }
 
-/// Serializes `msg` into a reused buffer of this thread and hands the JSON to `f`.
-fn with_json<R>(msg: &ServerMessage<'_>, f: impl FnOnce(&str) -> R) -> R {
+/// Serializes `msg` into a reused buffer of this thread and hands the JSON (UTF-8: serde_json
+/// writes nothing else) to `f`.
+fn with_json<R>(msg: &ServerMessage<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
@@ -363,9 +369,9 @@ fn with_json<R>(msg: &ServerMessage<'_>, f: impl FnOnce(&str) -> R) -> R {
     const SCRATCH_KEEP: usize = 64 * 1024;
     SCRATCH.with_borrow_mut(|scratch| {
         scratch.clear();
+        // As `ServerMessage::to_json`: its fields are strings, numbers and enums, which cannot fail.
         serde_json::to_writer(&mut *scratch, msg).expect("server messages always serialize");
-        let json = std::str::from_utf8(scratch).expect("serde_json writes UTF-8");
-        let result = f(json);
+        let result = f(scratch);
         if scratch.capacity() > SCRATCH_KEEP {
             *scratch = Vec::new();
         }
@@ -391,7 +397,8 @@ mod tests {
     const WATERMARK: usize = 1 << 20;
 
     fn setup() -> (OutboxBody, Outbox, Arc<FlowControl>, Arc<Metrics>) {
-        let (body, out) = outbound(BoxBody::new(()));
+        let out = Outbound::default();
+        let body = out.body(BoxBody::new(()));
         let flow = FlowControl::new(WATERMARK);
         let metrics = Metrics::new();
         let outbox = Outbox::new(out, flow.clone(), metrics.clone());
@@ -583,7 +590,8 @@ mod tests {
         let mut before = BytesMut::new();
         Parser::write_message(&mut before, "before", OpCode::Text, true, false);
         let before = BoxBody::new(before.freeze());
-        let (mut body, out) = outbound(before);
+        let out = Outbound::default();
+        let mut body = out.body(before);
         let Poll::Ready(Some(first)) = poll(&mut body) else {
             panic!("the earlier body's frame comes first")
         };
@@ -602,7 +610,8 @@ mod tests {
 
     #[test]
     fn an_unused_end_ends_the_body() {
-        let (mut body, out) = outbound(BoxBody::new(()));
+        let out = Outbound::default();
+        let mut body = out.body(BoxBody::new(()));
         assert!(poll(&mut body).is_pending());
         drop(out);
         assert!(matches!(poll(&mut body), Poll::Ready(None)));

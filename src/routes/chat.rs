@@ -175,13 +175,8 @@ pub async fn upgrade(
 
 /// The handshake's response with the body the session writes its frames to, and that end.
 fn outbound(response: HttpResponse) -> (HttpResponse, Outbound) {
-    let mut out = None;
-    let response = response.map_body(|_, before| {
-        let (body, end) = ai_gateway_actors::outbound(before);
-        out = Some(end);
-        body
-    });
-    let out = out.expect("map_body calls its function");
+    let out = Outbound::default();
+    let response = response.map_body(|_, before| out.body(before));
     (response.map_into_boxed_body(), out)
 }
 
