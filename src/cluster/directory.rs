@@ -235,7 +235,7 @@ impl Writer {
         for update in batch {
             match update {
                 Update::Joined(entry) => {
-                    let json = serde_json::to_string(&entry).expect("entries serialize");
+                    let json = entry_json(&entry);
                     self.written
                         .insert(entry.session_id.clone(), digest(&entry.view()));
                     joins.push((entry.session_id.clone(), json));
@@ -319,12 +319,7 @@ impl Writer {
             let changed: Vec<(&str, String)> = current
                 .iter()
                 .filter(|(id, (d, _))| rewrite || self.written.get(**id) != Some(d))
-                .map(|(id, (_, entry))| {
-                    (
-                        *id,
-                        serde_json::to_string(entry).expect("entries serialize"),
-                    )
-                })
+                .map(|(id, (_, entry))| (*id, entry_json(entry)))
                 .collect();
             for chunk in changed.chunks(HSET_CHUNK) {
                 pipe.hset_multiple(&self.hash, chunk).ignore();
@@ -400,6 +395,12 @@ const LEGACY_INDEX: &str = "sessions";
 /// reply) for longer than a command may take, and 100,000 entries outlast the client's 0.5 s.
 const LIST_CHUNK: usize = 1000;
 
+/// The JSON Redis keeps for an entry (or a node's figures): strings and numbers, which always
+/// serialize.
+fn entry_json(entry: &impl Serialize) -> String {
+    serde_json::to_string(entry).expect("entries serialize")
+}
+
 /// Adds to `pipe` what [`list_live`] reads: `value`'s JSON under `{kind}:{id}`, expiring after
 /// `ttl_ms`, and `id` in the index with its expiry (`now` + `ttl_ms`), whose expired ids go.
 #[allow(clippy::too_many_arguments)]
@@ -416,7 +417,7 @@ pub(super) fn put_live(
     let index = cluster.key(index);
     pipe.cmd("SET")
         .arg(cluster.key(&format!("{kind}:{id}")))
-        .arg(serde_json::to_string(value).expect("entries serialize"))
+        .arg(entry_json(value))
         .arg("PX")
         .arg(ttl_ms)
         .ignore()
